@@ -1,0 +1,63 @@
+/* colnn: C interface of the colnn Fortran neural-network library.
+ *
+ * Arrays are (features, columns) in Fortran order, which is C's x[n_columns][n_features]:
+ * one column (a model column, a sample) is a contiguous run of features.
+ * Every function that can fail returns 0 on success or a COLNN_ERR_* code and writes a
+ * NUL-terminated message into errmsg (at most errmsg_len bytes). A model handle must not be
+ * used by two threads at once; separate handles may.
+ */
+#ifndef COLNN_H
+#define COLNN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(COLNN_DOUBLE)
+typedef double colnn_real;
+#else
+typedef float colnn_real; /* check colnn_real_bytes() against the library you link */
+#endif
+
+typedef struct colnn_model colnn_model;
+
+enum {
+  COLNN_OK = 0,
+  COLNN_ERR_IO = 1,
+  COLNN_ERR_FORMAT = 2,
+  COLNN_ERR_ARGUMENT = 3,
+  COLNN_ERR_NONFINITE = 4,
+  COLNN_ERR_UNSUPPORTED = 5,
+  COLNN_ERR_MEMORY = 6,
+  COLNN_ERR_NOT_IMPLEMENTED = 7
+};
+
+/* Loads a colnn model file or an FKB text file; *model is NULL on failure. */
+int colnn_load(const char *path, colnn_model **model, char *errmsg, size_t errmsg_len);
+/* Writes the model as a colnn model file (atomically). */
+int colnn_save(colnn_model *model, const char *path, char *errmsg, size_t errmsg_len);
+void colnn_free(colnn_model *model);
+
+/* y(n_outputs, n_columns) = model(x(n_inputs, n_columns)). Fails on non-finite inputs, and
+ * reports non-finite outputs (y is still written), unless disabled by colnn_set_check_finite. */
+int colnn_forward(colnn_model *model, const colnn_real *x, int n_columns, colnn_real *y,
+                  char *errmsg, size_t errmsg_len);
+int colnn_set_check_finite(colnn_model *model, int flag);
+
+int colnn_num_inputs(colnn_model *model);
+int colnn_num_outputs(colnn_model *model);
+int colnn_num_layers(colnn_model *model);
+int64_t colnn_num_params(colnn_model *model);
+/* index is 1-based */
+int colnn_layer_info(colnn_model *model, int index, char *type, size_t type_len, char *name,
+                     size_t name_len, int *n_in, int *n_out);
+int colnn_real_bytes(void);
+void colnn_version(char *buf, size_t buf_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* COLNN_H */

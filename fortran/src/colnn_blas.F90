@@ -1,0 +1,51 @@
+!> C = A B for the working precision: BLAS ?gemm when the library is built with BLAS
+!> (COLNN_USE_BLAS), the matmul intrinsic otherwise.
+module colnn_blas
+  use colnn_kinds, only: wp, sp, dp
+  implicit none
+  private
+
+  public :: gemm_nn, blas_name
+
+#ifdef COLNN_USE_BLAS
+  interface
+    subroutine sgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+      import :: sp
+      character, intent(in) :: transa, transb
+      integer, intent(in) :: m, n, k, lda, ldb, ldc
+      real(sp), intent(in) :: alpha, beta
+      real(sp), intent(in) :: a(lda, *), b(ldb, *)
+      real(sp), intent(inout) :: c(ldc, *)
+    end subroutine sgemm
+    subroutine dgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+      import :: dp
+      character, intent(in) :: transa, transb
+      integer, intent(in) :: m, n, k, lda, ldb, ldc
+      real(dp), intent(in) :: alpha, beta
+      real(dp), intent(in) :: a(lda, *), b(ldb, *)
+      real(dp), intent(inout) :: c(ldc, *)
+    end subroutine dgemm
+  end interface
+  character(len=*), parameter :: blas_name = 'blas'
+#else
+  character(len=*), parameter :: blas_name = 'matmul'
+#endif
+
+contains
+
+  !> c(m, n) = a(m, k) b(k, n)
+  subroutine gemm_nn(m, n, k, a, b, c)
+    integer, intent(in) :: m, n, k
+    real(wp), intent(in) :: a(m, k), b(k, n)
+    real(wp), intent(out) :: c(m, n)
+#ifdef COLNN_USE_BLAS
+#ifdef COLNN_DOUBLE
+    call dgemm('N', 'N', m, n, k, 1.0_wp, a, m, b, k, 0.0_wp, c, m)
+#else
+    call sgemm('N', 'N', m, n, k, 1.0_wp, a, m, b, k, 0.0_wp, c, m)
+#endif
+#else
+    c = matmul(a, b)
+#endif
+  end subroutine gemm_nn
+end module colnn_blas

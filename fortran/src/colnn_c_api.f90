@@ -1,0 +1,221 @@
+!> The C binding (include/colnn.h). Every call returns a status (0 = success) and, where it can
+!> fail, writes a NUL-terminated message into the caller's `errmsg` buffer. A model handle is an
+!> opaque pointer; one handle must not be used by two threads at once (its workspace is shared),
+!> separate handles can.
+module colnn_c_api
+  use, intrinsic :: iso_c_binding
+  use colnn_kinds, only: wp, i8
+  use colnn_status
+  use colnn_strings, only: str
+  use colnn_network, only: network_t
+  use colnn, only: colnn_version
+  implicit none
+  private
+
+  type :: handle_box_t
+    type(network_t) :: net
+  end type handle_box_t
+
+  public :: c_colnn_load, c_colnn_save, c_colnn_free, c_colnn_forward, c_colnn_num_inputs, &
+            c_colnn_num_outputs, c_colnn_num_layers, c_colnn_num_params, c_colnn_real_bytes, &
+            c_colnn_set_check_finite, c_colnn_layer_info, c_colnn_version
+
+contains
+
+  function c_to_f_string(s) result(f)
+    character(kind=c_char), intent(in) :: s(*)
+    character(len=:), allocatable :: f
+    integer :: n
+    n = 0
+    do while (s(n + 1) /= c_null_char)
+      n = n + 1
+    end do
+    allocate (character(len=n) :: f)
+    f = transfer(s(1:n), f)
+  end function c_to_f_string
+
+  subroutine f_to_c_buffer(f, buf, buflen)
+    character(len=*), intent(in) :: f
+    integer(c_size_t), intent(in) :: buflen
+    character(kind=c_char), intent(out) :: buf(*)
+    integer :: n, i
+    if (buflen < 1) return
+    n = int(min(int(len_trim(f), c_size_t), buflen - 1))
+    do i = 1, n
+      buf(i) = f(i:i)
+    end do
+    buf(n + 1) = c_null_char
+  end subroutine f_to_c_buffer
+
+  logical function get_net(handle, box)
+    type(c_ptr), intent(in), value :: handle
+    type(handle_box_t), pointer, intent(out) :: box
+    get_net = c_associated(handle)
+    if (get_net) call c_f_pointer(handle, box)
+  end function get_net
+
+  !> int colnn_load(const char *path, colnn_model **model, char *errmsg, size_t errmsg_len)
+  integer(c_int) function c_colnn_load(path, handle, errmsg, errmsg_len) &
+      bind(C, name='colnn_load') result(stat)
+    character(kind=c_char), intent(in) :: path(*)
+    type(c_ptr), intent(out) :: handle
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(handle_box_t), pointer :: box
+    character(len=1024) :: msg
+    integer :: s
+    handle = c_null_ptr
+    allocate (box)
+    call box%net%load(c_to_f_string(path), s, msg)
+    stat = int(s, c_int)
+    if (s /= 0) then
+      call f_to_c_buffer(msg, errmsg, errmsg_len)
+      deallocate (box)
+      return
+    end if
+    call f_to_c_buffer('', errmsg, errmsg_len)
+    handle = c_loc(box)
+  end function c_colnn_load
+
+  !> int colnn_save(colnn_model *model, const char *path, char *errmsg, size_t errmsg_len)
+  integer(c_int) function c_colnn_save(handle, path, errmsg, errmsg_len) &
+      bind(C, name='colnn_save') result(stat)
+    type(c_ptr), intent(in), value :: handle
+    character(kind=c_char), intent(in) :: path(*)
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(handle_box_t), pointer :: box
+    character(len=1024) :: msg
+    integer :: s
+    if (.not. get_net(handle, box)) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_save: null model handle', errmsg, errmsg_len)
+      return
+    end if
+    call box%net%save(c_to_f_string(path), s, msg)
+    stat = int(s, c_int)
+    call f_to_c_buffer(msg, errmsg, errmsg_len)
+  end function c_colnn_save
+
+  !> void colnn_free(colnn_model *model)
+  subroutine c_colnn_free(handle) bind(C, name='colnn_free')
+    type(c_ptr), intent(in), value :: handle
+    type(handle_box_t), pointer :: box
+    if (.not. get_net(handle, box)) return
+    call box%net%destroy()
+    deallocate (box)
+  end subroutine c_colnn_free
+
+  !> int colnn_forward(colnn_model *model, const colnn_real *x, int n_columns, colnn_real *y,
+  !>                   char *errmsg, size_t errmsg_len)
+  !> x is (n_inputs, n_columns) column-major, i.e. C/numpy x[n_columns][n_inputs]; y likewise.
+  integer(c_int) function c_colnn_forward(handle, x, n_columns, y, errmsg, errmsg_len) &
+      bind(C, name='colnn_forward') result(stat)
+    type(c_ptr), intent(in), value :: handle
+    type(c_ptr), intent(in), value :: x, y
+    integer(c_int), intent(in), value :: n_columns
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(handle_box_t), pointer :: box
+    real(wp), pointer :: xf(:, :), yf(:, :)
+    character(len=1024) :: msg
+    integer :: s
+    if (.not. get_net(handle, box)) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_forward: null model handle', errmsg, errmsg_len)
+      return
+    end if
+    if (n_columns < 1) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_forward: n_columns must be >= 1, got '//str(int(n_columns)), &
+                         errmsg, errmsg_len)
+      return
+    end if
+    if (.not. c_associated(x) .or. .not. c_associated(y)) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_forward: null input or output pointer', errmsg, errmsg_len)
+      return
+    end if
+    call c_f_pointer(x, xf, [box%net%n_inputs, int(n_columns)])
+    call c_f_pointer(y, yf, [box%net%n_outputs, int(n_columns)])
+    call box%net%forward(xf, yf, s, msg)
+    stat = int(s, c_int)
+    call f_to_c_buffer(msg, errmsg, errmsg_len)
+  end function c_colnn_forward
+
+  integer(c_int) function c_colnn_num_inputs(handle) bind(C, name='colnn_num_inputs') result(n)
+    type(c_ptr), intent(in), value :: handle
+    type(handle_box_t), pointer :: box
+    n = -1
+    if (get_net(handle, box)) n = int(box%net%n_inputs, c_int)
+  end function c_colnn_num_inputs
+
+  integer(c_int) function c_colnn_num_outputs(handle) bind(C, name='colnn_num_outputs') result(n)
+    type(c_ptr), intent(in), value :: handle
+    type(handle_box_t), pointer :: box
+    n = -1
+    if (get_net(handle, box)) n = int(box%net%n_outputs, c_int)
+  end function c_colnn_num_outputs
+
+  integer(c_int) function c_colnn_num_layers(handle) bind(C, name='colnn_num_layers') result(n)
+    type(c_ptr), intent(in), value :: handle
+    type(handle_box_t), pointer :: box
+    n = -1
+    if (get_net(handle, box)) n = int(box%net%n_layers, c_int)
+  end function c_colnn_num_layers
+
+  integer(c_int64_t) function c_colnn_num_params(handle) bind(C, name='colnn_num_params') result(n)
+    type(c_ptr), intent(in), value :: handle
+    type(handle_box_t), pointer :: box
+    n = -1
+    if (get_net(handle, box)) n = int(box%net%num_params(), c_int64_t)
+  end function c_colnn_num_params
+
+  !> Bytes of colnn_real in this build: 4 (single) or 8 (double).
+  integer(c_int) function c_colnn_real_bytes() bind(C, name='colnn_real_bytes') result(n)
+    real(wp) :: x
+    n = int(storage_size(x) / 8, c_int)
+  end function c_colnn_real_bytes
+
+  integer(c_int) function c_colnn_set_check_finite(handle, flag) &
+      bind(C, name='colnn_set_check_finite') result(stat)
+    type(c_ptr), intent(in), value :: handle
+    integer(c_int), intent(in), value :: flag
+    type(handle_box_t), pointer :: box
+    stat = COLNN_ERR_ARGUMENT
+    if (.not. get_net(handle, box)) return
+    box%net%check_finite = flag /= 0
+    stat = COLNN_OK
+  end function c_colnn_set_check_finite
+
+  !> int colnn_layer_info(model, index (1-based), char *type, size_t type_len, char *name,
+  !>                      size_t name_len, int *n_in, int *n_out)
+  integer(c_int) function c_colnn_layer_info(handle, idx, type_buf, type_len, name_buf, &
+                                             name_len, n_in, n_out) &
+      bind(C, name='colnn_layer_info') result(stat)
+    type(c_ptr), intent(in), value :: handle
+    integer(c_int), intent(in), value :: idx
+    character(kind=c_char), intent(out) :: type_buf(*), name_buf(*)
+    integer(c_size_t), intent(in), value :: type_len, name_len
+    integer(c_int), intent(out) :: n_in, n_out
+    type(handle_box_t), pointer :: box
+    stat = COLNN_ERR_ARGUMENT
+    n_in = -1
+    n_out = -1
+    if (.not. get_net(handle, box)) return
+    if (idx < 1 .or. idx > box%net%n_layers) return
+    associate (l => box%net%layers(idx)%layer)
+      call f_to_c_buffer(l%type_name(), type_buf, type_len)
+      call f_to_c_buffer(l%name, name_buf, name_len)
+      n_in = int(l%n_in, c_int)
+      n_out = int(l%n_out, c_int)
+    end associate
+    stat = COLNN_OK
+  end function c_colnn_layer_info
+
+  subroutine c_colnn_version(buf, buflen) bind(C, name='colnn_version')
+    character(kind=c_char), intent(out) :: buf(*)
+    integer(c_size_t), intent(in), value :: buflen
+    call f_to_c_buffer(colnn_version, buf, buflen)
+  end subroutine c_colnn_version
+end module colnn_c_api

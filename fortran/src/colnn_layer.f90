@@ -1,0 +1,126 @@
+!> The abstract layer. Every layer, built in or a user's own, extends `layer_t`.
+!>
+!> A layer reads itself from a `layer_spec_t` (`init`), computes y = f(x) over a
+!> (features, columns) block (`forward`) and writes itself back (`describe`). `forward` takes the
+!> layer as intent(in): layers hold no scratch state, so one network may serve several threads
+!> (each with its own workspace).
+!>
+!> Elementwise layers (activation, dropout, batch normalization at inference) say so through
+!> `is_elementwise` and implement `apply_inplace`; the network then applies a run of them in place,
+!> column block by column block while the block is in cache. A layer may also split its work into
+!> a core part and an in-place `epilogue` (Dense: GEMM, then bias + activation) so that the
+!> epilogue joins that same cache-resident pass.
+module colnn_layer
+  use colnn_kinds, only: wp, i8
+  use colnn_status
+  use colnn_spec, only: layer_spec_t
+  implicit none
+  private
+
+  public :: layer_t
+
+  type, abstract :: layer_t
+    integer :: n_in = 0
+    integer :: n_out = 0
+    character(len=:), allocatable :: name
+  contains
+    procedure(init_iface), deferred :: init
+    procedure(forward_iface), deferred :: forward
+    procedure(describe_iface), deferred :: describe
+    procedure(type_name_iface), deferred :: type_name
+    procedure :: is_elementwise => layer_is_elementwise
+    procedure :: apply_inplace => layer_apply_inplace
+    procedure :: has_epilogue => layer_has_epilogue
+    procedure :: forward_core => layer_forward_core
+    procedure :: epilogue => layer_epilogue
+    procedure :: num_params => layer_num_params
+    procedure :: backward => layer_backward
+  end type layer_t
+
+  abstract interface
+    !> Builds the layer from its spec; `n_in` is the feature count of its input. Must set
+    !> self%n_in and self%n_out.
+    subroutine init_iface(self, spec, n_in, stat, errmsg)
+      import :: layer_t, layer_spec_t
+      class(layer_t), intent(inout) :: self
+      type(layer_spec_t), intent(inout) :: spec
+      integer, intent(in) :: n_in
+      integer, intent(out) :: stat
+      character(len=:), allocatable, intent(out) :: errmsg
+    end subroutine init_iface
+
+    subroutine forward_iface(self, nc, x, y)
+      import :: layer_t, wp
+      class(layer_t), intent(in) :: self
+      integer, intent(in) :: nc
+      real(wp), intent(in) :: x(self%n_in, nc)
+      real(wp), intent(out) :: y(self%n_out, nc)
+    end subroutine forward_iface
+
+    !> Fills `spec` (type name, attributes, tensors) for writing to a model file.
+    subroutine describe_iface(self, spec)
+      import :: layer_t, layer_spec_t
+      class(layer_t), intent(in) :: self
+      type(layer_spec_t), intent(inout) :: spec
+    end subroutine describe_iface
+
+    function type_name_iface(self) result(name)
+      import :: layer_t
+      class(layer_t), intent(in) :: self
+      character(len=:), allocatable :: name
+    end function type_name_iface
+  end interface
+
+contains
+
+  pure logical function layer_is_elementwise(self)
+    class(layer_t), intent(in) :: self
+    layer_is_elementwise = .false.
+  end function layer_is_elementwise
+
+  !> a = f(a); only called for layers whose is_elementwise() is true.
+  subroutine layer_apply_inplace(self, nc, a)
+    class(layer_t), intent(in) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(inout) :: a(self%n_out, nc)
+  end subroutine layer_apply_inplace
+
+  pure logical function layer_has_epilogue(self)
+    class(layer_t), intent(in) :: self
+    layer_has_epilogue = .false.
+  end function layer_has_epilogue
+
+  !> The part of forward that precedes the epilogue (all of it for layers without one).
+  subroutine layer_forward_core(self, nc, x, y)
+    class(layer_t), intent(in) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(self%n_in, nc)
+    real(wp), intent(out) :: y(self%n_out, nc)
+    call self%forward(nc, x, y)
+  end subroutine layer_forward_core
+
+  subroutine layer_epilogue(self, nc, a)
+    class(layer_t), intent(in) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(inout) :: a(self%n_out, nc)
+  end subroutine layer_epilogue
+
+  pure integer(i8) function layer_num_params(self)
+    class(layer_t), intent(in) :: self
+    layer_num_params = 0
+  end function layer_num_params
+
+  !> Room for training (a later part of the library): layers override this.
+  subroutine layer_backward(self, nc, x, dy, dx, stat, errmsg)
+    class(layer_t), intent(inout) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(self%n_in, nc)
+    real(wp), intent(in) :: dy(self%n_out, nc)
+    real(wp), intent(out) :: dx(self%n_in, nc)
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    dx = 0
+    stat = COLNN_ERR_NOT_IMPLEMENTED
+    errmsg = 'backward is not implemented for layer type '//self%type_name()
+  end subroutine layer_backward
+end module colnn_layer

@@ -1,0 +1,427 @@
+!> A feed-forward network: a chain of layers evaluated over (features, columns) blocks.
+!>
+!> `load` reads a colnn model file or an FKB text file; `forward` evaluates a block of columns
+!> with one GEMM per dense layer and one cache-blocked in-place pass for the bias, activation and
+!> elementwise layers that follow it. Work arrays live in a `workspace_t`: the network's own one
+!> serves `forward`; `forward_ws` takes a caller's workspace, so several threads can share one
+!> (read-only) network. Workspaces grow to the largest column count seen and are then reused:
+!> the steady-state call allocates nothing.
+module colnn_network
+  use colnn_kinds, only: wp, i8, wp_name
+  use colnn_status
+  use colnn_strings, only: str
+  use colnn_spec, only: layer_spec_t
+  use colnn_layer, only: layer_t
+  use colnn_registry, only: create_layer
+  use colnn_model_file, only: model_header_t, read_model_file, write_model_file
+  use colnn_fkb, only: read_fkb_file
+  use colnn_textio, only: text_reader_t
+  use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
+  implicit none
+  private
+
+  public :: network_t, workspace_t, layer_slot_t
+
+  type :: layer_slot_t
+    class(layer_t), allocatable :: layer
+  end type layer_slot_t
+
+  !> One step of the evaluation plan: an out-of-place layer `main` (0 for none), followed by the
+  !> in-place run first..last of elementwise layers, with `main`'s epilogue first if it has one.
+  type :: step_t
+    integer :: main = 0
+    logical :: main_epilogue = .false.
+    integer :: first = 1, last = 0
+    integer :: width = 0
+  end type step_t
+
+  type :: workspace_t
+    real(wp), allocatable :: a(:), b(:)
+    integer :: nc = 0
+  end type workspace_t
+
+  type :: network_t
+    integer :: n_inputs = 0, n_outputs = 0, n_layers = 0
+    type(layer_slot_t), allocatable :: layers(:)
+    character(len=:), allocatable :: source
+    character(len=256), allocatable :: meta(:)
+    !> Check inputs and outputs for NaN/Inf on each forward (one cheap pass each).
+    logical :: check_finite = .true.
+    integer :: max_width = 0
+    type(step_t), allocatable :: plan(:)
+    type(workspace_t) :: ws
+  contains
+    procedure :: load => network_load
+    procedure :: save => network_save
+    procedure :: forward => network_forward
+    procedure :: forward_ws => network_forward_ws
+    procedure :: num_params => network_num_params
+    procedure :: is_loaded => network_is_loaded
+    procedure :: destroy => network_destroy
+  end type network_t
+
+  !> Column blocks of the in-place pass stay near this many bytes (L1/L2 resident).
+  integer, parameter :: BLOCK_BYTES = 65536
+  !> Below this many values per pass OpenMP threads cost more than they give.
+  integer(i8), parameter :: OMP_MIN_VALUES = 65536
+
+contains
+
+  pure logical function network_is_loaded(self)
+    class(network_t), intent(in) :: self
+    network_is_loaded = self%n_layers > 0
+  end function network_is_loaded
+
+  subroutine network_destroy(self)
+    class(network_t), intent(inout) :: self
+    if (allocated(self%layers)) deallocate (self%layers)
+    if (allocated(self%plan)) deallocate (self%plan)
+    if (allocated(self%ws%a)) deallocate (self%ws%a)
+    if (allocated(self%ws%b)) deallocate (self%ws%b)
+    self%ws%nc = 0
+    self%n_layers = 0
+    self%n_inputs = 0
+    self%n_outputs = 0
+  end subroutine network_destroy
+
+  !> First non-blank token of the file: 'colnn' for our format, an integer for FKB's.
+  subroutine sniff_format(path, fmt, stat, errmsg)
+    character(len=*), intent(in) :: path
+    character(len=:), allocatable, intent(out) :: fmt
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    type(text_reader_t) :: r
+    logical :: eof
+    character(len=:), allocatable :: line
+    integer :: i
+    fmt = ''
+    call r%open(path, stat, errmsg)
+    if (stat /= 0) return
+    call r%next_line(eof, stat, errmsg, skip_blank=.true.)
+    call r%close()
+    if (stat /= 0) return
+    if (eof) then
+      stat = COLNN_ERR_FORMAT
+      errmsg = path//': empty file'
+      return
+    end if
+    line = trim(adjustl(r%buf(1:r%n)))
+    if (line(1:min(5, len(line))) == 'colnn') then
+      fmt = 'colnn'
+      return
+    end if
+    do i = 1, len(line)
+      if (index('0123456789', line(i:i)) == 0) exit
+    end do
+    if (i > len(line) .and. len(line) > 0) then
+      fmt = 'fkb'
+      return
+    end if
+    stat = COLNN_ERR_FORMAT
+    errmsg = path//':'//str(r%line_no)//': neither a colnn model file nor an FKB text file '// &
+             "(first line '"//line(1:min(len(line), 40))//"')"
+  end subroutine sniff_format
+
+  !> Loads a model file (colnn format or FKB text, detected from its first line). On any error
+  !> the network is left empty and `errmsg` names the file and what is wrong.
+  subroutine network_load(self, path, stat, errmsg)
+    class(network_t), intent(inout) :: self
+    character(len=*), intent(in) :: path
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    type(model_header_t) :: header
+    type(layer_spec_t), allocatable :: specs(:)
+    character(len=:), allocatable :: fmt, msg, lname
+    integer :: k, width
+
+    call self%destroy()
+    errmsg = ''
+    call sniff_format(path, fmt, stat, msg)
+    if (stat == 0) then
+      if (fmt == 'colnn') then
+        call read_model_file(path, header, specs, stat, msg)
+      else
+        call read_fkb_file(path, header, specs, stat, msg)
+      end if
+    end if
+    if (stat /= 0) then
+      errmsg = msg
+      return
+    end if
+
+    allocate (self%layers(header%n_layers))
+    width = header%n_inputs
+    do k = 1, header%n_layers
+      call create_layer(specs(k)%type_name, self%layers(k)%layer, stat, msg)
+      if (stat /= 0) then
+        errmsg = specs(k)%where()//': '//msg
+        exit
+      end if
+      lname = specs(k)%type_name//'_'//str(k)
+      if (specs(k)%find_attr('name') > 0) then
+        call specs(k)%get_text('name', lname, stat, msg)
+      end if
+      call self%layers(k)%layer%init(specs(k), width, stat, msg)
+      if (stat /= 0) then
+        errmsg = msg
+        exit
+      end if
+      self%layers(k)%layer%name = lname
+      if (self%layers(k)%layer%n_in /= width .or. self%layers(k)%layer%n_out < 1) then
+        stat = COLNN_ERR_FORMAT
+        errmsg = specs(k)%where()//': layer did not set valid n_in/n_out'
+        exit
+      end if
+      width = self%layers(k)%layer%n_out
+    end do
+    if (stat == 0 .and. width /= header%n_outputs) then
+      stat = COLNN_ERR_FORMAT
+      errmsg = path//': the header declares '//str(header%n_outputs)//' outputs but the '// &
+               'layers produce '//str(width)
+    end if
+    if (stat /= 0) then
+      deallocate (self%layers)
+      return
+    end if
+
+    self%n_layers = header%n_layers
+    self%n_inputs = header%n_inputs
+    self%n_outputs = header%n_outputs
+    self%source = path
+    if (allocated(header%meta)) then
+      allocate (self%meta(size(header%meta)))
+      self%meta = header%meta
+    else
+      allocate (self%meta(0))
+    end if
+    call build_plan(self)
+  end subroutine network_load
+
+  subroutine build_plan(self)
+    type(network_t), intent(inout) :: self
+    type(step_t) :: steps(self%n_layers + 1)
+    integer :: k, n
+    n = 0
+    k = 1
+    self%max_width = self%n_inputs
+    do while (k <= self%n_layers)
+      n = n + 1
+      steps(n) = step_t()
+      associate (l => self%layers(k)%layer)
+        self%max_width = max(self%max_width, l%n_out)
+        if (.not. l%is_elementwise()) then
+          steps(n)%main = k
+          steps(n)%main_epilogue = l%has_epilogue()
+          k = k + 1
+        end if
+      end associate
+      steps(n)%first = k
+      do while (k <= self%n_layers)
+        if (.not. self%layers(k)%layer%is_elementwise()) exit
+        k = k + 1
+      end do
+      steps(n)%last = k - 1
+      if (steps(n)%main > 0) then
+        steps(n)%width = self%layers(steps(n)%main)%layer%n_out
+      else
+        steps(n)%width = self%layers(steps(n)%first)%layer%n_out
+      end if
+    end do
+    self%plan = steps(1:n)
+  end subroutine build_plan
+
+  subroutine network_save(self, path, stat, errmsg)
+    class(network_t), intent(in) :: self
+    character(len=*), intent(in) :: path
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    type(layer_spec_t), allocatable :: specs(:)
+    character(len=:), allocatable :: msg
+    integer :: k
+    errmsg = ''
+    if (.not. self%is_loaded()) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'save '//path//': the network is empty'
+      return
+    end if
+    allocate (specs(self%n_layers))
+    do k = 1, self%n_layers
+      specs(k)%type_name = self%layers(k)%layer%type_name()
+      call specs(k)%set_text('name', self%layers(k)%layer%name)
+      call self%layers(k)%layer%describe(specs(k))
+    end do
+    call write_model_file(path, self%n_inputs, self%n_outputs, specs, self%meta, stat, msg)
+    if (stat /= 0) errmsg = msg
+  end subroutine network_save
+
+  pure integer(i8) function network_num_params(self)
+    class(network_t), intent(in) :: self
+    integer :: k
+    network_num_params = 0
+    do k = 1, self%n_layers
+      network_num_params = network_num_params + self%layers(k)%layer%num_params()
+    end do
+  end function network_num_params
+
+  !> y(n_outputs, nc) = network(x(n_inputs, nc)) using the network's own workspace.
+  subroutine network_forward(self, x, y, stat, errmsg)
+    class(network_t), intent(inout) :: self
+    real(wp), intent(in) :: x(:, :)
+    real(wp), intent(out) :: y(:, :)
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    call self%forward_ws(self%ws, x, y, stat, errmsg)
+  end subroutine network_forward
+
+  !> As forward, with a caller's workspace (one per thread when threads share the network).
+  subroutine network_forward_ws(self, ws, x, y, stat, errmsg)
+    class(network_t), intent(in) :: self
+    type(workspace_t), intent(inout) :: ws
+    real(wp), intent(in) :: x(:, :)
+    real(wp), intent(out) :: y(:, :)
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    integer :: nc, i, j
+
+    stat = COLNN_OK
+    errmsg = ''
+    if (.not. self%is_loaded()) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'forward: no model is loaded'
+      return
+    end if
+    nc = size(x, 2)
+    if (size(x, 1) /= self%n_inputs) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'forward: input has '//str(size(x, 1))//' features, the model ('//self%source// &
+               ') takes '//str(self%n_inputs)
+      return
+    end if
+    if (size(y, 1) /= self%n_outputs) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'forward: output array has '//str(size(y, 1))//' rows, the model ('// &
+               self%source//') gives '//str(self%n_outputs)
+      return
+    end if
+    if (nc < 1) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'forward: zero columns'
+      return
+    end if
+    if (size(y, 2) /= nc) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'forward: input has '//str(nc)//' columns but output has '//str(size(y, 2))
+      return
+    end if
+    if (self%check_finite) then
+      if (.not. all(ieee_is_finite(x))) then
+        do j = 1, nc
+          do i = 1, self%n_inputs
+            if (.not. ieee_is_finite(x(i, j))) exit
+          end do
+          if (i <= self%n_inputs) exit
+        end do
+        stat = COLNN_ERR_NONFINITE
+        errmsg = 'forward: input feature '//str(i)//' of column '//str(j)//' is not finite'
+        return
+      end if
+    end if
+
+    if (ws%nc < nc .or. .not. allocated(ws%a)) then
+      if (allocated(ws%a)) deallocate (ws%a, ws%b)
+      allocate (ws%a(int(self%max_width, i8) * nc), ws%b(int(self%max_width, i8) * nc), stat=stat)
+      if (stat /= 0) then
+        stat = COLNN_ERR_MEMORY
+        errmsg = 'forward: cannot allocate work arrays for '//str(nc)//' columns'
+        ws%nc = 0
+        return
+      end if
+      ws%nc = nc
+    end if
+    call run(self, ws, nc, x, y)
+
+    if (self%check_finite) then
+      if (.not. all(ieee_is_finite(y))) then
+        do j = 1, nc
+          do i = 1, self%n_outputs
+            if (.not. ieee_is_finite(y(i, j))) exit
+          end do
+          if (i <= self%n_outputs) exit
+        end do
+        stat = COLNN_ERR_NONFINITE
+        errmsg = 'forward: output '//str(i)//' of column '//str(j)//' is not finite ('// &
+                 self%source//')'
+      end if
+    end if
+  end subroutine network_forward_ws
+
+  subroutine run(self, ws, nc, x, y)
+    type(network_t), intent(in) :: self
+    type(workspace_t), intent(inout) :: ws
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(:, :)
+    real(wp), intent(out) :: y(:, :)
+    logical :: in_a
+    integer :: s
+    call copy_in(self%n_inputs, nc, x, ws%a)
+    in_a = .true.
+    do s = 1, size(self%plan)
+      associate (st => self%plan(s))
+        if (st%main > 0) then
+          if (in_a) then
+            call self%layers(st%main)%layer%forward_core(nc, ws%a, ws%b)
+          else
+            call self%layers(st%main)%layer%forward_core(nc, ws%b, ws%a)
+          end if
+          in_a = .not. in_a
+        end if
+        if (st%main_epilogue .or. st%last >= st%first) then
+          if (in_a) then
+            call apply_inplace_run(self, st, nc, ws%a)
+          else
+            call apply_inplace_run(self, st, nc, ws%b)
+          end if
+        end if
+      end associate
+    end do
+    if (in_a) then
+      call copy_out(self%n_outputs, nc, ws%a, y)
+    else
+      call copy_out(self%n_outputs, nc, ws%b, y)
+    end if
+  end subroutine run
+
+  subroutine copy_in(n, nc, x, a)
+    integer, intent(in) :: n, nc
+    real(wp), intent(in) :: x(:, :)
+    real(wp), intent(out) :: a(n, nc)
+    a = x
+  end subroutine copy_in
+
+  subroutine copy_out(n, nc, a, y)
+    integer, intent(in) :: n, nc
+    real(wp), intent(in) :: a(n, nc)
+    real(wp), intent(out) :: y(:, :)
+    y = a
+  end subroutine copy_out
+
+  !> The epilogue of the step's main layer and its elementwise layers, applied one column block
+  !> at a time so each block is read from memory once for all of them.
+  subroutine apply_inplace_run(self, st, nc, a)
+    type(network_t), intent(in) :: self
+    type(step_t), intent(in) :: st
+    integer, intent(in) :: nc
+    real(wp), intent(inout) :: a(st%width, nc)
+    integer :: blk, j0, m, k
+    blk = max(1, BLOCK_BYTES / (st%width * storage_size(a) / 8))
+    !$omp parallel do schedule(static) private(m, k) if(int(st%width, i8) * nc >= OMP_MIN_VALUES)
+    do j0 = 1, nc, blk
+      m = min(blk, nc - j0 + 1)
+      if (st%main_epilogue) call self%layers(st%main)%layer%epilogue(m, a(:, j0:j0 + m - 1))
+      do k = st%first, st%last
+        call self%layers(k)%layer%apply_inplace(m, a(:, j0:j0 + m - 1))
+      end do
+    end do
+    !$omp end parallel do
+  end subroutine apply_inplace_run
+end module colnn_network

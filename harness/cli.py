@@ -1,0 +1,116 @@
+"""The `harness` command line: a thin front end over the package's modules.
+
+Every subcommand maps to one function; errors the user can cause are HarnessError and are
+printed as one line (no traceback), with exit status 2. `verify` exits 1 when outside tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import HarnessError
+
+__all__ = ["main", "build_parser"]
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+    spec = convert(args.input, args.output, src_format=args.src_format, dst_format=args.dst_format)
+    print(f"{args.input} -> {args.output}: {len(spec.layers)} layers, {spec.n_inputs} -> "
+          f"{spec.n_outputs}, {spec.n_params} parameters, {spec.precision}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+    result = verify(args.keras_file, args.model_file, columns=args.columns, seed=args.seed,
+                    tol=args.tol, inputs=args.inputs, library=args.library,
+                    inputs_dataset=args.inputs_dataset)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(result.report())
+    return 0 if result.passed else 1
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .convert import load_any
+    spec = load_any(args.model, args.src_format)
+    print(f"{args.model}: {spec.precision}, {spec.n_inputs} inputs -> {spec.n_outputs} outputs, "
+          f"{spec.n_params} parameters")
+    n_in = spec.n_inputs
+    for i, layer in enumerate(spec.layers, 1):
+        n_out = layer.n_outputs(n_in)
+        act = layer.attrs.get("activation")
+        act_text = f"  {act.to_text()}" if act is not None else ""
+        print(f"  {i:3d} {layer.type:20s} {layer.name:24s} {n_in:6d} -> {n_out:<6d}{act_text}")
+        n_in = n_out
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return run_demo(Path(args.workdir), seed=args.seed, columns=args.columns, epochs=args.epochs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description=(
+        "Move Keras networks into the colnn Fortran library and check them."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    formats = ["keras", "h5", "colnn", "fkb"]
+
+    c = sub.add_parser("convert", help="convert between Keras (.keras/.h5), colnn and FKB files",
+                       description="Convert IN to OUT; formats come from the content of IN and "
+                                   "the suffix of OUT (.colnn, .keras, .h5, .fkb/.txt).")
+    c.add_argument("input", help="model file to read")
+    c.add_argument("-o", "--output", required=True, help="model file to write")
+    c.add_argument("--from", dest="src_format", choices=formats, help="format of IN")
+    c.add_argument("--to", dest="dst_format", choices=formats, help="format of OUT")
+    c.set_defaults(func=_cmd_convert)
+
+    v = sub.add_parser("verify", help="compare the Fortran library with Keras on the same inputs")
+    v.add_argument("keras_file", help=".keras or .h5 file run by Keras")
+    v.add_argument("model_file", help="colnn (or FKB) file run by the Fortran library")
+    v.add_argument("--columns", type=int, default=1024, help="random columns (default 1024)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    v.add_argument("--tol", type=float, default=None,
+                   help="max abs error / max |output| allowed (default 1e-5 single, 1e-12 double)")
+    v.add_argument("--inputs", help=".npy or .h5 array of inputs, one row per column")
+    v.add_argument("--inputs-dataset", help="dataset name inside an .h5 inputs file")
+    v.add_argument("--library", help="path of libcolnn to use (default: the build tree)")
+    v.add_argument("--json", action="store_true", help="print the result as JSON")
+    v.set_defaults(func=_cmd_verify)
+
+    i = sub.add_parser("info", help="show the layers of a model file")
+    i.add_argument("model")
+    i.add_argument("--from", dest="src_format", choices=formats)
+    i.set_defaults(func=_cmd_info)
+
+    d = sub.add_parser("demo", help="train a small Keras MLP, convert it, run it in Fortran, verify")
+    d.add_argument("--workdir", default="demo-run", help="directory for the files it makes")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--columns", type=int, default=4096, help="columns used in verification")
+    d.add_argument("--epochs", type=int, default=8)
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

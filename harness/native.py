@@ -1,0 +1,188 @@
+"""The real Fortran library through its C binding (include/colnn.h), via ctypes.
+
+Verification, tests and benchmarks call the same entry points a C or C++ host model would.
+The library of each precision is found in the build tree (``build/single``, ``build/double``)
+or at the path given by ``COLNN_LIB`` / ``COLNN_LIB_DOUBLE``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .errors import HarnessError
+
+__all__ = ["ColnnError", "NativeModel", "library_path", "load_library", "STATUS_NAMES"]
+
+Precision = Literal["single", "double"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ERRMSG_LEN = 1024
+
+STATUS_NAMES = {
+    0: "ok", 1: "io error", 2: "format error", 3: "argument error", 4: "non-finite value",
+    5: "unsupported", 6: "memory error", 7: "not implemented",
+}
+
+
+class ColnnError(HarnessError):
+    """A non-zero status from the Fortran library, with its message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def library_path(precision: Precision = "single") -> Path:
+    """Path of libcolnn for `precision`: $COLNN_LIB / $COLNN_LIB_DOUBLE, else the build tree."""
+    env = os.environ.get("COLNN_LIB_DOUBLE" if precision == "double" else "COLNN_LIB")
+    if env:
+        return Path(env)
+    return REPO_ROOT / "build" / precision / "fortran" / "libcolnn.so"
+
+
+_libraries: dict[str, ctypes.CDLL] = {}
+
+
+def load_library(path: Path | str | None = None, precision: Precision = "single") -> ctypes.CDLL:
+    """Opens (once) and declares the C API of the library at `path`."""
+    lib_path = Path(path) if path is not None else library_path(precision)
+    key = str(lib_path.resolve()) if lib_path.exists() else str(lib_path)
+    if key in _libraries:
+        return _libraries[key]
+    if not lib_path.exists():
+        raise HarnessError(f"{lib_path}: colnn library not found (build it with scripts/setup.sh "
+                           f"or set COLNN_LIB)")
+    try:
+        lib = ctypes.CDLL(str(lib_path))
+    except OSError as exc:
+        raise HarnessError(f"{lib_path}: cannot load the colnn library: {exc}") from None
+    c_char_p, c_int, c_size_t, c_void_p = ctypes.c_char_p, ctypes.c_int, ctypes.c_size_t, ctypes.c_void_p
+    lib.colnn_load.argtypes = [c_char_p, ctypes.POINTER(c_void_p), c_char_p, c_size_t]
+    lib.colnn_load.restype = c_int
+    lib.colnn_save.argtypes = [c_void_p, c_char_p, c_char_p, c_size_t]
+    lib.colnn_save.restype = c_int
+    lib.colnn_free.argtypes = [c_void_p]
+    lib.colnn_free.restype = None
+    lib.colnn_forward.argtypes = [c_void_p, c_void_p, c_int, c_void_p, c_char_p, c_size_t]
+    lib.colnn_forward.restype = c_int
+    lib.colnn_set_check_finite.argtypes = [c_void_p, c_int]
+    lib.colnn_set_check_finite.restype = c_int
+    for name in ("colnn_num_inputs", "colnn_num_outputs", "colnn_num_layers"):
+        getattr(lib, name).argtypes = [c_void_p]
+        getattr(lib, name).restype = c_int
+    lib.colnn_num_params.argtypes = [c_void_p]
+    lib.colnn_num_params.restype = ctypes.c_int64
+    lib.colnn_layer_info.argtypes = [c_void_p, c_int, c_char_p, c_size_t, c_char_p, c_size_t,
+                                     ctypes.POINTER(c_int), ctypes.POINTER(c_int)]
+    lib.colnn_layer_info.restype = c_int
+    lib.colnn_real_bytes.argtypes = []
+    lib.colnn_real_bytes.restype = c_int
+    lib.colnn_version.argtypes = [c_char_p, c_size_t]
+    lib.colnn_version.restype = None
+    _libraries[key] = lib
+    return lib
+
+
+class NativeModel:
+    """A model loaded by the Fortran library. Arrays follow Keras: ``x`` is (columns, features)
+    in C order, which is exactly the library's (features, columns) in Fortran order."""
+
+    def __init__(self, path: Path | str, library: Path | str | None = None,
+                 precision: Precision = "single") -> None:
+        self._lib = load_library(library, precision)
+        self.dtype = np.float64 if self._lib.colnn_real_bytes() == 8 else np.float32
+        self.path = str(path)
+        handle = ctypes.c_void_p()
+        err = ctypes.create_string_buffer(ERRMSG_LEN)
+        stat = self._lib.colnn_load(os.fsencode(self.path), ctypes.byref(handle), err, ERRMSG_LEN)
+        if stat != 0:
+            raise ColnnError(stat, err.value.decode(errors="replace"))
+        self._handle = handle
+        self.n_inputs = self._lib.colnn_num_inputs(handle)
+        self.n_outputs = self._lib.colnn_num_outputs(handle)
+        self.n_layers = self._lib.colnn_num_layers(handle)
+        self.n_params = int(self._lib.colnn_num_params(handle))
+
+    @property
+    def precision(self) -> str:
+        return "float64" if self.dtype == np.float64 else "float32"
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            self._lib.colnn_free(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> "NativeModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _live_handle(self) -> ctypes.c_void_p:
+        if self._handle is None:
+            raise HarnessError(f"{self.path}: model already closed")
+        return self._handle
+
+    def layers(self) -> list[tuple[str, str, int, int]]:
+        """(type, name, n_in, n_out) of each layer."""
+        out = []
+        for i in range(1, self.n_layers + 1):
+            tbuf, nbuf = ctypes.create_string_buffer(64), ctypes.create_string_buffer(256)
+            n_in, n_out = ctypes.c_int(), ctypes.c_int()
+            self._lib.colnn_layer_info(self._live_handle(), i, tbuf, 64, nbuf, 256,
+                                       ctypes.byref(n_in), ctypes.byref(n_out))
+            out.append((tbuf.value.decode(), nbuf.value.decode(), n_in.value, n_out.value))
+        return out
+
+    def set_check_finite(self, flag: bool) -> None:
+        self._lib.colnn_set_check_finite(self._live_handle(), int(flag))
+
+    def predict(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Forward pass of x (columns, n_inputs) -> (columns, n_outputs)."""
+        x = np.asarray(x)
+        if x.ndim == 1:
+            x = x[np.newaxis, :]
+        if x.ndim != 2:
+            raise HarnessError(f"predict: input must be 2-D (columns, features), got {x.shape}")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        n_columns = x.shape[0]
+        if x.shape[1] != self.n_inputs:
+            raise HarnessError(f"predict: input has {x.shape[1]} features, the model "
+                               f"({self.path}) takes {self.n_inputs}")
+        if out is None:
+            out = np.empty((n_columns, self.n_outputs), dtype=self.dtype)
+        elif (out.shape != (n_columns, self.n_outputs) or out.dtype != self.dtype
+              or not out.flags.c_contiguous):
+            raise HarnessError(f"predict: out must be a C-contiguous {self.dtype.__name__} array "
+                               f"of shape {(n_columns, self.n_outputs)}")
+        err = ctypes.create_string_buffer(ERRMSG_LEN)
+        stat = self._lib.colnn_forward(self._live_handle(), x.ctypes.data, n_columns,
+                                       out.ctypes.data, err, ERRMSG_LEN)
+        if stat != 0:
+            raise ColnnError(stat, err.value.decode(errors="replace"))
+        return out
+
+    def forward_raw(self, x_ptr: int, n_columns: int, y_ptr: int) -> int:
+        """The bare C call on caller-prepared buffers (benchmarks: no checks, no allocation)."""
+        return self._lib.colnn_forward(self._handle, x_ptr, n_columns, y_ptr, None, 0)
+
+    def save(self, path: Path | str) -> None:
+        err = ctypes.create_string_buffer(ERRMSG_LEN)
+        stat = self._lib.colnn_save(self._live_handle(), os.fsencode(str(path)), err, ERRMSG_LEN)
+        if stat != 0:
+            raise ColnnError(stat, err.value.decode(errors="replace"))
+
+
+def library_version(library: Path | str | None = None) -> str:
+    lib = load_library(library)
+    buf = ctypes.create_string_buffer(64)
+    lib.colnn_version(buf, 64)
+    return buf.value.decode()

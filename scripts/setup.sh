@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Idempotent set-up on Debian 12 (as root): system packages, the Python venv, and both builds
+# (single and double precision) of the Fortran library. A second run installs nothing and
+# only rebuilds what changed. Sourced by scripts/main.sh and scripts/test.sh.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+APT_PACKAGES=(
+  gcc gfortran cmake make pkg-config git ca-certificates
+  libopenblas-dev libopenmpi-dev openmpi-bin libpmix-dev libhdf5-dev
+  python3 python3-venv python3-dev
+)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+install_apt_packages() {
+  local missing=() p
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+      log "missing Debian packages: ${missing[*]} (run this as root, or install them)"
+      exit 1
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+setup_venv() {
+  # Debian's python3 (not whatever python3 is first on PATH) so the venv is the same everywhere
+  local py=/usr/bin/python3
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating the Python venv in $VENV"
+    "$py" -m venv "$VENV"
+  fi
+  local want have=""
+  want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+  [[ -f "$VENV/.colnn-installed" ]] && have=$(cat "$VENV/.colnn-installed")
+  if [[ "$want" != "$have" ]]; then
+    log "installing Python packages (TensorFlow, h5py, numpy, pytest, ...) into the venv"
+    "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[keras,test]"
+    echo "$want" > "$VENV/.colnn-installed"
+  fi
+}
+
+build_library() {
+  local precision=$1 double=OFF
+  [[ $precision == double ]] && double=ON
+  local dir="$ROOT/build/$precision"
+  if [[ ! -f "$dir/CMakeCache.txt" ]]; then
+    log "configuring the $precision-precision build in $dir"
+    cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DCOLNN_DOUBLE=$double \
+      -DCMAKE_INSTALL_PREFIX="$ROOT/build/install-$precision" >/dev/null
+  fi
+  cmake --build "$dir" -j "$(nproc)" >/dev/null
+}
+
+install_apt_packages
+setup_venv
+build_library single
+build_library double
+export PATH="$VENV/bin:$PATH"
