@@ -119,8 +119,9 @@ def _load_keras_model(path: str):
 
 def keras_predict(path: Path | str, x: np.ndarray) -> np.ndarray:
     model = _load_keras_model(str(path))
-    dtype = np.float64 if "float64" in str(getattr(model, "compute_dtype", model.dtype)) \
-        else np.float32
+    # the input tensor's dtype, not the model's policy: a Sequential of float64 layers can
+    # still carry the global float32 policy and would round the inputs
+    dtype = np.float64 if "float64" in str(model.inputs[0].dtype) else np.float32
     return np.asarray(model.predict_on_batch(x.astype(dtype)))
 
 

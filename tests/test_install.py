@@ -1,0 +1,84 @@
+"""A GCM-style downstream build: install the library, then link it from a Fortran program with
+CMake's find_package(colnn) and from C with pkg-config, and run both."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.modelfile import Activation, LayerSpec, ModelSpec, write_model
+from harness import reference
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
+    prefix = tmp_path_factory.mktemp("prefix")
+    subprocess.run(["cmake", "--build", str(repo_root / "build/single")], check=True,
+                   capture_output=True)
+    subprocess.run(["cmake", "--install", str(repo_root / "build/single"), "--prefix", str(prefix)],
+                   check=True, capture_output=True)
+    return prefix
+
+
+def _model(tmp: Path) -> tuple[Path, ModelSpec]:
+    rng = np.random.default_rng(7)
+    spec = ModelSpec("float32", 4, [
+        LayerSpec("dense", "d", {"units": 3, "use_bias": True,
+                                 "activation": Activation.make("tanh")},
+                  {"kernel": rng.standard_normal((4, 3)).astype(np.float32),
+                   "bias": rng.standard_normal(3).astype(np.float32)})])
+    path = tmp / "m.colnn"
+    write_model(spec, path)
+    return path, spec
+
+
+def test_find_package_from_fortran(installed: Path, tmp_path: Path) -> None:
+    model, spec = _model(tmp_path)
+    src = tmp_path / "gcm"
+    src.mkdir()
+    (src / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.20)\nproject(toy_gcm LANGUAGES Fortran)\n"
+        "find_package(colnn 0.1 REQUIRED)\nadd_executable(toy_gcm main.f90)\n"
+        "target_link_libraries(toy_gcm PRIVATE colnn::colnn)\n")
+    (src / "main.f90").write_text(
+        "program toy_gcm\n  use colnn\n  implicit none\n  type(network_t) :: net\n"
+        "  integer :: stat\n  character(len=ERRMSG_LEN) :: msg\n  real(wp) :: x(4, 2), y(3, 2)\n"
+        "  call net%load('" + str(model) + "', stat, msg)\n"
+        "  if (stat /= 0) then\n    print '(a)', trim(msg)\n    error stop 1\n  end if\n"
+        "  x(:, 1) = [1.0, 2.0, 3.0, 4.0]\n  x(:, 2) = -x(:, 1)\n"
+        "  call net%forward(x, y, stat, msg)\n  print '(3es16.8)', y\nend program toy_gcm\n")
+    build = tmp_path / "gcm-build"
+    env = dict(os.environ, CMAKE_PREFIX_PATH=str(installed))
+    subprocess.run(["cmake", "-S", str(src), "-B", str(build)], check=True, capture_output=True,
+                   env=env)
+    subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True)
+    out = subprocess.run([str(build / "toy_gcm")], check=True, capture_output=True, text=True)
+    y = np.array([float(v) for v in out.stdout.split()]).reshape(2, 3)
+    x = np.array([[1, 2, 3, 4], [-1, -2, -3, -4]], dtype=np.float64)
+    assert np.allclose(y, reference.forward(spec, x.T).T, rtol=1e-5, atol=1e-6)
+
+
+def test_pkg_config_from_c(installed: Path, tmp_path: Path) -> None:
+    model, spec = _model(tmp_path)
+    env = dict(os.environ, PKG_CONFIG_PATH=str(installed / "lib/pkgconfig"))
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "colnn"], check=True,
+                           capture_output=True, text=True, env=env).stdout.split()
+    assert any(f.startswith("-I") and f.endswith("include/colnn") for f in flags), flags
+    src = tmp_path / "host.c"
+    src.write_text('#include <stdio.h>\n#include "colnn.h"\n'
+                   'int main(int c, char **v) { char e[256]; colnn_model *m;\n'
+                   '  if (colnn_load(v[1], &m, e, sizeof e)) { puts(e); return 1; }\n'
+                   '  colnn_real x[4] = {1, 2, 3, 4}, y[3];\n'
+                   '  if (colnn_forward(m, x, 1, y, e, sizeof e)) { puts(e); return 2; }\n'
+                   '  printf("%.8e %.8e %.8e\\n", y[0], y[1], y[2]); colnn_free(m); return 0; }\n')
+    exe = tmp_path / "host"
+    libdir = installed / "lib"
+    subprocess.run(["gcc", "-o", str(exe), str(src), *flags, f"-Wl,-rpath,{libdir}"], check=True)
+    out = subprocess.run([str(exe), str(model)], check=True, capture_output=True, text=True)
+    y = np.array([float(v) for v in out.stdout.split()])
+    ref = reference.forward(spec, np.array([[1.0, 2, 3, 4]]).T)[:, 0]
+    assert np.allclose(y, ref, rtol=1e-5, atol=1e-6)
