@@ -30,13 +30,15 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 FKB_EPSILON = 0.001
 # FKB activation line names -> colnn activation names. The value of the line is the slope of
-# leakyrelu and the alpha of elu; FKB writes 0 for the others and ignores it.
+# leakyrelu and the alpha of elu; FKB writes 0 for the others and ignores it. selu and swish
+# are read (the colnn Fortran reader accepts them too) but never written: FKB's own Fortran
+# does not know them and would silently use a sigmoid.
 FKB_ACTIVATIONS: dict[str, str] = {
     "linear": "linear", "relu": "relu", "leakyrelu": "leaky_relu", "elu": "elu",
     "tanh": "tanh", "sigmoid": "sigmoid", "softmax": "softmax", "softplus": "softplus",
-    "exponential": "exponential",
+    "exponential": "exponential", "selu": "selu", "swish": "swish",
 }
-_TO_FKB = {v: k for k, v in FKB_ACTIVATIONS.items()}
+_TO_FKB = {v: k for k, v in FKB_ACTIVATIONS.items() if k not in ("selu", "swish")}
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
 _NUMBER_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eEdD][+-]?[0-9]+)?\Z")
 _MAX_SIZE = 2**31 - 1
@@ -149,12 +151,12 @@ def read_fkb(path: PathLike, precision: str = "float32") -> ModelSpec:
     layers: list[LayerSpec] = []
     dense: list[tuple[LayerSpec, int, int]] = []  # layer, inputs, line
     batchnorm: list[tuple[LayerSpec, int]] = []
-    counters: dict[str, int] = {}
     n = n_inputs
 
     def next_name(base: str) -> str:
-        counters[base] = counters.get(base, 0) + 1
-        return f"{base}_{counters[base]}"
+        # TYPE_K with K the position of the layer line after 'input' - the names the Fortran
+        # library's FKB reader gives, so both sides agree.
+        return f"{base}_{len(layers) + 1}"
 
     for lineno, kind, value in entries[1:]:
         if kind == "input":
@@ -230,7 +232,7 @@ def _fkb_activation(act: Activation, where: str) -> str:
                                                      or p["max_value"] is not None
                                                      or p["threshold"] != 0.0)):
         raise ConversionError(f"{where}: activation '{act.to_text()}' has no FKB equivalent "
-                              f"(FKB knows {', '.join(FKB_ACTIVATIONS)}, relu without "
+                              f"(FKB knows {', '.join(_TO_FKB.values())}; relu without "
                               "parameters)")
     value: float = 0.0
     if act.name == "leaky_relu":

@@ -54,6 +54,7 @@ _ACTIVATION_CLASSES = ("Activation", "ReLU", "LeakyReLU", "ELU", "Softmax")
 _SUPPORTED = ("InputLayer", "Dense", "Dropout", "BatchNormalization", "Normalization",
               *_ACTIVATION_CLASSES)
 _KERAS_EPSILON = 1e-7  # keras.backend.epsilon(), used by Normalization (measured: 1e-07)
+_MAX_EXPANSION = 100  # largest accepted ratio of unpacked to stored bytes (zip member, dataset)
 
 # Where TensorFlow-backed Keras uses a float32 value in a float64 model (measured):
 # * tf.nn.leaky_relu takes its slope as a float32 attribute: LeakyReLU layers, the
@@ -95,7 +96,7 @@ class _Context:
         return ConversionError(f"{self.path}: layer '{name}' ({cls}): {message}")
 
     def rounded(self, value: float) -> float:
-        """A parameter Keras uses as float32: rounded in float64 models (see the notes above _f32)."""
+        """A parameter Keras uses as float32: rounded in float64 models (notes above _f32)."""
         return _f32(value) if self.precision == "float64" else float(value)
 
 
@@ -183,6 +184,13 @@ def _read_array(ctx: _Context, name: str, cls: str, what: str, dataset: Any,
         raise ctx.layer_fail(name, cls, f"{what} has shape {ds_shape}, expected {shape}")
     if getattr(dataset, "dtype", np.dtype("O")).kind != "f":
         raise ctx.layer_fail(name, cls, f"{what} is not a floating-point array")
+    # A compressed dataset of a few bytes can claim gigabytes; Keras stores weights
+    # uncompressed, so refuse wild expansion before allocating.
+    wanted = int(np.prod(shape, dtype=np.int64)) * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    if wanted > _MAX_EXPANSION * max(stored, 1 << 20):
+        raise ctx.layer_fail(name, cls, f"{what} claims {wanted} bytes but stores {stored}; "
+                             "refusing a possible decompression bomb")
     arr = np.asarray(dataset[()], dtype=np.float64)
     if not np.all(np.isfinite(arr)):
         raise ctx.layer_fail(name, cls, f"{what} holds NaN or Inf values")
@@ -697,6 +705,12 @@ def _read_zip(path: str) -> ModelSpec:
 
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
+        for info in archive.infolist():
+            if info.file_size > (1 << 28) and \
+                    info.file_size > _MAX_EXPANSION * max(info.compress_size, 1):
+                raise ConversionError(f"{path}: archive member '{info.filename}' unpacks to "
+                                      f"{info.file_size} bytes from {info.compress_size}; "
+                                      "refusing a possible decompression bomb")
         if "config.json" not in names:
             raise ConversionError(f"{path}: zip archive without config.json (not a .keras "
                                   "model file)")

@@ -22,7 +22,7 @@ import numpy as np
 from .errors import ConversionError, ModelFileError
 from .modelfile import Activation, LayerSpec, ModelSpec, validate
 
-__all__ = ["write_keras", "keras_activation_string"]
+__all__ = ["write_keras", "build_keras_model", "keras_activation_string"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -160,7 +160,10 @@ def write_keras(spec: ModelSpec, path: PathLike) -> None:
     except ValueError as exc:  # Keras refuses a name or a parameter
         raise ConversionError(f"{path}: Keras refused the model: {exc}") from None
     directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=suffix, dir=directory)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=suffix, dir=directory)
+    except OSError as exc:
+        raise ConversionError(f"{path}: cannot write: {exc.strerror or exc}") from None
     os.close(fd)
     os.unlink(tmp_name)  # Keras wants to create the file itself
     try:

@@ -19,7 +19,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Sequence, Union
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -676,9 +676,7 @@ def _parse_block(src: _Source, lineno: int, ltype: str, dtype: type) -> LayerSpe
             layer.attrs[key] = _parse_float(src, line_no, key, value)
         else:
             layer.attrs[key] = _parse_activation(src, line_no, value)
-    missing = [k for k in ("name", *kinds) if k != "name" and k not in layer.attrs]
-    if not name_seen:
-        missing.insert(0, "name")
+    missing = ([] if name_seen else ["name"]) + [k for k in kinds if k not in layer.attrs]
     if missing:
         raise src.error(lineno, f"{ltype} block lacks attribute(s): {', '.join(missing)}")
     return layer

@@ -9,7 +9,7 @@ VENV="$ROOT/.venv"
 
 APT_PACKAGES=(
   gcc gfortran cmake make pkg-config git ca-certificates
-  libopenblas-dev libopenmpi-dev openmpi-bin libpmix-dev libhdf5-dev
+  libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin libpmix-dev libhdf5-dev
   python3 python3-venv python3-dev
 )
 
@@ -54,12 +54,21 @@ build_library() {
   local precision=$1 double=OFF
   [[ $precision == double ]] && double=ON
   local dir="$ROOT/build/$precision"
+  # the OpenMP build of OpenBLAS: libcolnn runs column blocks on OpenMP threads and calls BLAS
+  # inside them, which this build then runs serially instead of starting threads of its own
+  local blas=/usr/lib/$(gcc -print-multiarch)/openblas-openmp/libopenblas.so.0
+  [[ -f $blas ]] || blas=""
   if [[ ! -f "$dir/CMakeCache.txt" ]]; then
     log "configuring the $precision-precision build in $dir"
     cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DCOLNN_DOUBLE=$double \
+      -DCOLNN_BLAS_LIBRARIES="$blas" \
       -DCMAKE_INSTALL_PREFIX="$ROOT/build/install-$precision" >/dev/null
   fi
-  cmake --build "$dir" -j "$(nproc)" >/dev/null
+  if ! cmake --build "$dir" -j "$(nproc)" >"$dir/build.log" 2>&1; then
+    cat "$dir/build.log" >&2
+    log "the $precision-precision build failed (log: $dir/build.log)"
+    exit 1
+  fi
 }
 
 install_apt_packages

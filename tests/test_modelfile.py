@@ -40,9 +40,8 @@ def full_spec(precision: str, seed: int = 0) -> ModelSpec:
     layers = [
         LayerSpec("normalization", "norm", {"epsilon": 1e-7, "invert": False},
                   {"mean": _nasty(rng, (3,), dt), "variance": np.abs(_nasty(rng, (3,), dt))}),
-        LayerSpec("dense", "d0", {"units": 4, "use_bias": True,
-                                  "activation": Activation.make("leaky_relu",
-                                                                negative_slope=0.30000001192092896)},
+        LayerSpec("dense", "d0", {"units": 4, "use_bias": True, "activation": Activation.make(
+            "leaky_relu", negative_slope=0.30000001192092896)},
                   {"kernel": _nasty(rng, (3, 4), dt), "bias": _nasty(rng, (4,), dt)}),
         LayerSpec("batch_normalization", "bn", {"epsilon": 0.001, "momentum": 0.99,
                                                 "center": False, "scale": True},
@@ -215,7 +214,8 @@ MALFORMED = [
     ("bad version", GOOD.replace("colnn 1", "colnn one"), 1, "integer version"),
     ("truncated in tensor", GOOD[: GOOD.index("4 5 6")], 13,
      "more than the rest of the file holds"),
-    ("truncated in row", GOOD[: GOOD.index("4 5 6") + 3], 15,
+    ("truncated in row", GOOD.replace("4 5 6", "4.000001 5.000001 6.000001")[
+        : GOOD.index("4 5 6") + 17], 15,
      "expected 3 values on this line, found 2"),
     ("truncated after tensor", GOOD[: GOOD.index("0.5 -0.5")], 16,
      "more than the rest of the file holds"),

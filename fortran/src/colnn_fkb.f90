@@ -139,7 +139,7 @@ contains
             return
           end if
           select case (lkind)
-          case ('linear', 'relu', 'tanh', 'sigmoid', 'softmax', 'softplus', 'selu', 'swish')
+          case ('linear', 'relu', 'tanh', 'sigmoid', 'softmax', 'softplus', 'selu', 'swish', 'exponential')
             act = lkind
           case ('leakyrelu')
             act = 'leaky_relu negative_slope='//real_to_str(real(rv, wp))

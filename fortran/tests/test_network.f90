@@ -36,9 +36,9 @@ program test_network
 
   ! the steady-state call reuses its work arrays
   call net%forward(x, y2, stat, msg)
-  p1 = c_loc(net%ws%a(1))
+  p1 = c_loc(net%ws%a(1, 1))
   call net%forward(x, y2, stat, msg)
-  p2 = c_loc(net%ws%a(1))
+  p2 = c_loc(net%ws%a(1, 1))
   call expect(c_associated(p1, p2), 'workspace reused between calls of the same column count')
   call expect(all(y2 == y), 'repeatable forward')
   ! a larger block, then its first 5 columns equal the small block's result

@@ -1,11 +1,12 @@
-!> A feed-forward network: a chain of layers evaluated over (features, columns) blocks.
+!> A feed-forward network: a chain of layers evaluated over (features, columns) arrays.
 !>
-!> `load` reads a colnn model file or an FKB text file; `forward` evaluates a block of columns
-!> with one GEMM per dense layer and one cache-blocked in-place pass for the bias, activation and
-!> elementwise layers that follow it. Work arrays live in a `workspace_t`: the network's own one
-!> serves `forward`; `forward_ws` takes a caller's workspace, so several threads can share one
-!> (read-only) network. Workspaces grow to the largest column count seen and are then reused:
-!> the steady-state call allocates nothing.
+!> `load` reads a colnn model file or an FKB text file. `forward` cuts the columns into blocks
+!> small enough that a block's activations stay in the core's cache through the whole network,
+!> and runs the blocks in parallel (OpenMP), each through every layer: one GEMM per dense layer,
+!> then one in-place pass for the bias, the activation and the elementwise layers that follow.
+!> Work arrays live in a `workspace_t`: the network's own one serves `forward`; `forward_ws`
+!> takes a caller's, so several host threads can share one (read-only) network. Workspaces are
+!> allocated on the first call and reused: the steady-state call allocates nothing.
 module colnn_network
   use colnn_kinds, only: wp, i8, wp_name
   use colnn_status
@@ -16,6 +17,7 @@ module colnn_network
   use colnn_model_file, only: model_header_t, read_model_file, write_model_file
   use colnn_fkb, only: read_fkb_file
   use colnn_textio, only: text_reader_t
+!$ use omp_lib, only: omp_get_max_threads, omp_get_thread_num
   use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
   implicit none
   private
@@ -35,9 +37,11 @@ module colnn_network
     integer :: width = 0
   end type step_t
 
+  !> Work arrays of one caller: per thread slot, two ping-pong buffers of
+  !> (max_width, block columns).
   type :: workspace_t
-    real(wp), allocatable :: a(:), b(:)
-    integer :: nc = 0
+    real(wp), allocatable :: a(:, :), b(:, :)
+    integer :: block = 0
   end type workspace_t
 
   type :: network_t
@@ -60,10 +64,9 @@ module colnn_network
     procedure :: destroy => network_destroy
   end type network_t
 
-  !> Column blocks of the in-place pass stay near this many bytes (L1/L2 resident).
-  integer, parameter :: BLOCK_BYTES = 65536
-  !> Below this many values per pass OpenMP threads cost more than they give.
-  integer(i8), parameter :: OMP_MIN_VALUES = 65536
+  !> The two buffers of a column block take about this many bytes (kept in a core's L2).
+  integer, parameter :: BLOCK_BYTES = 1048576
+  integer, parameter :: MIN_BLOCK = 16, MAX_BLOCK = 1024
 
 contains
 
@@ -78,7 +81,7 @@ contains
     if (allocated(self%plan)) deallocate (self%plan)
     if (allocated(self%ws%a)) deallocate (self%ws%a)
     if (allocated(self%ws%b)) deallocate (self%ws%b)
-    self%ws%nc = 0
+    self%ws%block = 0
     self%n_layers = 0
     self%n_inputs = 0
     self%n_outputs = 0
@@ -281,7 +284,7 @@ contains
     real(wp), intent(out) :: y(:, :)
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
-    integer :: nc, i, j
+    integer :: nc, i, j, block, cache_block, n_threads, n_blocks, ib, j0, m, t
 
     stat = COLNN_OK
     errmsg = ''
@@ -327,18 +330,34 @@ contains
       end if
     end if
 
-    if (ws%nc < nc .or. .not. allocated(ws%a)) then
+    ! the buffers are sized once for the cache-sized block; a call with few columns splits them
+    ! over the threads (so BLAS is never asked to thread a thin GEMM) and uses a prefix
+    cache_block = max(MIN_BLOCK, min(MAX_BLOCK, BLOCK_BYTES / (2 * self%max_width * (storage_size(x) / 8))))
+    n_threads = 1
+    !$ n_threads = omp_get_max_threads()
+    if (.not. allocated(ws%a) .or. ws%block /= cache_block .or. size(ws%a, 2) < n_threads) then
       if (allocated(ws%a)) deallocate (ws%a, ws%b)
-      allocate (ws%a(int(self%max_width, i8) * nc), ws%b(int(self%max_width, i8) * nc), stat=stat)
+      allocate (ws%a(self%max_width * cache_block, n_threads), &
+                ws%b(self%max_width * cache_block, n_threads), stat=stat)
       if (stat /= 0) then
         stat = COLNN_ERR_MEMORY
-        errmsg = 'forward: cannot allocate work arrays for '//str(nc)//' columns'
-        ws%nc = 0
+        errmsg = 'forward: cannot allocate work arrays'
+        ws%block = 0
         return
       end if
-      ws%nc = nc
+      ws%block = cache_block
     end if
-    call run(self, ws, nc, x, y)
+    block = min(cache_block, max(MIN_BLOCK, (nc + n_threads - 1) / n_threads))
+    n_blocks = (nc + block - 1) / block
+    !$omp parallel do schedule(static) private(j0, m, t) if(n_blocks > 1)
+    do ib = 1, n_blocks
+      t = 1
+      !$ t = omp_get_thread_num() + 1
+      j0 = (ib - 1) * block + 1
+      m = min(block, nc - j0 + 1)
+      call run(self, ws%a(:, t), ws%b(:, t), m, x(:, j0:j0 + m - 1), y(:, j0:j0 + m - 1))
+    end do
+    !$omp end parallel do
 
     if (self%check_finite) then
       if (.not. all(ieee_is_finite(y))) then
@@ -355,39 +374,40 @@ contains
     end if
   end subroutine network_forward_ws
 
-  subroutine run(self, ws, nc, x, y)
+  !> One block of m columns through every layer, ping-ponging between a and b.
+  subroutine run(self, a, b, m, x, y)
     type(network_t), intent(in) :: self
-    type(workspace_t), intent(inout) :: ws
-    integer, intent(in) :: nc
+    real(wp), intent(inout), contiguous :: a(:), b(:)
+    integer, intent(in) :: m
     real(wp), intent(in) :: x(:, :)
-    real(wp), intent(out) :: y(:, :)
+    real(wp), intent(inout) :: y(:, :)
     logical :: in_a
     integer :: s
-    call copy_in(self%n_inputs, nc, x, ws%a)
+    call copy_in(self%n_inputs, m, x, a)
     in_a = .true.
     do s = 1, size(self%plan)
       associate (st => self%plan(s))
         if (st%main > 0) then
           if (in_a) then
-            call self%layers(st%main)%layer%forward_core(nc, ws%a, ws%b)
+            call self%layers(st%main)%layer%forward_core(m, a, b)
           else
-            call self%layers(st%main)%layer%forward_core(nc, ws%b, ws%a)
+            call self%layers(st%main)%layer%forward_core(m, b, a)
           end if
           in_a = .not. in_a
         end if
         if (st%main_epilogue .or. st%last >= st%first) then
           if (in_a) then
-            call apply_inplace_run(self, st, nc, ws%a)
+            call apply_inplace_run(self, st, m, a)
           else
-            call apply_inplace_run(self, st, nc, ws%b)
+            call apply_inplace_run(self, st, m, b)
           end if
         end if
       end associate
     end do
     if (in_a) then
-      call copy_out(self%n_outputs, nc, ws%a, y)
+      call copy_out(self%n_outputs, m, a, y)
     else
-      call copy_out(self%n_outputs, nc, ws%b, y)
+      call copy_out(self%n_outputs, m, b, y)
     end if
   end subroutine run
 
@@ -401,27 +421,20 @@ contains
   subroutine copy_out(n, nc, a, y)
     integer, intent(in) :: n, nc
     real(wp), intent(in) :: a(n, nc)
-    real(wp), intent(out) :: y(:, :)
+    real(wp), intent(inout) :: y(:, :)
     y = a
   end subroutine copy_out
 
-  !> The epilogue of the step's main layer and its elementwise layers, applied one column block
-  !> at a time so each block is read from memory once for all of them.
+  !> The epilogue of the step's main layer, then its elementwise layers, in place.
   subroutine apply_inplace_run(self, st, nc, a)
     type(network_t), intent(in) :: self
     type(step_t), intent(in) :: st
     integer, intent(in) :: nc
     real(wp), intent(inout) :: a(st%width, nc)
-    integer :: blk, j0, m, k
-    blk = max(1, BLOCK_BYTES / (st%width * storage_size(a) / 8))
-    !$omp parallel do schedule(static) private(m, k) if(int(st%width, i8) * nc >= OMP_MIN_VALUES)
-    do j0 = 1, nc, blk
-      m = min(blk, nc - j0 + 1)
-      if (st%main_epilogue) call self%layers(st%main)%layer%epilogue(m, a(:, j0:j0 + m - 1))
-      do k = st%first, st%last
-        call self%layers(k)%layer%apply_inplace(m, a(:, j0:j0 + m - 1))
-      end do
+    integer :: k
+    if (st%main_epilogue) call self%layers(st%main)%layer%epilogue(nc, a)
+    do k = st%first, st%last
+      call self%layers(k)%layer%apply_inplace(nc, a)
     end do
-    !$omp end parallel do
   end subroutine apply_inplace_run
 end module colnn_network
