@@ -34,7 +34,8 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
-DEBIAN_OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
+DEBIAN_OPENBLAS = ("/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+                   "/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0")
 DEBIAN_BLIS = "/usr/lib/x86_64-linux-gnu/blis-pthread/libblis.so.4"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -181,6 +182,32 @@ def build_shim(workdir: Path) -> str | None:
     return str(out)
 
 
+def library_path() -> str:
+    sys.path.insert(0, str(REPO_ROOT))
+    from harness.native import library_path as lp
+    return str(lp("single"))
+
+
+def linked_blas() -> str:
+    """Real path of the BLAS libcolnn is linked against (its ldd line naming blas)."""
+    res = subprocess.run(["ldd", library_path()], capture_output=True, text=True)
+    for line in res.stdout.splitlines():
+        if "blas" in line and "=>" in line:
+            return os.path.realpath(line.split("=>")[1].split("(")[0].strip())
+    return "unknown"
+
+
+def short_name(path: str) -> str:
+    """'Debian OpenBLAS 0.3.21 openmp' and the like, from the library's path."""
+    if "openblas-openmp" in path:
+        return "Debian OpenBLAS 0.3.21 openmp"
+    if "openblas-pthread" in path:
+        return "Debian OpenBLAS 0.3.21 pthread"
+    if "blis" in path:
+        return "Debian BLIS"
+    return Path(path).name
+
+
 def threads_env(omp: int, blas: int) -> dict:
     return {"OMP_NUM_THREADS": str(omp), "OPENBLAS_NUM_THREADS": str(blas),
             "BLIS_NUM_THREADS": str(blas), "MKL_NUM_THREADS": str(blas)}
@@ -210,9 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         write_model(paper_spec(np), model)
         shim = build_shim(workdir)
 
-        variants: list[tuple[str, dict]] = [("Debian OpenBLAS 0.3.21 (as linked)", {})]
+        linked = linked_blas()
+        print(f"libcolnn: {library_path()}; links BLAS {linked}")
+        print()
+        variants: list[tuple[str, dict]] = [(f"as linked: {short_name(linked)}", {})]
         for core in ("SkylakeX", "Zen", "Haswell"):
             variants.append((f"  same, OPENBLAS_CORETYPE={core}", {"OPENBLAS_CORETYPE": core}))
+        for path in DEBIAN_OPENBLAS:
+            if Path(path).exists() and os.path.realpath(path) != linked:
+                variants.append((f"{short_name(path)} (LD_PRELOAD)", {"LD_PRELOAD": path}))
         if Path(DEBIAN_BLIS).exists():
             variants.append(("Debian BLIS 0.9.0 pthread (LD_PRELOAD)", {"LD_PRELOAD": DEBIAN_BLIS}))
         if shim:
@@ -252,17 +285,23 @@ def main(argv: list[str] | None = None) -> int:
 
         if not args.no_interference:
             print()
-            print("OpenMP (libgomp, colnn's elementwise passes) and OpenBLAS pthreads, default "
-                  "BLAS:")
-            settings = [("OMP 2, OpenBLAS 2 (default)", threads_env(2, 2)),
-                        ("OMP 2, OpenBLAS 2, OMP_WAIT_POLICY=passive",
-                         {**threads_env(2, 2), "OMP_WAIT_POLICY": "passive"}),
-                        ("OMP 2, OpenBLAS 2, OMP_WAIT_POLICY=active",
-                         {**threads_env(2, 2), "OMP_WAIT_POLICY": "active"}),
-                        ("OMP 1, OpenBLAS 2", threads_env(1, 2)),
-                        ("OMP 2, OpenBLAS 1", threads_env(2, 1)),
-                        ("OMP 1, OpenBLAS 1", threads_env(1, 1))]
-            print(f"{'setting':<44} " + " ".join(f"{'fwd ' + str(c):>10}" for c in cols)
+            print("OpenMP threads (libgomp: colnn's column blocks / elementwise passes) against "
+                  "the BLAS' own threads (OMP = OMP_NUM_THREADS, BLAS = OPENBLAS_NUM_THREADS):")
+            splits = [("OMP 2, BLAS 2", threads_env(2, 2)),
+                      ("OMP 2, BLAS 2, OMP_WAIT_POLICY=passive",
+                       {**threads_env(2, 2), "OMP_WAIT_POLICY": "passive"}),
+                      ("OMP 2, BLAS 2, OMP_WAIT_POLICY=active",
+                       {**threads_env(2, 2), "OMP_WAIT_POLICY": "active"}),
+                      ("OMP 1, BLAS 2", threads_env(1, 2)),
+                      ("OMP 2, BLAS 1", threads_env(2, 1)),
+                      ("OMP 1, BLAS 1", threads_env(1, 1))]
+            blases = [(short_name(linked), {})]
+            for path in DEBIAN_OPENBLAS:
+                if Path(path).exists() and os.path.realpath(path) != linked:
+                    blases.append((short_name(path), {"LD_PRELOAD": path}))
+            settings = [(f"{b}: {sp}", {**benv, **senv}) for b, benv in blases
+                        for sp, senv in splits]
+            print(f"{'setting':<70} " + " ".join(f"{'fwd ' + str(c):>10}" for c in cols)
                   + f" {'GFLOP/s@' + str(max(cols)):>14} {'gemm%':>6} {'busy':>5}")
             for name, env in settings:
                 r = run_child(model, env, cols, args.min_time)
@@ -270,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["interference"].append(r)
                 f = r["forward"]
                 big = f[str(max(cols))]
-                print(f"{name:<44} " + " ".join(f"{f[str(c)]['columns_per_s']:>10,.0f}"
+                print(f"{name:<70} " + " ".join(f"{f[str(c)]['columns_per_s']:>10,.0f}"
                                                  for c in cols)
                       + f" {big['gflops']:>14.1f} {100 * big['gemm_share']:>5.0f}% "
                       f"{r['max_other_cores']:>5.2f}", flush=True)

@@ -141,7 +141,7 @@ def measure(fn, repeats: int | None, min_time: float) -> dict:
     'others' is the CPU (in cores) other processes used meanwhile."""
     t_end = time.perf_counter() + 0.1
     n_warm = 0
-    while n_warm < 3 or time.perf_counter() < t_end:
+    while n_warm < 2 or time.perf_counter() < t_end:
         t0 = time.perf_counter()
         fn()
         est = time.perf_counter() - t0

@@ -52,7 +52,7 @@ contains
     integer, intent(out) :: stat
     character(len=:), allocatable, intent(out) :: errmsg
     integer :: pos, first, last, eq
-    character(len=:), allocatable :: name, key, val
+    character(len=:), allocatable :: name, key, val, seen
     real(dp) :: r
     logical :: ok, b
 
@@ -89,6 +89,7 @@ contains
       return
     end select
     act%name = name
+    seen = ' '
 
     do
       call next_token(text, pos, first, last)
@@ -101,6 +102,12 @@ contains
       end if
       key = text(first:first + eq - 2)
       val = text(first + eq:last)
+      if (index(seen, ' '//key//' ') > 0) then
+        stat = COLNN_ERR_FORMAT
+        errmsg = "activation '"//name//"': parameter '"//key//"' given twice"
+        return
+      end if
+      seen = seen//key//' '
       ok = .true.
       select case (name//':'//key)
       case ('relu:negative_slope', 'leaky_relu:negative_slope')

@@ -172,6 +172,15 @@ contains
       end if
       call split_key(r%buf(1:r%n), key, rest)
       select case (key)
+      case ('precision', 'inputs', 'outputs', 'layers')
+        if ((key == 'precision' .and. have_precision) .or. (key == 'inputs' .and. have_inputs) &
+            .or. (key == 'outputs' .and. have_outputs) .or. (key == 'layers' .and. have_layers)) then
+          call fail(stat, errmsg, COLNN_ERR_FORMAT, r%where()//": header key '"//key// &
+                    "' given twice")
+          return
+        end if
+      end select
+      select case (key)
       case ('precision')
         if (rest /= 'float32' .and. rest /= 'float64') then
           call fail(stat, errmsg, COLNN_ERR_FORMAT, r%where()//": precision must be float32 "// &
@@ -201,6 +210,11 @@ contains
           header%n_layers = int(ival); have_layers = .true.
         end if
       case ('meta')
+        if (.not. valid_meta(rest)) then
+          call fail(stat, errmsg, COLNN_ERR_FORMAT, r%where()//": expected 'meta KEY TEXT' "// &
+                    'with KEY of [a-z0-9_]')
+          return
+        end if
         n_meta = n_meta + 1
         allocate (character(len=max(256, len(rest))) :: meta_tmp(n_meta))
         if (n_meta > 1) meta_tmp(1:n_meta - 1) = header%meta
@@ -230,6 +244,8 @@ contains
         return
       end if
       call read_layer(r, header, rest, specs(n_layers_seen), stat, errmsg)
+      if (stat /= 0) return
+      call check_name(specs, n_layers_seen, stat, errmsg)
       if (stat /= 0) return
       call r%next_line(eof, stat, errmsg, skip_blank=.true.)
       if (stat /= 0) return
@@ -375,6 +391,44 @@ contains
       end select
     end do
   end subroutine read_layer
+
+  pure logical function valid_meta(text)
+    character(len=*), intent(in) :: text
+    integer :: i, n
+    n = index(text, ' ') - 1
+    if (n < 0) n = len(text)
+    valid_meta = n > 0
+    do i = 1, n
+      select case (text(i:i))
+      case ('a':'z', '0':'9', '_')
+      case default; valid_meta = .false.
+      end select
+    end do
+  end function valid_meta
+
+  !> Every layer block has a name (kept for the way back to Keras), unique in the file.
+  subroutine check_name(specs, k, stat, errmsg)
+    type(layer_spec_t), intent(in) :: specs(:)
+    integer, intent(in) :: k
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    integer :: a, i, b
+    stat = COLNN_OK
+    errmsg = ''
+    a = specs(k)%find_attr('name')
+    if (a == 0) then
+      call fail(stat, errmsg, COLNN_ERR_FORMAT, specs(k)%where()//": lacks attribute 'name'")
+      return
+    end if
+    do i = 1, k - 1
+      b = specs(i)%find_attr('name')
+      if (specs(i)%attrs(b)%value == specs(k)%attrs(a)%value) then
+        call fail(stat, errmsg, COLNN_ERR_FORMAT, specs(k)%where(specs(k)%attrs(a)%line)// &
+                  ": layer name '"//specs(k)%attrs(a)%value//"' is used twice")
+        return
+      end if
+    end do
+  end subroutine check_name
 
   !> Renames atomically (POSIX rename): readers see the old file or the complete new one.
   subroutine atomic_rename(from, to, stat, errmsg)

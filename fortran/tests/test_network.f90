@@ -66,18 +66,18 @@ program test_network
                 'activation relu'//nl()//'tensor kernel 3 4'//nl()//'1 2 3 4'//nl(), COLNN_ERR_FORMAT, 'truncated')
   call bad_file('huge.colnn', head()//'layer dense'//nl()//'units 4'//nl()//'use_bias false'//nl()// &
                 'activation relu'//nl()//'tensor kernel 2000000000 2000000000'//nl(), COLNN_ERR_FORMAT, 'declares')
-  call bad_file('negative.colnn', head()//'layer dense'//nl()//'units -4'//nl()//'use_bias false'//nl()// &
+  call bad_file('negative.colnn', head()//'layer dense'//nl()//'name d'//nl()//'units -4'//nl()//'use_bias false'//nl()// &
                 'activation relu'//nl()//'end'//nl(), COLNN_ERR_FORMAT, 'units')
   call bad_file('count.colnn', head()//dense_block('relu', '1 2 3')//nl(), COLNN_ERR_FORMAT, 'expected 4 values, found 3')
   call bad_file('token.colnn', head()//dense_block('relu', '1 2 x3 4')//nl(), COLNN_ERR_FORMAT, 'not a number')
   call bad_file('nan.colnn', head()//dense_block('relu', '1 2 nan 4')//nl(), COLNN_ERR_FORMAT, 'not a number')
   call bad_file('inf.colnn', head()//dense_block('relu', '1 2 1e99 4')//nl(), COLNN_ERR_NONFINITE, 'not finite')
   call bad_file('act.colnn', head()//dense_block('gaussian', '1 2 3 4')//nl(), COLNN_ERR_UNSUPPORTED, 'gaussian')
-  call bad_file('layer.colnn', head()//'layer conv2d'//nl()//'end'//nl(), COLNN_ERR_UNSUPPORTED, 'conv2d')
-  call bad_file('key.colnn', head()//'layer dropout'//nl()//'rate 0.1'//nl()//'colour red'//nl()//'end'//nl(), &
+  call bad_file('layer.colnn', head()//'layer conv2d'//nl()//'name c'//nl()//'end'//nl(), COLNN_ERR_UNSUPPORTED, 'conv2d')
+  call bad_file('key.colnn', head()//'layer dropout'//nl()//'name d'//nl()//'rate 0.1'//nl()//'colour red'//nl()//'end'//nl(), &
                 COLNN_ERR_FORMAT, 'colour')
   call bad_file('outputs.colnn', 'colnn 1'//nl()//'precision float32'//nl()//'inputs 3'//nl()//'outputs 9'//nl()// &
-                'layers 1'//nl()//'layer dropout'//nl()//'rate 0.1'//nl()//'end'//nl(), COLNN_ERR_FORMAT, 'outputs')
+                'layers 1'//nl()//'layer dropout'//nl()//'name d'//nl()//'rate 0.1'//nl()//'end'//nl(), COLNN_ERR_FORMAT, 'outputs')
   call bad_file('.', '', COLNN_ERR_IO, '.', create=.false.)
 
   if (failures > 0) then
