@@ -243,8 +243,9 @@ contains
     case (A_RELU6)
       a = min(max(a, 0.0_wp), 6.0_wp)
     case (A_LEAKY)
+      ! branch-free (a branch per element mispredicts on random signs): exact for any slope
       s = self%negative_slope
-      a = merge(a, s * a, a >= 0)
+      a = max(a, 0.0_wp) + s * min(a, 0.0_wp)
     case (A_ELU)
       s = self%alpha
       a = merge(a, s * expm1(a), a > 0)
