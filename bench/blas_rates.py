@@ -79,6 +79,7 @@ def child(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(BENCH_DIR))
     sys.path.insert(0, str(REPO_ROOT))
     import forward as fwd            # bench/forward.py: timing and BLAS helpers
+    fwd.QUIET.update(wait_s=args.wait_quiet, retries=max(0, args.retries))
     import numpy as np
     from harness import reference
     from harness.modelfile import read_model
@@ -152,13 +153,14 @@ def child(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # parent
 
-def run_child(model: Path, env_extra: dict, columns: list[int], min_time: float) -> dict:
+def run_child(model: Path, env_extra: dict, columns: list[int], min_time: float,
+              quiet: list[str]) -> dict:
     env = dict(os.environ)
     for var in ("OPENBLAS_CORETYPE", "LD_PRELOAD", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
         env.pop(var, None)
     env.update(env_extra)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--model", str(model),
-           "--min-time", str(min_time), "--columns", *map(str, columns)]
+           "--min-time", str(min_time), *quiet, "--columns", *map(str, columns)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     for line in res.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -222,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-time", type=float, default=0.4)
     p.add_argument("--no-interference", action="store_true",
                    help="skip the OpenMP / OpenBLAS thread-split table")
+    p.add_argument("--wait-quiet", type=float, default=60.0, metavar="S",
+                   help="before each measurement wait up to S seconds for other processes to "
+                        "go idle (default 60)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="redo a measurement disturbed by other processes at most this often")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     if args.child:
@@ -252,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             variants.append(("numpy's scipy_openblas (LD_PRELOAD shim)", {"LD_PRELOAD": shim}))
 
         cols = args.columns
+        quiet = ["--wait-quiet", str(args.wait_quiet), "--retries", str(args.retries)]
         results: dict = {"variants": [], "interference": []}
         print(f"{'BLAS':<42} {'thr':>3} {'2048^3':>7} {'256x8192':>8} "
               + " ".join(f"{'fwd ' + str(c):>10} {'gemm%':>5}" for c in cols)
@@ -260,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{'col/s':>10} {'':>5}" for c in cols))
         for name, env in variants:
             for thr in args.threads:
-                r = run_child(model, {**env, **threads_env(thr, thr)}, cols, args.min_time)
+                r = run_child(model, {**env, **threads_env(thr, thr)}, cols, args.min_time, quiet)
                 r.update(name=name, threads=thr, env=env)
                 results["variants"].append(r)
                 f = r["forward"]
@@ -304,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'setting':<70} " + " ".join(f"{'fwd ' + str(c):>10}" for c in cols)
                   + f" {'GFLOP/s@' + str(max(cols)):>14} {'gemm%':>6} {'busy':>5}")
             for name, env in settings:
-                r = run_child(model, env, cols, args.min_time)
+                r = run_child(model, env, cols, args.min_time, quiet)
                 r.update(name=name, env=env)
                 results["interference"].append(r)
                 f = r["forward"]

@@ -203,13 +203,10 @@ contains
     end if
   end function softplus
 
+  !> Branch-free so it vectorizes; exp(-x) = Inf for very negative x gives exactly 0.
   elemental real(wp) function sigmoid(x)
     real(wp), intent(in) :: x
-    if (x >= 0) then
-      sigmoid = 1 / (1 + exp(-x))
-    else
-      sigmoid = exp(x) / (1 + exp(x))
-    end if
+    sigmoid = 1 / (1 + exp(-x))
   end function sigmoid
 
   !> Applies the activation in place to a(n, nc), column by column.
