@@ -101,3 +101,18 @@ def test_cli_help_lists_subcommands() -> None:
     assert proc.returncode == 0
     for cmd in ("convert", "verify", "info", "demo"):
         assert cmd in proc.stdout
+
+
+def test_fkb_text_file_of_the_paper_architecture(paper_files: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    """Keras -> FKB text file -> the Fortran library's FKB reader, which keeps the layer order
+    (Dense, BatchNorm, LeakyReLU): within float32 tolerance of Keras."""
+    fkb = tmp_path / "paper.fkb"
+    convert(paper_files["float32.keras"], fkb)
+    head = fkb.read_text().splitlines()[:6]
+    assert head[0].strip().isdigit() and head[1].split()[0] == "input"
+    r = verify(paper_files["float32.keras"], fkb, columns=512)
+    assert r.passed, r.report()
+    back = tmp_path / "from_fkb.colnn"
+    assert main(["convert", str(fkb), "-o", str(back), "--from", "fkb"]) == 0
+    assert verify(paper_files["float32.keras"], back, columns=256).passed
