@@ -4,21 +4,29 @@
 For each BLAS variant and thread count a fresh child process is started (thread counts and
 OPENBLAS_CORETYPE are read once, when a library initialises), with that BLAS put in front of
 libcolnn's own by LD_PRELOAD where needed. The child measures, through the sgemm_ that libcolnn
-binds to (resolved the way the dynamic linker does and checked by path):
+binds to (resolved the way the dynamic linker does, and its library printed):
   * sgemm GFLOP/s on 2048^3 and on the hidden-layer shape 256 x 8192 x 256 (m x n x k),
   * the colnn forward pass of the paper architecture (random weights) at --columns columns,
+    its output checked against harness.reference first,
   * the sum of the sgemm times of that network's layer shapes at those columns: the time colnn
-    would take if its non-GEMM work (bias, batch norm, leaky ReLU, copies, checks) were free.
-A second table runs the default BLAS with different OpenMP / OpenBLAS thread splits and OpenMP
-wait policies, to show whether libgomp's threads (the library's elementwise passes) and
-OpenBLAS' pthreads get in each other's way on this machine.
+    would take if its non-GEMM work (bias, batch norm, leaky ReLU, copies, checks) were free;
+    at 1 column also the same layers as sgemv_.
+A second table runs the linked BLAS (and Debian's other OpenBLAS build) with different OpenMP /
+BLAS thread splits and OpenMP wait policies: do libgomp's threads (the library's column blocks
+and elementwise passes) and the BLAS' own threads get in each other's way?
 
-Variants: Debian's OpenBLAS as linked (libopenblas0-pthread), the same with OPENBLAS_CORETYPE
-set, Debian's BLIS (libblis4-pthread, if installed), numpy's bundled OpenBLAS (scipy_openblas,
-through bench/sgemm_shim.c compiled here). Nothing is installed or switched system-wide.
+This machine is a 2-vCPU virtual machine whose speed drifts by +-15 % within seconds, and it is
+shared: every configuration runs --rounds times, interleaved, and the tables show medians;
+each measurement first waits for other processes to go idle (see bench/forward.py).
 
-    .venv/bin/python bench/blas_rates.py [--threads 1 2] [--columns 1 64 8192] [--min-time S]
-                                         [--json FILE]
+Variants: Debian's OpenBLAS 0.3.21 as libcolnn links it, the same with OPENBLAS_CORETYPE=
+SkylakeX / Zen / Haswell, Debian's other OpenBLAS build (pthread or openmp, LD_PRELOAD, same
+soname so it replaces the linked one), Debian's BLIS 0.9.0 (libblis4-pthread, if installed;
+LD_PRELOAD), numpy's bundled OpenBLAS 0.3.31 (scipy_openblas, through bench/sgemm_shim.c,
+compiled here). Nothing is installed or switched system-wide.
+
+    .venv/bin/python bench/blas_rates.py [--threads 1 2] [--columns 1 64 8192] [--rounds 3]
+                                         [--min-time S] [--no-interference] [--json FILE]
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import argparse
 import glob
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,22 +101,22 @@ def child(args: argparse.Namespace) -> int:
     out: dict = {"sgemm_from": blas_path, "info": fwd.blas_description(blas_path)}
     if "sgemm_shim" in blas_path:
         import ctypes
-        lib = ctypes.CDLL(glob.glob(str(Path(np.__file__).parent.parent / "numpy.libs" /
-                                        "libscipy_openblas*"))[0])
+        lib = ctypes.CDLL(os.environ["COLNN_BENCH_SCIPY_OPENBLAS"])
         lib.scipy_openblas_get_config64_.restype = ctypes.c_char_p
         lib.scipy_openblas_get_corename64_.restype = ctypes.c_char_p
         out["info"] = (f"{lib.scipy_openblas_get_config64_().decode()}; core "
                        f"{lib.scipy_openblas_get_corename64_().decode()}; threads "
                        f"{lib.scipy_openblas_get_num_threads64_()}")
     t = args.min_time
-    busy = []
-    r = fwd.sgemm_rate(sgemm, np, 2048, 2048, 2048, None, max(t, 0.5))
-    out["sgemm_2048"] = r["gflops"]
-    busy.append(r["others"])
-    fwd.settle()
-    r = fwd.sgemm_rate(sgemm, np, 256, 8192, 256, None, t)
-    out["sgemm_layer"] = r["gflops"]
-    busy.append(r["others"])
+    parts = set(args.parts.split(","))
+    busy = [0.0]
+    if "sgemm" in parts:
+        r = fwd.sgemm_rate(sgemm, np, 2048, 2048, 2048, None, max(t, 0.5))
+        out["sgemm_2048"] = r["gflops"]
+        busy.append(r["others"])
+        r = fwd.sgemm_rate(sgemm, np, 256, 8192, 256, None, t)
+        out["sgemm_layer"] = r["gflops"]
+        busy.append(r["others"])
 
     dense = [(lay.tensors["kernel"].shape[1], lay.tensors["kernel"].shape[0])
              for lay in spec.layers if lay.type == "dense"]          # (m = out, k = in)
@@ -123,13 +132,15 @@ def child(args: argparse.Namespace) -> int:
         if not err < 1e-4:
             raise SystemExit(f"colnn output wrong with this BLAS: rel. err {err:.2e}")
         xp, yp = x.ctypes.data, y.ctypes.data
-        fwd.settle()
         r = fwd.measure(lambda: native.forward_raw(xp, nc, yp), None, t)
         tf = r["median_s"]
         busy.append(r["others"])
+        out["forward"][str(nc)] = {"columns_per_s": nc / tf, "gflops": 2 * macs * nc / tf / 1e9,
+                                   "forward_s": tf, "rel_err": err}
+        if "gemmsum" not in parts:
+            continue
         gemm_sum = 0.0
         for shape in sorted(set(dense)):
-            fwd.settle()
             r = fwd.sgemm_rate(sgemm, np, shape[0], nc, shape[1], None, t / 3)
             gemm_sum += dense.count(shape) * r["median_s"]
             busy.append(r["others"])
@@ -138,13 +149,10 @@ def child(args: argparse.Namespace) -> int:
             sgemv, gemv_from = fwd.resolve_sgemm(lib_path, "sgemv_")
             gemv = {"gemv_sum_s": 0.0, "sgemv_from": gemv_from}
             for shape in sorted(set(dense)):
-                fwd.settle()
                 r = fwd.sgemv_time(sgemv, np, shape[0], shape[1], None, t / 3)
                 gemv["gemv_sum_s"] += dense.count(shape) * r["median_s"]
                 busy.append(r["others"])
-        out["forward"][str(nc)] = {**gemv, "columns_per_s": nc / tf, "gflops": 2 * macs * nc / tf / 1e9,
-                                   "gemm_sum_s": gemm_sum, "forward_s": tf,
-                                   "gemm_share": gemm_sum / tf, "rel_err": err}
+        out["forward"][str(nc)].update(gemv, gemm_sum_s=gemm_sum, gemm_share=gemm_sum / tf)
     out["max_other_cores"] = max(busy)
     print("RESULT " + json.dumps(out))
     return 0
@@ -154,13 +162,15 @@ def child(args: argparse.Namespace) -> int:
 # parent
 
 def run_child(model: Path, env_extra: dict, columns: list[int], min_time: float,
-              quiet: list[str]) -> dict:
+              quiet: list[str], parts: str) -> dict:
     env = dict(os.environ)
-    for var in ("OPENBLAS_CORETYPE", "LD_PRELOAD", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+    for var in ("OPENBLAS_CORETYPE", "LD_PRELOAD", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+                "COLNN_BENCH_SCIPY_OPENBLAS"):
         env.pop(var, None)
     env.update(env_extra)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--model", str(model),
-           "--min-time", str(min_time), *quiet, "--columns", *map(str, columns)]
+           "--min-time", str(min_time), "--parts", parts, *quiet,
+           "--columns", *map(str, columns)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     for line in res.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -168,15 +178,18 @@ def run_child(model: Path, env_extra: dict, columns: list[int], min_time: float,
     raise SystemExit(f"child failed ({env_extra}):\n{res.stdout}\n{res.stderr}")
 
 
-def build_shim(workdir: Path) -> str | None:
+def scipy_openblas_path() -> str | None:
     import numpy as np
     libs = glob.glob(str(Path(np.__file__).parent.parent / "numpy.libs" / "libscipy_openblas*"))
-    if not libs:
+    return libs[0] if libs else None
+
+
+def build_shim(workdir: Path) -> str | None:
+    if not scipy_openblas_path():
         return None
-    lib = Path(libs[0])
     out = workdir / "libsgemm_shim.so"
     cmd = ["gcc", "-O2", "-fPIC", "-shared", "-o", str(out), str(BENCH_DIR / "sgemm_shim.c"),
-           str(lib), f"-Wl,-rpath,{lib.parent}"]
+           "-ldl"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         print(f"cannot build the scipy_openblas shim:\n{res.stderr}", file=sys.stderr)
@@ -210,6 +223,17 @@ def short_name(path: str) -> str:
     return Path(path).name
 
 
+def median_tree(runs: list):
+    """Element-wise median of a list of equally shaped JSON trees (numbers; other leaves are
+    taken from the first)."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {k: median_tree([r[k] for r in runs]) for k in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return statistics.median(runs)
+    return first
+
+
 def threads_env(omp: int, blas: int) -> dict:
     return {"OMP_NUM_THREADS": str(omp), "OPENBLAS_NUM_THREADS": str(blas),
             "BLIS_NUM_THREADS": str(blas), "MKL_NUM_THREADS": str(blas)}
@@ -222,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--columns", nargs="+", type=int, default=[1, 64, 8192])
     p.add_argument("--min-time", type=float, default=0.4)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="run every configuration this many times, interleaved; print medians")
+    p.add_argument("--parts", default="sgemm,forward,gemmsum", help=argparse.SUPPRESS)
     p.add_argument("--no-interference", action="store_true",
                    help="skip the OpenMP / OpenBLAS thread-split table")
     p.add_argument("--wait-quiet", type=float, default=60.0, metavar="S",
@@ -245,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         shim = build_shim(workdir)
 
         linked = linked_blas()
-        print(f"libcolnn: {library_path()}; links BLAS {linked}")
+        sys.path.insert(0, str(BENCH_DIR))
+        from forward import library_identity
+        print(f"libcolnn: {library_path()} ({library_identity(library_path())}); links BLAS "
+              f"{linked}")
         print()
         variants: list[tuple[str, dict]] = [(f"as linked: {short_name(linked)}", {})]
         for core in ("SkylakeX", "Zen", "Haswell"):
@@ -256,45 +286,19 @@ def main(argv: list[str] | None = None) -> int:
         if Path(DEBIAN_BLIS).exists():
             variants.append(("Debian BLIS 0.9.0 pthread (LD_PRELOAD)", {"LD_PRELOAD": DEBIAN_BLIS}))
         if shim:
-            variants.append(("numpy's scipy_openblas (LD_PRELOAD shim)", {"LD_PRELOAD": shim}))
+            variants.append(("numpy's scipy_openblas (LD_PRELOAD shim)",
+                             {"LD_PRELOAD": shim,
+                              "COLNN_BENCH_SCIPY_OPENBLAS": scipy_openblas_path()}))
 
         cols = args.columns
         quiet = ["--wait-quiet", str(args.wait_quiet), "--retries", str(args.retries)]
-        results: dict = {"variants": [], "interference": []}
-        print(f"{'BLAS':<42} {'thr':>3} {'2048^3':>7} {'256x8192':>8} "
-              + " ".join(f"{'fwd ' + str(c):>10} {'gemm%':>5}" for c in cols)
-              + f" {'GFLOP/s@' + str(max(cols)):>14} {'busy':>5}  sgemm_ from")
-        print(f"{'':<42} {'':>3} {'GFLOP/s':>7} {'x256':>8} "
-              + " ".join(f"{'col/s':>10} {'':>5}" for c in cols))
+        jobs: list[dict] = []
         for name, env in variants:
             for thr in args.threads:
-                r = run_child(model, {**env, **threads_env(thr, thr)}, cols, args.min_time, quiet)
-                r.update(name=name, threads=thr, env=env)
-                results["variants"].append(r)
-                f = r["forward"]
-                print(f"{name:<42} {thr:>3} {r['sgemm_2048']:>7.1f} {r['sgemm_layer']:>8.1f} "
-                      + " ".join(f"{f[str(c)]['columns_per_s']:>10,.0f} "
-                                 f"{100 * f[str(c)]['gemm_share']:>4.0f}%" for c in cols)
-                      + f" {f[str(max(cols))]['gflops']:>14.1f} {r['max_other_cores']:>5.2f}  "
-                      f"{Path(r['sgemm_from']).name} [{r['info']}]", flush=True)
-        if "1" in {str(c) for c in cols}:
-            print()
-            print("1 column in detail (microseconds): colnn forward; the sum of its six layers as "
-                  "sgemm_ (n = 1) and as sgemv_")
-            for r in results["variants"]:
-                f1 = r["forward"]["1"]
-                print(f"{r['name']:<42} {r['threads']:>3}  forward {1e6 * f1['forward_s']:7.1f}"
-                      f"  sgemm sum {1e6 * f1['gemm_sum_s']:7.1f}  sgemv sum "
-                      f"{1e6 * f1['gemv_sum_s']:7.1f} ({Path(f1['sgemv_from']).name})")
-            print()
-        print("gemm% = sum of the network's sgemm times (its layer shapes at that column "
-              "count, same BLAS) / colnn's forward time; busy = most CPU (cores) other "
-              "processes used during one of the row's measurements")
-
+                jobs.append({"table": "variants", "name": name, "threads": thr, "env": env,
+                             "child_env": {**env, **threads_env(thr, thr)},
+                             "parts": "sgemm,forward,gemmsum", "runs": []})
         if not args.no_interference:
-            print()
-            print("OpenMP threads (libgomp: colnn's column blocks / elementwise passes) against "
-                  "the BLAS' own threads (OMP = OMP_NUM_THREADS, BLAS = OPENBLAS_NUM_THREADS):")
             splits = [("OMP 2, BLAS 2", threads_env(2, 2)),
                       ("OMP 2, BLAS 2, OMP_WAIT_POLICY=passive",
                        {**threads_env(2, 2), "OMP_WAIT_POLICY": "passive"}),
@@ -307,20 +311,80 @@ def main(argv: list[str] | None = None) -> int:
             for path in DEBIAN_OPENBLAS:
                 if Path(path).exists() and os.path.realpath(path) != linked:
                     blases.append((short_name(path), {"LD_PRELOAD": path}))
-            settings = [(f"{b}: {sp}", {**benv, **senv}) for b, benv in blases
-                        for sp, senv in splits]
+            for b, benv in blases:
+                for sp, senv in splits:
+                    jobs.append({"table": "interference", "name": f"{b}: {sp}", "env": benv,
+                                 "child_env": {**benv, **senv}, "parts": "forward",
+                                 "runs": []})
+
+        # rounds: every job once per round (order reversed every other round), medians after
+        for rnd in range(args.rounds):
+            order = jobs if rnd % 2 == 0 else jobs[::-1]
+            for i, job in enumerate(order):
+                if sys.stderr.isatty():
+                    print(f"\r[round {rnd + 1}/{args.rounds}, run {i + 1}/{len(jobs)}]",
+                          end="", file=sys.stderr, flush=True)
+                job["runs"].append(run_child(model, job["child_env"], cols, args.min_time,
+                                             quiet, job["parts"]))
+        if sys.stderr.isatty():
+            print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
+        for job in jobs:
+            job["median"] = median_tree(job["runs"])
+        results = {"libcolnn": library_path(), "linked_blas": linked, "rounds": args.rounds,
+                   "columns": cols, "jobs": [{k: v for k, v in j.items() if k != "child_env"}
+                                             for j in jobs]}
+
+        print(f"medians of {args.rounds} rounds (each a fresh process per row; the rows of a "
+              "round run back to back, rounds alternate the order)")
+        print(f"{'BLAS':<42} {'thr':>3} {'2048^3':>7} {'256x8192':>8} "
+              + " ".join(f"{'fwd ' + str(c):>10} {'gemm%':>5}" for c in cols)
+              + f" {'GFLOP/s@' + str(max(cols)):>14} {'busy':>5}  sgemm_ from")
+        print(f"{'':<42} {'':>3} {'GFLOP/s':>7} {'x256':>8} "
+              + " ".join(f"{'col/s':>10} {'':>5}" for c in cols))
+        for job in (j for j in jobs if j["table"] == "variants"):
+            r = job["median"]
+            f = r["forward"]
+            spread = [x["sgemm_2048"] for x in job["runs"]]
+            print(f"{job['name']:<42} {job['threads']:>3} {r['sgemm_2048']:>7.1f} "
+                  f"{r['sgemm_layer']:>8.1f} "
+                  + " ".join(f"{f[str(c)]['columns_per_s']:>10,.0f} "
+                             f"{100 * f[str(c)]['gemm_share']:>4.0f}%" for c in cols)
+                  + f" {f[str(max(cols))]['gflops']:>14.1f} "
+                  f"{max(x['max_other_cores'] for x in job['runs']):>5.2f}  "
+                  f"{Path(r['sgemm_from']).name} [{r['info']}]")
+            job["sgemm_2048_rounds"] = spread
+        print("gemm% = the sum of the network's sgemm times (its layer shapes at that column "
+              "count, the same BLAS and threads) / colnn's forward time;")
+        print("busy = the most CPU (cores) other processes used during one of the row's "
+              "measurements; 2048^3 per round: "
+              + "; ".join(f"{j['name'].strip()} {j['threads']}: "
+                          + "/".join(f"{v:.0f}" for v in j["sgemm_2048_rounds"])
+                          for j in jobs if j["table"] == "variants" and j["threads"] == 2))
+        if "1" in {str(c) for c in cols}:
+            print()
+            print("1 column in detail (microseconds): colnn forward; the sum of its six layers as "
+                  "sgemm_ (n = 1) and as sgemv_ (the sgemv_ libcolnn would bind to)")
+            for job in (j for j in jobs if j["table"] == "variants"):
+                f1 = job["median"]["forward"]["1"]
+                print(f"{job['name']:<42} {job['threads']:>3}  forward "
+                      f"{1e6 * f1['forward_s']:7.1f}  sgemm sum {1e6 * f1['gemm_sum_s']:7.1f}"
+                      f"  sgemv sum {1e6 * f1['gemv_sum_s']:7.1f} "
+                      f"({Path(f1['sgemv_from']).name})")
+
+        inter = [j for j in jobs if j["table"] == "interference"]
+        if inter:
+            print()
+            print("OpenMP threads (libgomp: colnn's column blocks and elementwise passes) against "
+                  "the BLAS' own threads (OMP = OMP_NUM_THREADS, BLAS = OPENBLAS_NUM_THREADS):")
             print(f"{'setting':<70} " + " ".join(f"{'fwd ' + str(c):>10}" for c in cols)
-                  + f" {'GFLOP/s@' + str(max(cols)):>14} {'gemm%':>6} {'busy':>5}")
-            for name, env in settings:
-                r = run_child(model, env, cols, args.min_time, quiet)
-                r.update(name=name, env=env)
-                results["interference"].append(r)
-                f = r["forward"]
-                big = f[str(max(cols))]
-                print(f"{name:<70} " + " ".join(f"{f[str(c)]['columns_per_s']:>10,.0f}"
-                                                 for c in cols)
-                      + f" {big['gflops']:>14.1f} {100 * big['gemm_share']:>5.0f}% "
-                      f"{r['max_other_cores']:>5.2f}", flush=True)
+                  + f" {'GFLOP/s@' + str(max(cols)):>14} {'busy':>5}")
+            for job in inter:
+                f = job["median"]["forward"]
+                print(f"{job['name']:<70} " + " ".join(f"{f[str(c)]['columns_per_s']:>10,.0f}"
+                                                       for c in cols)
+                      + f" {f[str(max(cols))]['gflops']:>14.1f} "
+                      f"{max(x['max_other_cores'] for x in job['runs']):>5.2f}")
+            print("(columns/s of the colnn forward pass)")
 
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -13,16 +13,23 @@ Methods, each timed on the same (columns, 94) float32 batch:
   fkb-loop      an FKB-style loop (bench/fkb_loop.f90, compiled here with gfortran -O3
                 -march=native): one column at a time, matmul(transpose(w), a) per dense layer
   numpy         float32 matmuls over the whole batch plus in-place elementwise passes
-Every method's output is compared with Keras' on the batch before it is timed; a method that
-does not match aborts the run. Each measurement: warm-up, then the median of repeated timings
-(at least 5 repeats and about --min-time seconds).
+Every method's output is compared with Keras' on the batch before it is timed (and the
+buffers the timed calls wrote are checked again after); a method that does not match aborts the
+run. Each measurement: warm-up, then the median of repeated timings (at least 5 repeats and
+about --min-time seconds per method and column count), taken in --rounds interleaved rounds so
+that the speed drifts of this virtual machine fall on all methods alike; before each round the
+script waits for other processes to go idle, redoes a slice another process disturbed, and
+marks with '!' any value during which others still used more than 0.1 core.
 
 Thread count (--threads, default: all cores this process may use) applies to OpenMP and
 OpenBLAS (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, set before any library loads) and to
 TensorFlow's intra- and inter-op pools.
 
     .venv/bin/python bench/forward.py [--columns 1 64 1024 8192] [--threads N] [--repeats N]
-                                      [--min-time S] [--json FILE]
+                                      [--min-time S] [--rounds N] [--json FILE]
+
+bench/blas_rates.py compares BLAS libraries for colnn, bench/ablation.py measures what the
+forward pass spends outside the GEMMs.
 """
 
 from __future__ import annotations
@@ -68,7 +75,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None,
                    help="timed repeats per measurement (default: enough for --min-time, >= 5)")
     p.add_argument("--min-time", type=float, default=0.6,
-                   help="seconds of timed repeats per measurement when --repeats is not given")
+                   help="seconds of timed repeats per method and column count when --repeats "
+                        "is not given (default 0.6)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="the methods are timed interleaved, in this many rounds (default 5)")
     p.add_argument("--sgemm-size", type=int, default=2048,
                    help="m = n = k of the BLAS sgemm rate measurement (default 2048)")
     p.add_argument("--seed", type=int, default=0)
@@ -95,6 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--threads must be >= 1")
     if args.repeats is not None and args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     return args
 
 
@@ -140,37 +152,25 @@ class CpuWatch:
 
 BUSY_WARN = 0.1   # cores used by other processes during a measurement that earn it a '!' mark
 QUIET = {"wait_s": 60.0, "retries": 2}   # set from --wait-quiet / --retries
+SLICE_GAP_S = 0.25   # pause between two timed slices: an idle OpenBLAS pthread pool spins ~0.1 s
 
 
-def wait_quiet(max_s: float) -> float:
-    """Sleeps until other processes used < 0.05 cores for 0.5 s (at most max_s seconds; at
-    least 0.5 s, which also lets idle spinning thread pools go to sleep). Returns the last
-    reading."""
+def wait_quiet(max_s: float, sample_s: float = 0.25) -> float:
+    """Sleeps until other processes used < 0.05 cores for sample_s seconds (at most max_s
+    seconds; at least sample_s, which also lets idle spinning thread pools go to sleep).
+    Returns the last reading."""
     t_end = time.perf_counter() + max_s
     while True:
         watch = CpuWatch()
-        time.sleep(0.5)
+        time.sleep(sample_s)
         busy = watch.others()
         if busy < 0.05 or time.perf_counter() >= t_end:
             return busy
 
 
-def measure(fn, repeats: int | None, min_time: float) -> dict:
-    """Median seconds per call of fn(): warm-up, then timed repeats. Very short calls are timed
-    in groups of `inner` calls (each repeat >= ~1 ms) so that the clock does not dominate.
-    'others' is the CPU (in cores) other processes used meanwhile; on a shared machine the
-    measurement waits for a quiet moment first and is redone (QUIET['retries'] times at most)
-    when someone else used more than BUSY_WARN cores during it."""
-    for attempt in range(1 + QUIET["retries"]):
-        wait_quiet(QUIET["wait_s"])
-        res = _measure_once(fn, repeats, min_time)
-        res["attempts"] = attempt + 1
-        if res["others"] <= BUSY_WARN:
-            break
-    return res
-
-
-def _measure_once(fn, repeats: int | None, min_time: float) -> dict:
+def _calibrate(fn) -> tuple[float, int]:
+    """Warm-up (>= 2 calls and >= 0.1 s); returns (seconds per call, calls per repeat so that
+    a repeat lasts >= ~1 ms and the clock does not dominate)."""
     t_end = time.perf_counter() + 0.1
     n_warm = 0
     while n_warm < 2 or time.perf_counter() < t_end:
@@ -179,10 +179,10 @@ def _measure_once(fn, repeats: int | None, min_time: float) -> dict:
         est = time.perf_counter() - t0
         n_warm += 1
     est = max(est, 1e-7)
-    inner = max(1, int(1e-3 / est))
-    if repeats is None:
-        repeats = max(5, math.ceil(min_time / (est * inner)))
-        repeats = min(repeats, 5000)
+    return est, max(1, int(1e-3 / est))
+
+
+def _timed(fn, inner: int, repeats: int) -> tuple[list[float], float]:
     samples = []
     watch = CpuWatch()
     for _ in range(repeats):
@@ -190,8 +190,59 @@ def _measure_once(fn, repeats: int | None, min_time: float) -> dict:
         for _ in range(inner):
             fn()
         samples.append((time.perf_counter() - t0) / inner)
-    return {"median_s": statistics.median(samples), "min_s": min(samples),
-            "repeats": repeats, "calls_per_repeat": inner, "others": watch.others()}
+    return samples, watch.others()
+
+
+def measure_set(fns: dict, repeats: int | None, min_time: float, rounds: int = 1) -> dict:
+    """Median seconds per call of each fn() in `fns`, measured interleaved: after a warm-up of
+    each, `rounds` rounds, each timing every fn in turn (order rotated) for min_time / rounds
+    seconds (or repeats / rounds repeats), so that slow drifts of the machine's speed (this
+    is a virtual machine on a shared host) fall on all of them alike. At least 5 repeats each.
+
+    Before each round the machine must be quiet (wait_quiet); a round's slice during which other
+    processes used more than BUSY_WARN cores is redone (QUIET['retries'] times at most).
+    Result per fn: median_s, min_s, q1_s, q3_s, repeats, calls_per_repeat, others (the most
+    CPU, in cores, other processes used during one of its slices), redone (slices redone)."""
+    names = list(fns)
+    cal = {n: _calibrate(fns[n]) for n in names}
+    rounds = max(1, rounds)
+    per_round = {}
+    for n in names:
+        est, inner = cal[n]
+        if repeats is not None:
+            total = repeats
+        else:
+            total = min(5000, max(5, math.ceil(min_time / (est * inner))))
+        per_round[n] = max(1, math.ceil(total / rounds))
+    samples: dict = {n: [] for n in names}
+    others: dict = {n: 0.0 for n in names}
+    redone: dict = {n: 0 for n in names}
+    for r in range(rounds):
+        wait_quiet(QUIET["wait_s"])
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            for attempt in range(1 + QUIET["retries"]):
+                if attempt:
+                    wait_quiet(QUIET["wait_s"])
+                got, busy = _timed(fns[n], cal[n][1], per_round[n])
+                if busy <= BUSY_WARN:
+                    break
+                redone[n] += 1
+            samples[n] += got
+            others[n] = max(others[n], busy)
+            time.sleep(SLICE_GAP_S)  # idle pools (OpenBLAS, libgomp, Eigen) stop spinning
+    out = {}
+    for n in names:
+        q = statistics.quantiles(samples[n], n=4) if len(samples[n]) > 1 else samples[n] * 3
+        out[n] = {"median_s": statistics.median(samples[n]), "min_s": min(samples[n]),
+                  "q1_s": q[0], "q3_s": q[2], "repeats": len(samples[n]),
+                  "calls_per_repeat": cal[n][1], "others": others[n], "redone": redone[n]}
+    return out
+
+
+def measure(fn, repeats: int | None, min_time: float, rounds: int = 1) -> dict:
+    """measure_set for one function."""
+    return measure_set({"fn": fn}, repeats, min_time, rounds)["fn"]
 
 
 def settle() -> None:
@@ -211,6 +262,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def library_identity(path: str) -> str:
+    """Which build was measured: the file's sha256 prefix and modification time."""
+    import hashlib
+    real = os.path.realpath(path)
+    digest = hashlib.sha256(Path(real).read_bytes()).hexdigest()[:12]
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(real)))
+    return f"sha256 {digest}, built {stamp}"
 
 
 class _DlInfo(ctypes.Structure):
@@ -262,7 +322,8 @@ def blas_description(path: str) -> str:
     return ""
 
 
-def sgemm_rate(sgemm, np, m: int, n: int, k: int, repeats: int | None, min_time: float) -> dict:
+def sgemm_rate(sgemm, np, m: int, n: int, k: int, repeats: int | None, min_time: float,
+               rounds: int = 1) -> dict:
     """GFLOP/s of C(m,n) = A(m,k) B(k,n), float32, column-major, through the Fortran sgemm_."""
     rng = np.random.default_rng(1)
     a = np.asfortranarray(rng.standard_normal((m, k), dtype=np.float32))
@@ -285,7 +346,7 @@ def sgemm_rate(sgemm, np, m: int, n: int, k: int, repeats: int | None, min_time:
     want = float(np.dot(a[i, :].astype(np.float64), b[:, j].astype(np.float64)))
     if abs(c[i, j] - want) > 1e-3 * (1 + abs(want)) * math.sqrt(k):
         raise SystemExit(f"sgemm_ check failed: c[{i},{j}] = {c[i, j]}, expected {want}")
-    t = measure(call, repeats, min_time)
+    t = measure(call, repeats, min_time, rounds)
     t["gflops"] = 2.0 * m * n * k / t["median_s"] / 1e9
     t["shape"] = [m, n, k]
     return t
@@ -471,6 +532,28 @@ def make_numpy_forward(np, stages, x):
 # --------------------------------------------------------------------------------------------
 # main
 
+class quiet_stderr:
+    """Sends file descriptor 2 to a temporary file inside the block; prints what was captured if
+    the block fails."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        self.tmp = tempfile.TemporaryFile()
+        os.dup2(self.tmp.fileno(), 2)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        if exc_type is not None:
+            self.tmp.seek(0)
+            sys.stderr.write(self.tmp.read().decode(errors="replace"))
+        self.tmp.close()
+        return False
+
+
 def fmt_rate(v: float) -> str:
     return f"{v:,.0f}"
 
@@ -482,10 +565,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO_ROOT))
 
     import numpy as np
-    import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    import keras
+    with quiet_stderr():          # TensorFlow's start-up log lines (CUDA probing, oneDNN)
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        import keras
+        tf.constant(0.0) + 1.0    # initialises the runtime (and its log) now
     from harness.native import NativeModel, library_path
 
     lib_path = str(Path(args.library) if args.library else library_path("single"))
@@ -507,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         sgemm, blas_path = resolve_sgemm(lib_path)
         blas_info = blas_description(blas_path)
         n = args.sgemm_size
-        sg = sgemm_rate(sgemm, np, n, n, n, None, 1.0)
+        sg = sgemm_rate(sgemm, np, n, n, n, None, 1.0, rounds=3)
         settle()
 
         print("== colnn forward benchmark: the paper architecture ==")
@@ -517,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
               f"TF intra/inter-op = {args.threads})")
         print(f"model        : {native.n_params:,} parameters ({native.n_layers} layers), "
               f"{macs:,} multiply-adds per column; .colnn written by {how}")
-        print(f"libcolnn     : {lib_path}")
+        lib_id = library_identity(lib_path)
+        print(f"libcolnn     : {lib_path} ({lib_id})")
         print(f"BLAS         : {blas_path}" + (f" ({blas_info})" if blas_info else ""))
         print(f"BLAS sgemm   : {sg['gflops']:.1f} GFLOP/s on {n}x{n}x{n} float32 "
               f"(median of {sg['repeats']})" + (" !" if sg["others"] > BUSY_WARN else ""))
@@ -528,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
                               "python": platform.python_version()}
         results["model"] = {"params": native.n_params, "macs_per_column": macs,
                             "colnn_file_by": how}
-        results["libcolnn"] = lib_path
+        results["libcolnn"] = {"path": lib_path, "identity": lib_id}
         results["blas"] = {"path": blas_path, "info": blas_info, "sgemm": sg}
         results["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__,
                                "numpy": np.__version__}
@@ -575,15 +661,15 @@ def main(argv: list[str] | None = None) -> int:
                     "tf.function": run_tf_function, "fkb-loop": run_fkb, "numpy": np_run}
 
             # correctness first: nothing wrong is ever timed
-            stat = native.forward_raw(xp, nc, yp)
-            if stat != 0:
-                native.predict(x, out=y)      # raises with the library's message
-            outs = {"colnn": y, "tf.predict": np.asarray(run_tf_predict()),
+            native.predict(x, out=y)          # the checked call; raises on a library error
+            if native.forward_raw(xp, nc, yp) != 0:
+                raise SystemExit("colnn_forward (forward_raw) returned an error status")
+            outs = {"colnn": y.copy(), "tf.predict": np.asarray(run_tf_predict()),
                     "tf.function": run_tf_function()}
             if fkb_forward(nc, N_INPUTS, N_OUTPUTS, xp, yfp) != 0:
                 raise SystemExit("fkb_forward: size mismatch")
-            outs["fkb-loop"] = y_fkb
-            outs["numpy"] = np_run()
+            outs["fkb-loop"] = y_fkb.copy()
+            outs["numpy"] = np_run().copy()
             errs = {}
             for name in METHODS:
                 errs[name] = float(np.max(np.abs(outs[name] - ref))) / scale
@@ -595,11 +681,14 @@ def main(argv: list[str] | None = None) -> int:
                                  f"(> {REL_TOL:g} of max |out|); nothing is timed")
 
             row = {"columns": nc, "rel_err": errs, "time": {}, "columns_per_s": {}}
+            settle()
+            row["time"] = measure_set(runs, args.repeats, args.min_time, args.rounds)
+            # and the buffers the timed calls wrote still hold the checked result
+            for name, after in (("colnn", y), ("fkb-loop", y_fkb), ("numpy", np_run())):
+                if not float(np.max(np.abs(after - ref))) / scale <= REL_TOL:
+                    raise SystemExit(f"{name}: the output after timing differs from Keras'")
             for name in METHODS:
-                settle()
-                t = measure(runs[name], args.repeats, args.min_time)
-                row["time"][name] = t
-                row["columns_per_s"][name] = nc / t["median_s"]
+                row["columns_per_s"][name] = nc / row["time"][name]["median_s"]
             cps = row["columns_per_s"]
             row["colnn_gflops"] = 2.0 * macs * nc / row["time"]["colnn"]["median_s"] / 1e9
             row["best_tf"] = max(("tf.predict", "tf.function"), key=lambda m: cps[m])
@@ -653,6 +742,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{overhead * 1e6:.2f} us = {100 * share:.0f}% of colnn's time per call")
     reps = sorted({t["repeats"] for r in results["rows"] for t in r["time"].values()})
     print(f"repeats per measurement: {reps[0]}..{reps[-1]} (median taken), after warm-up")
+    spreads = [((t["q3_s"] - t["q1_s"]) / t["median_s"], m, r["columns"])
+               for r in results["rows"] for m, t in r["time"].items()]
+    worst = max(spreads)
+    print(f"spread of the repeats, (q3 - q1) / median: median "
+          f"{100 * statistics.median(s[0] for s in spreads):.0f}%, largest "
+          f"{100 * worst[0]:.0f}% ({worst[1]} at {worst[2]} columns); {args.rounds} interleaved "
+          "rounds per column count")
     busy = [t["others"] for r in results["rows"] for t in r["time"].values()] + [sg["others"]]
     results["max_other_cores"] = max(busy)
     n_marked = sum(b > BUSY_WARN for b in busy)

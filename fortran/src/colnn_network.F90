@@ -67,6 +67,8 @@ module colnn_network
   !> The two buffers of a column block take about this many bytes (kept in a core's L2).
   integer, parameter :: BLOCK_BYTES = 1048576
   integer, parameter :: MIN_BLOCK = 16, MAX_BLOCK = 1024
+  !> Column sub-blocks of the in-place passes stay within about this many bytes (L1).
+  integer, parameter :: L1_BYTES = 16384
 
 contains
 
@@ -425,16 +427,22 @@ contains
     y = a
   end subroutine copy_out
 
-  !> The epilogue of the step's main layer, then its elementwise layers, in place.
+  !> The epilogue of the step's main layer, then its elementwise layers, in place, over column
+  !> sub-blocks that fit in L1: all of them touch a sub-block while it is there, so the run costs
+  !> about one pass over the block however many layers it has.
   subroutine apply_inplace_run(self, st, nc, a)
     type(network_t), intent(in) :: self
     type(step_t), intent(in) :: st
     integer, intent(in) :: nc
     real(wp), intent(inout) :: a(st%width, nc)
-    integer :: k
-    if (st%main_epilogue) call self%layers(st%main)%layer%epilogue(nc, a)
-    do k = st%first, st%last
-      call self%layers(k)%layer%apply_inplace(nc, a)
+    integer :: k, sub, j0, m
+    sub = max(1, L1_BYTES / (st%width * (storage_size(a) / 8)))
+    do j0 = 1, nc, sub
+      m = min(sub, nc - j0 + 1)
+      if (st%main_epilogue) call self%layers(st%main)%layer%epilogue(m, a(:, j0:j0 + m - 1))
+      do k = st%first, st%last
+        call self%layers(k)%layer%apply_inplace(m, a(:, j0:j0 + m - 1))
+      end do
     end do
   end subroutine apply_inplace_run
 end module colnn_network
