@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import HarnessError
 
-__all__ = ["ColnnError", "NativeModel", "library_path", "load_library", "STATUS_NAMES"]
+__all__ = ["ColnnError", "NativeModel", "NativeEnsemble", "library_path", "load_library", "STATUS_NAMES"]
 
 Precision = Literal["single", "double"]
 
@@ -80,6 +80,18 @@ def load_library(path: Path | str | None = None, precision: Precision = "single"
     lib.colnn_layer_info.argtypes = [c_void_p, c_int, c_char_p, c_size_t, c_char_p, c_size_t,
                                      ctypes.POINTER(c_int), ctypes.POINTER(c_int)]
     lib.colnn_layer_info.restype = c_int
+    lib.colnn_ensemble_load.argtypes = [c_char_p, ctypes.POINTER(c_void_p), c_char_p, c_size_t]
+    lib.colnn_ensemble_load.restype = c_int
+    lib.colnn_ensemble_free.argtypes = [c_void_p]
+    lib.colnn_ensemble_free.restype = None
+    lib.colnn_ensemble_info.argtypes = [c_void_p] + [ctypes.POINTER(c_int)] * 3
+    lib.colnn_ensemble_info.restype = c_int
+    lib.colnn_ensemble_set_noise.argtypes = [c_void_p, c_void_p, c_int, ctypes.c_int64, c_char_p,
+                                             c_size_t]
+    lib.colnn_ensemble_set_noise.restype = c_int
+    lib.colnn_ensemble_forward.argtypes = [c_void_p, c_void_p, c_int, c_void_p, c_void_p, c_void_p,
+                                           ctypes.c_int64, c_char_p, c_size_t]
+    lib.colnn_ensemble_forward.restype = c_int
     lib.colnn_real_bytes.argtypes = []
     lib.colnn_real_bytes.restype = c_int
     lib.colnn_version.argtypes = [c_char_p, c_size_t]
@@ -179,6 +191,72 @@ class NativeModel:
         stat = self._lib.colnn_save(self._live_handle(), os.fsencode(str(path)), err, ERRMSG_LEN)
         if stat != 0:
             raise ColnnError(stat, err.value.decode(errors="replace"))
+
+
+class NativeEnsemble:
+    """An ensemble loaded by the Fortran library from a directory (its *.colnn files) or a list
+    file; arrays in Keras layout as for NativeModel."""
+
+    def __init__(self, path: Path | str, library: Path | str | None = None,
+                 precision: Precision = "single") -> None:
+        self._lib = load_library(library, precision)
+        self.dtype = np.float64 if self._lib.colnn_real_bytes() == 8 else np.float32
+        self.path = str(path)
+        handle = ctypes.c_void_p()
+        err = ctypes.create_string_buffer(ERRMSG_LEN)
+        stat = self._lib.colnn_ensemble_load(os.fsencode(self.path), ctypes.byref(handle), err,
+                                             ERRMSG_LEN)
+        if stat != 0:
+            raise ColnnError(stat, err.value.decode(errors="replace"))
+        self._handle = handle
+        nm, ni, no = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+        self._lib.colnn_ensemble_info(handle, ctypes.byref(nm), ctypes.byref(ni), ctypes.byref(no))
+        self.n_members, self.n_inputs, self.n_outputs = nm.value, ni.value, no.value
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            self._lib.colnn_ensemble_free(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> "NativeEnsemble":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def set_noise(self, sd: float | np.ndarray, seed: int) -> None:
+        sd_arr = np.ascontiguousarray(np.atleast_1d(np.asarray(sd, dtype=self.dtype)))
+        err = ctypes.create_string_buffer(ERRMSG_LEN)
+        stat = self._lib.colnn_ensemble_set_noise(self._handle, sd_arr.ctypes.data, sd_arr.size,
+                                                  int(seed), err, ERRMSG_LEN)
+        if stat != 0:
+            raise ColnnError(stat, err.value.decode(errors="replace"))
+
+    def predict(self, x: np.ndarray, spread: bool = False, members: bool = False,
+                column_offset: int = 0) -> dict[str, np.ndarray]:
+        """{'mean': (columns, n_outputs)[, 'spread': same][, 'members': (members, columns,
+        n_outputs)]}"""
+        x = np.ascontiguousarray(np.atleast_2d(x), dtype=self.dtype)
+        if x.shape[1] != self.n_inputs:
+            raise HarnessError(f"predict: input has {x.shape[1]} features, the ensemble "
+                               f"({self.path}) takes {self.n_inputs}")
+        nc = x.shape[0]
+        out = {"mean": np.empty((nc, self.n_outputs), self.dtype)}
+        if spread:
+            out["spread"] = np.empty((nc, self.n_outputs), self.dtype)
+        if members:
+            out["members"] = np.empty((self.n_members, nc, self.n_outputs), self.dtype)
+        err = ctypes.create_string_buffer(ERRMSG_LEN)
+        stat = self._lib.colnn_ensemble_forward(
+            self._handle, x.ctypes.data, nc, out["mean"].ctypes.data,
+            out["spread"].ctypes.data if spread else None,
+            out["members"].ctypes.data if members else None, int(column_offset), err, ERRMSG_LEN)
+        if stat != 0:
+            raise ColnnError(stat, err.value.decode(errors="replace"))
+        return out
 
 
 def library_version(library: Path | str | None = None) -> str:

@@ -55,6 +55,22 @@ int64_t colnn_num_params(colnn_model *model);
 int colnn_layer_info(colnn_model *model, int index, char *type, size_t type_len, char *name,
                      size_t name_len, int *n_in, int *n_out);
 int colnn_real_bytes(void);
+
+/* Ensembles: members that agree on input and output sizes; forward gives their mean and, when
+ * the pointers are not NULL, the spread (population standard deviation) and every member's
+ * output (n_outputs, n_columns, n_members). Input noise is reproducible from (seed, member,
+ * call, column_offset + column, feature) whatever the threads or the split of columns. */
+typedef struct colnn_ensemble colnn_ensemble;
+/* path: a directory (its *.colnn files, in name order) or a list file (one path a line). */
+int colnn_ensemble_load(const char *path, colnn_ensemble **ens, char *errmsg, size_t errmsg_len);
+void colnn_ensemble_free(colnn_ensemble *ens);
+int colnn_ensemble_info(colnn_ensemble *ens, int *n_members, int *n_inputs, int *n_outputs);
+/* n_sd = 1 (one standard deviation for all inputs) or n_inputs; all >= 0 */
+int colnn_ensemble_set_noise(colnn_ensemble *ens, const colnn_real *sd, int n_sd, int64_t seed,
+                             char *errmsg, size_t errmsg_len);
+int colnn_ensemble_forward(colnn_ensemble *ens, const colnn_real *x, int n_columns,
+                           colnn_real *mean, colnn_real *spread, colnn_real *members,
+                           int64_t column_offset, char *errmsg, size_t errmsg_len);
 void colnn_version(char *buf, size_t buf_len);
 
 #ifdef __cplusplus

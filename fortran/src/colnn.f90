@@ -8,6 +8,7 @@ module colnn
   use colnn_layer, only: layer_t
   use colnn_registry, only: layer_factory, register_layer
   use colnn_network, only: network_t, workspace_t
+  use colnn_ensemble, only: ensemble_t
   use colnn_dense, only: dense_t
   use colnn_dropout, only: dropout_t
   use colnn_batchnorm, only: batchnorm_t
@@ -20,7 +21,7 @@ module colnn
   public :: COLNN_OK, COLNN_ERR_IO, COLNN_ERR_FORMAT, COLNN_ERR_ARGUMENT, COLNN_ERR_NONFINITE, &
             COLNN_ERR_UNSUPPORTED, COLNN_ERR_MEMORY, COLNN_ERR_NOT_IMPLEMENTED, status_name
   public :: activation_t, parse_activation, layer_spec_t, layer_t, layer_factory, register_layer
-  public :: network_t, workspace_t
+  public :: network_t, workspace_t, ensemble_t
   public :: dense_t, dropout_t, batchnorm_t, normalization_t, activation_layer_t
   public :: colnn_version
 

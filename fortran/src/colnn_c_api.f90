@@ -8,6 +8,7 @@ module colnn_c_api
   use colnn_status
   use colnn_strings, only: str
   use colnn_network, only: network_t
+  use colnn_ensemble, only: ensemble_t
   use colnn, only: colnn_version
   implicit none
   private
@@ -16,6 +17,12 @@ module colnn_c_api
     type(network_t) :: net
   end type handle_box_t
 
+  type :: ensemble_box_t
+    type(ensemble_t) :: ens
+  end type ensemble_box_t
+
+  public :: c_colnn_ensemble_load, c_colnn_ensemble_free, c_colnn_ensemble_set_noise, &
+            c_colnn_ensemble_forward, c_colnn_ensemble_info
   public :: c_colnn_load, c_colnn_save, c_colnn_free, c_colnn_forward, c_colnn_num_inputs, &
             c_colnn_num_outputs, c_colnn_num_layers, c_colnn_num_params, c_colnn_real_bytes, &
             c_colnn_set_check_finite, c_colnn_layer_info, c_colnn_version
@@ -218,4 +225,135 @@ contains
     integer(c_size_t), intent(in), value :: buflen
     call f_to_c_buffer(colnn_version, buf, buflen)
   end subroutine c_colnn_version
+
+  !> int colnn_ensemble_load(const char *path, colnn_ensemble **ens, char *errmsg, size_t len)
+  !> path: a directory (members: its *.colnn files in name order) or a list file (a path a line).
+  integer(c_int) function c_colnn_ensemble_load(path, handle, errmsg, errmsg_len) &
+      bind(C, name='colnn_ensemble_load') result(stat)
+    character(kind=c_char), intent(in) :: path(*)
+    type(c_ptr), intent(out) :: handle
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(ensemble_box_t), pointer :: box
+    character(len=1024) :: msg
+    character(len=:), allocatable :: p
+    logical :: is_dir
+    integer :: s
+    handle = c_null_ptr
+    p = c_to_f_string(path)
+    allocate (box)
+    inquire (file=p//'/.', exist=is_dir)
+    if (is_dir) then
+      call box%ens%load_dir(p, s, msg)
+    else
+      call box%ens%load_list(p, s, msg)
+    end if
+    stat = int(s, c_int)
+    if (s /= 0) then
+      call f_to_c_buffer(msg, errmsg, errmsg_len)
+      deallocate (box)
+      return
+    end if
+    call f_to_c_buffer('', errmsg, errmsg_len)
+    handle = c_loc(box)
+  end function c_colnn_ensemble_load
+
+  subroutine c_colnn_ensemble_free(handle) bind(C, name='colnn_ensemble_free')
+    type(c_ptr), intent(in), value :: handle
+    type(ensemble_box_t), pointer :: box
+    if (.not. c_associated(handle)) return
+    call c_f_pointer(handle, box)
+    call box%ens%destroy()
+    deallocate (box)
+  end subroutine c_colnn_ensemble_free
+
+  !> int colnn_ensemble_info(colnn_ensemble *e, int *n_members, int *n_inputs, int *n_outputs)
+  integer(c_int) function c_colnn_ensemble_info(handle, n_members, n_inputs, n_outputs) &
+      bind(C, name='colnn_ensemble_info') result(stat)
+    type(c_ptr), intent(in), value :: handle
+    integer(c_int), intent(out) :: n_members, n_inputs, n_outputs
+    type(ensemble_box_t), pointer :: box
+    stat = COLNN_ERR_ARGUMENT
+    n_members = -1; n_inputs = -1; n_outputs = -1
+    if (.not. c_associated(handle)) return
+    call c_f_pointer(handle, box)
+    n_members = box%ens%n_members
+    n_inputs = box%ens%n_inputs
+    n_outputs = box%ens%n_outputs
+    stat = COLNN_OK
+  end function c_colnn_ensemble_info
+
+  !> int colnn_ensemble_set_noise(colnn_ensemble *e, const colnn_real *sd, int n_sd,
+  !>                              int64_t seed, char *errmsg, size_t len); n_sd = 1 or n_inputs
+  integer(c_int) function c_colnn_ensemble_set_noise(handle, sd, n_sd, seed, errmsg, errmsg_len) &
+      bind(C, name='colnn_ensemble_set_noise') result(stat)
+    type(c_ptr), intent(in), value :: handle, sd
+    integer(c_int), intent(in), value :: n_sd
+    integer(c_int64_t), intent(in), value :: seed
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(ensemble_box_t), pointer :: box
+    real(wp), pointer :: sdf(:)
+    character(len=1024) :: msg
+    integer :: s
+    if (.not. c_associated(handle) .or. .not. c_associated(sd) .or. n_sd < 1) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_ensemble_set_noise: null handle or no standard deviations', &
+                         errmsg, errmsg_len)
+      return
+    end if
+    call c_f_pointer(handle, box)
+    call c_f_pointer(sd, sdf, [int(n_sd)])
+    call box%ens%set_noise(sdf, int(seed, i8), s, msg)
+    stat = int(s, c_int)
+    call f_to_c_buffer(msg, errmsg, errmsg_len)
+  end function c_colnn_ensemble_set_noise
+
+  !> int colnn_ensemble_forward(colnn_ensemble *e, const colnn_real *x, int n_columns,
+  !>     colnn_real *mean, colnn_real *spread /* or NULL */, colnn_real *members /* or NULL:
+  !>     (n_outputs, n_columns, n_members) */, int64_t column_offset, char *errmsg, size_t len)
+  integer(c_int) function c_colnn_ensemble_forward(handle, x, n_columns, mean, spread, members, &
+                                                   column_offset, errmsg, errmsg_len) &
+      bind(C, name='colnn_ensemble_forward') result(stat)
+    type(c_ptr), intent(in), value :: handle, x, mean, spread, members
+    integer(c_int), intent(in), value :: n_columns
+    integer(c_int64_t), intent(in), value :: column_offset
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(ensemble_box_t), pointer :: box
+    real(wp), pointer :: xf(:, :), mf(:, :), sf(:, :), yf(:, :, :)
+    character(len=1024) :: msg
+    integer :: s, nin, nout
+    if (.not. c_associated(handle) .or. .not. c_associated(x) .or. .not. c_associated(mean)) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_ensemble_forward: null handle, input or mean', errmsg, errmsg_len)
+      return
+    end if
+    if (n_columns < 1) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_ensemble_forward: n_columns must be >= 1, got '// &
+                         str(int(n_columns)), errmsg, errmsg_len)
+      return
+    end if
+    call c_f_pointer(handle, box)
+    nin = box%ens%n_inputs
+    nout = box%ens%n_outputs
+    call c_f_pointer(x, xf, [nin, int(n_columns)])
+    call c_f_pointer(mean, mf, [nout, int(n_columns)])
+    if (c_associated(spread) .and. c_associated(members)) then
+      call c_f_pointer(spread, sf, [nout, int(n_columns)])
+      call c_f_pointer(members, yf, [nout, int(n_columns), box%ens%n_members])
+      call box%ens%forward(xf, mf, s, msg, spread=sf, members_out=yf, column_offset=int(column_offset, i8))
+    else if (c_associated(spread)) then
+      call c_f_pointer(spread, sf, [nout, int(n_columns)])
+      call box%ens%forward(xf, mf, s, msg, spread=sf, column_offset=int(column_offset, i8))
+    else if (c_associated(members)) then
+      call c_f_pointer(members, yf, [nout, int(n_columns), box%ens%n_members])
+      call box%ens%forward(xf, mf, s, msg, members_out=yf, column_offset=int(column_offset, i8))
+    else
+      call box%ens%forward(xf, mf, s, msg, column_offset=int(column_offset, i8))
+    end if
+    stat = int(s, c_int)
+    call f_to_c_buffer(msg, errmsg, errmsg_len)
+  end function c_colnn_ensemble_forward
 end module colnn_c_api

@@ -66,7 +66,7 @@ module colnn_network
 
   !> The two buffers of a column block take about this many bytes (kept in a core's L2).
   integer, parameter :: BLOCK_BYTES = 1048576
-  integer, parameter :: MIN_BLOCK = 16, MAX_BLOCK = 1024
+  integer, parameter :: MIN_BLOCK = 16, MAX_BLOCK = 1024, MIN_SPLIT = 4
   !> Column sub-blocks of the in-place passes stay within about this many bytes (L1).
   integer, parameter :: L1_BYTES = 16384
 
@@ -349,7 +349,9 @@ contains
       end if
       ws%block = cache_block
     end if
-    block = min(cache_block, max(MIN_BLOCK, (nc + n_threads - 1) / n_threads))
+    ! the partition does not depend on the thread count, so results are bitwise the same for
+    ! any OMP_NUM_THREADS; few columns are still cut into up to MIN_SPLIT blocks for the threads
+    block = min(cache_block, max(MIN_BLOCK, (nc + MIN_SPLIT - 1) / MIN_SPLIT))
     n_blocks = (nc + block - 1) / block
     !$omp parallel do schedule(static) private(j0, m, t) if(n_blocks > 1)
     do ib = 1, n_blocks
