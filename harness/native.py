@@ -80,6 +80,14 @@ def load_library(path: Path | str | None = None, precision: Precision = "single"
     lib.colnn_layer_info.argtypes = [c_void_p, c_int, c_char_p, c_size_t, c_char_p, c_size_t,
                                      ctypes.POINTER(c_int), ctypes.POINTER(c_int)]
     lib.colnn_layer_info.restype = c_int
+    for name in ("colnn_forward_train", "colnn_backward"):
+        getattr(lib, name).argtypes = [c_void_p, c_void_p, c_int, c_void_p, c_char_p, c_size_t]
+        getattr(lib, name).restype = c_int
+    lib.colnn_num_trainable.argtypes = [c_void_p]
+    lib.colnn_num_trainable.restype = ctypes.c_int64
+    for name in ("colnn_get_params", "colnn_set_params", "colnn_get_grads"):
+        getattr(lib, name).argtypes = [c_void_p, c_void_p, ctypes.c_int64]
+        getattr(lib, name).restype = c_int
     lib.colnn_ensemble_load.argtypes = [c_char_p, ctypes.POINTER(c_void_p), c_char_p, c_size_t]
     lib.colnn_ensemble_load.restype = c_int
     lib.colnn_ensemble_free.argtypes = [c_void_p]
@@ -185,6 +193,59 @@ class NativeModel:
     def forward_raw(self, x_ptr: int, n_columns: int, y_ptr: int) -> int:
         """The bare C call on caller-prepared buffers (benchmarks: no checks, no allocation)."""
         return self._lib.colnn_forward(self._handle, x_ptr, n_columns, y_ptr, None, 0)
+
+    # -- training building blocks -------------------------------------------------------------
+
+    @property
+    def n_trainable(self) -> int:
+        return int(self._lib.colnn_num_trainable(self._live_handle()))
+
+    def forward_train(self, x: np.ndarray) -> np.ndarray:
+        """Training-mode forward of a minibatch x (batch, n_inputs); keeps what backward needs."""
+        x = np.ascontiguousarray(np.atleast_2d(x), dtype=self.dtype)
+        if x.shape[1] != self.n_inputs:
+            raise HarnessError(f"forward_train: input has {x.shape[1]} features, the model "
+                               f"takes {self.n_inputs}")
+        y = np.empty((x.shape[0], self.n_outputs), self.dtype)
+        err = ctypes.create_string_buffer(ERRMSG_LEN)
+        stat = self._lib.colnn_forward_train(self._live_handle(), x.ctypes.data, x.shape[0],
+                                             y.ctypes.data, err, ERRMSG_LEN)
+        if stat != 0:
+            raise ColnnError(stat, err.value.decode(errors="replace"))
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """dL/dx for dL/dy of the last forward_train; parameter gradients stay in the model."""
+        dy = np.ascontiguousarray(np.atleast_2d(dy), dtype=self.dtype)
+        if dy.shape[1] != self.n_outputs:
+            raise HarnessError(f"backward: dy has {dy.shape[1]} features, the model gives "
+                               f"{self.n_outputs}")
+        dx = np.empty((dy.shape[0], self.n_inputs), self.dtype)
+        err = ctypes.create_string_buffer(ERRMSG_LEN)
+        stat = self._lib.colnn_backward(self._live_handle(), dy.ctypes.data, dy.shape[0],
+                                        dx.ctypes.data, err, ERRMSG_LEN)
+        if stat != 0:
+            raise ColnnError(stat, err.value.decode(errors="replace"))
+        return dx
+
+    def _flat(self, fn, arr: np.ndarray | None = None) -> np.ndarray:
+        n = self.n_trainable
+        buf = np.empty(n, self.dtype) if arr is None else np.ascontiguousarray(arr, self.dtype)
+        if buf.size != n:
+            raise HarnessError(f"expected {n} trainable values, got {buf.size}")
+        stat = fn(self._live_handle(), buf.ctypes.data, n)
+        if stat != 0:
+            raise ColnnError(stat, f"{self.path}: cannot access the trainable values (status {stat})")
+        return buf
+
+    def get_params(self) -> np.ndarray:
+        return self._flat(self._lib.colnn_get_params)
+
+    def set_params(self, p: np.ndarray) -> None:
+        self._flat(self._lib.colnn_set_params, p)
+
+    def get_grads(self) -> np.ndarray:
+        return self._flat(self._lib.colnn_get_grads)
 
     def save(self, path: Path | str) -> None:
         err = ctypes.create_string_buffer(ERRMSG_LEN)

@@ -56,6 +56,20 @@ int colnn_layer_info(colnn_model *model, int index, char *type, size_t type_len,
                      size_t name_len, int *n_in, int *n_out);
 int colnn_real_bytes(void);
 
+/* Training building blocks. forward_train runs in training mode (batch-norm batch statistics
+ * and moving-statistics update, dropout masks) and keeps what backward needs; backward takes
+ * dL/dy and leaves the parameter gradients in the model (dx may be NULL). Parameters and
+ * gradients are flat vectors in Keras' order (model.trainable_variables, each row-major):
+ * n must equal colnn_num_trainable. */
+int colnn_forward_train(colnn_model *model, const colnn_real *x, int n_columns, colnn_real *y,
+                        char *errmsg, size_t errmsg_len);
+int colnn_backward(colnn_model *model, const colnn_real *dy, int n_columns, colnn_real *dx,
+                   char *errmsg, size_t errmsg_len);
+int64_t colnn_num_trainable(colnn_model *model);
+int colnn_get_params(colnn_model *model, colnn_real *p, int64_t n);
+int colnn_set_params(colnn_model *model, const colnn_real *p, int64_t n);
+int colnn_get_grads(colnn_model *model, colnn_real *g, int64_t n);
+
 /* Ensembles: members that agree on input and output sizes; forward gives their mean and, when
  * the pointers are not NULL, the spread (population standard deviation) and every member's
  * output (n_outputs, n_columns, n_members). Input noise is reproducible from (seed, member,

@@ -19,6 +19,7 @@ module colnn_activation_layer
     procedure :: type_name => activation_layer_type_name
     procedure :: is_elementwise => activation_layer_is_elementwise
     procedure :: apply_inplace => activation_layer_apply_inplace
+    procedure :: backward => activation_layer_backward
   end type activation_layer_t
 
 contains
@@ -67,4 +68,18 @@ contains
     y = x
     call self%act%apply(self%n_out, nc, y)
   end subroutine activation_layer_forward
+
+  subroutine activation_layer_backward(self, nc, x, y, dy, dx, stat, errmsg)
+    class(activation_layer_t), intent(inout) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(self%n_in, nc)
+    real(wp), intent(in) :: y(self%n_out, nc)
+    real(wp), intent(in) :: dy(self%n_out, nc)
+    real(wp), intent(out) :: dx(self%n_in, nc)
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    stat = COLNN_OK
+    errmsg = ''
+    call self%act%backward(self%n_out, nc, x, y, dy, dx)
+  end subroutine activation_layer_backward
 end module colnn_activation_layer

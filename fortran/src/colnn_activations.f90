@@ -33,6 +33,7 @@ module colnn_activations
     real(wp) :: offset = 0.5_dp          !< hard_sigmoid
   contains
     procedure :: apply => activation_apply
+    procedure :: backward => activation_backward
     procedure :: spec => activation_spec
     procedure :: is_linear => activation_is_linear
   end type activation_t
@@ -286,4 +287,94 @@ contains
       end do
     end select
   end subroutine activation_apply
+
+  !> dz = f'(z) dy over a (n, nc) block, from the pre-activation z (and the output y = f(z),
+  !> which softmax-type activations need). dz may not alias dy.
+  subroutine activation_backward(self, n, nc, z, y, dy, dz)
+    class(activation_t), intent(in) :: self
+    integer, intent(in) :: n, nc
+    real(wp), intent(in) :: z(n, nc), y(n, nc), dy(n, nc)
+    real(wp), intent(out) :: dz(n, nc)
+    real(wp), parameter :: INV_SQRT_2PI = real(0.39894228040143267793994605993438_dp, wp)
+    real(wp) :: s, g, t, sp, inner
+    integer :: i, j
+
+    select case (self%kind)
+    case (A_LINEAR)
+      dz = dy
+    case (A_RELU)
+      do j = 1, nc
+        do i = 1, n
+          if (self%has_max_value .and. z(i, j) >= self%max_value) then
+            dz(i, j) = 0
+          else if (z(i, j) > self%threshold) then
+            dz(i, j) = dy(i, j)
+          else
+            dz(i, j) = self%negative_slope * dy(i, j)
+          end if
+        end do
+      end do
+    case (A_RELU6)
+      dz = merge(dy, 0.0_wp, z > 0 .and. z < 6)
+    case (A_LEAKY)
+      dz = merge(dy, self%negative_slope * dy, z > 0)
+    case (A_ELU)
+      dz = merge(dy, self%alpha * exp(min(z, 0.0_wp)) * dy, z > 0)
+    case (A_SELU)
+      dz = SELU_SCALE * merge(dy, SELU_ALPHA * exp(min(z, 0.0_wp)) * dy, z > 0)
+    case (A_GELU)
+      if (self%approximate) then
+        do j = 1, nc
+          do i = 1, n
+            inner = SQRT_2_OVER_PI * (z(i, j) + 0.044715_wp * z(i, j)**3)
+            t = tanh(inner)
+            g = 0.5_wp * (1 + t) + 0.5_wp * z(i, j) * (1 - t * t) * SQRT_2_OVER_PI * &
+                (1 + 3 * 0.044715_wp * z(i, j)**2)
+            dz(i, j) = g * dy(i, j)
+          end do
+        end do
+      else
+        dz = (0.5_wp * (1 + erf(z * SQRT_HALF)) + z * INV_SQRT_2PI * exp(-0.5_wp * z * z)) * dy
+      end if
+    case (A_SWISH)
+      do j = 1, nc
+        do i = 1, n
+          s = sigmoid(z(i, j))
+          dz(i, j) = (s + z(i, j) * s * (1 - s)) * dy(i, j)
+        end do
+      end do
+    case (A_SIGMOID)
+      dz = y * (1 - y) * dy
+    case (A_HARD_SIGMOID)
+      t = 0
+      dz = merge(self%slope * dy, 0.0_wp, self%slope * z + self%offset > 0 .and. &
+                 self%slope * z + self%offset < 1)
+    case (A_HARD_SILU)
+      dz = (min(max(z / 6 + 0.5_wp, 0.0_wp), 1.0_wp) + merge(z / 6, 0.0_wp, z > -3 .and. z < 3)) * dy
+    case (A_TANH)
+      dz = (1 - y * y) * dy
+    case (A_SOFTPLUS)
+      dz = sigmoid(z) * dy
+    case (A_SOFTSIGN)
+      dz = dy / (1 + abs(z))**2
+    case (A_EXPONENTIAL)
+      dz = y * dy
+    case (A_MISH)
+      do j = 1, nc
+        do i = 1, n
+          sp = softplus(z(i, j))
+          t = tanh(sp)
+          dz(i, j) = (t + z(i, j) * (1 - t * t) * sigmoid(z(i, j))) * dy(i, j)
+        end do
+      end do
+    case (A_SOFTMAX)
+      do j = 1, nc
+        dz(:, j) = y(:, j) * (dy(:, j) - sum(dy(:, j) * y(:, j)))
+      end do
+    case (A_LOG_SOFTMAX)
+      do j = 1, nc
+        dz(:, j) = dy(:, j) - exp(y(:, j)) * sum(dy(:, j))
+      end do
+    end select
+  end subroutine activation_backward
 end module colnn_activations

@@ -5,7 +5,7 @@ module colnn_blas
   implicit none
   private
 
-  public :: gemm_nn, blas_name
+  public :: gemm_nn, gemm_nt, gemm_tn, blas_name
 
 #ifdef COLNN_USE_BLAS
   interface
@@ -48,4 +48,43 @@ contains
     c = matmul(a, b)
 #endif
   end subroutine gemm_nn
+
+  !> c(m, n) = a(m, k) b(n, k)^T  (+ c when accumulate)
+  subroutine gemm_nt(m, n, k, a, b, c, accumulate)
+    integer, intent(in) :: m, n, k
+    real(wp), intent(in) :: a(m, k), b(n, k)
+    real(wp), intent(inout) :: c(m, n)
+    logical, intent(in) :: accumulate
+    real(wp) :: beta
+    beta = merge(1.0_wp, 0.0_wp, accumulate)
+#ifdef COLNN_USE_BLAS
+#ifdef COLNN_DOUBLE
+    call dgemm('N', 'T', m, n, k, 1.0_wp, a, m, b, n, beta, c, m)
+#else
+    call sgemm('N', 'T', m, n, k, 1.0_wp, a, m, b, n, beta, c, m)
+#endif
+#else
+    if (accumulate) then
+      c = c + matmul(a, transpose(b))
+    else
+      c = matmul(a, transpose(b))
+    end if
+#endif
+  end subroutine gemm_nt
+
+  !> c(m, n) = a(k, m)^T b(k, n)
+  subroutine gemm_tn(m, n, k, a, b, c)
+    integer, intent(in) :: m, n, k
+    real(wp), intent(in) :: a(k, m), b(k, n)
+    real(wp), intent(out) :: c(m, n)
+#ifdef COLNN_USE_BLAS
+#ifdef COLNN_DOUBLE
+    call dgemm('T', 'N', m, n, k, 1.0_wp, a, k, b, k, 0.0_wp, c, m)
+#else
+    call sgemm('T', 'N', m, n, k, 1.0_wp, a, k, b, k, 0.0_wp, c, m)
+#endif
+#else
+    c = matmul(transpose(a), b)
+#endif
+  end subroutine gemm_tn
 end module colnn_blas

@@ -9,6 +9,7 @@ module colnn_c_api
   use colnn_strings, only: str
   use colnn_network, only: network_t
   use colnn_ensemble, only: ensemble_t
+  use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
   use colnn, only: colnn_version
   implicit none
   private
@@ -21,6 +22,8 @@ module colnn_c_api
     type(ensemble_t) :: ens
   end type ensemble_box_t
 
+  public :: c_colnn_forward_train, c_colnn_backward, c_colnn_num_trainable, c_colnn_get_params, &
+            c_colnn_set_params, c_colnn_get_grads
   public :: c_colnn_ensemble_load, c_colnn_ensemble_free, c_colnn_ensemble_set_noise, &
             c_colnn_ensemble_forward, c_colnn_ensemble_info
   public :: c_colnn_load, c_colnn_save, c_colnn_free, c_colnn_forward, c_colnn_num_inputs, &
@@ -356,4 +359,112 @@ contains
     stat = int(s, c_int)
     call f_to_c_buffer(msg, errmsg, errmsg_len)
   end function c_colnn_ensemble_forward
+
+  !> int colnn_forward_train(colnn_model *m, const colnn_real *x, int n_columns, colnn_real *y,
+  !>                         char *errmsg, size_t len): training mode (batch statistics, dropout)
+  integer(c_int) function c_colnn_forward_train(handle, x, n_columns, y, errmsg, errmsg_len) &
+      bind(C, name='colnn_forward_train') result(stat)
+    type(c_ptr), intent(in), value :: handle, x, y
+    integer(c_int), intent(in), value :: n_columns
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(handle_box_t), pointer :: box
+    real(wp), pointer :: xf(:, :), yf(:, :)
+    character(len=1024) :: msg
+    integer :: s
+    if (.not. get_net(handle, box) .or. .not. c_associated(x) .or. .not. c_associated(y) &
+        .or. n_columns < 1) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_forward_train: null pointer or n_columns < 1', errmsg, errmsg_len)
+      return
+    end if
+    call c_f_pointer(x, xf, [box%net%n_inputs, int(n_columns)])
+    call c_f_pointer(y, yf, [box%net%n_outputs, int(n_columns)])
+    call box%net%forward_train(xf, yf, s, msg)
+    stat = int(s, c_int)
+    call f_to_c_buffer(msg, errmsg, errmsg_len)
+  end function c_colnn_forward_train
+
+  !> int colnn_backward(colnn_model *m, const colnn_real *dy, int n_columns, colnn_real *dx
+  !>                    /* or NULL */, char *errmsg, size_t len)
+  integer(c_int) function c_colnn_backward(handle, dy, n_columns, dx, errmsg, errmsg_len) &
+      bind(C, name='colnn_backward') result(stat)
+    type(c_ptr), intent(in), value :: handle, dy, dx
+    integer(c_int), intent(in), value :: n_columns
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(handle_box_t), pointer :: box
+    real(wp), pointer :: dyf(:, :), dxf(:, :)
+    character(len=1024) :: msg
+    integer :: s
+    if (.not. get_net(handle, box) .or. .not. c_associated(dy) .or. n_columns < 1) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_backward: null pointer or n_columns < 1', errmsg, errmsg_len)
+      return
+    end if
+    call c_f_pointer(dy, dyf, [box%net%n_outputs, int(n_columns)])
+    if (c_associated(dx)) then
+      call c_f_pointer(dx, dxf, [box%net%n_inputs, int(n_columns)])
+      call box%net%backward(dyf, s, msg, dx=dxf)
+    else
+      call box%net%backward(dyf, s, msg)
+    end if
+    stat = int(s, c_int)
+    call f_to_c_buffer(msg, errmsg, errmsg_len)
+  end function c_colnn_backward
+
+  integer(c_int64_t) function c_colnn_num_trainable(handle) bind(C, name='colnn_num_trainable') &
+      result(n)
+    type(c_ptr), intent(in), value :: handle
+    type(handle_box_t), pointer :: box
+    n = -1
+    if (get_net(handle, box)) n = int(box%net%num_trainable(), c_int64_t)
+  end function c_colnn_num_trainable
+
+  !> int colnn_get_params(colnn_model *m, colnn_real *p, int64_t n): n = colnn_num_trainable
+  integer(c_int) function c_colnn_get_params(handle, p, n) bind(C, name='colnn_get_params') &
+      result(stat)
+    type(c_ptr), intent(in), value :: handle, p
+    integer(c_int64_t), intent(in), value :: n
+    type(handle_box_t), pointer :: box
+    real(wp), pointer :: pf(:)
+    stat = COLNN_ERR_ARGUMENT
+    if (.not. get_net(handle, box) .or. .not. c_associated(p)) return
+    if (n /= box%net%num_trainable()) return
+    call c_f_pointer(p, pf, [n])
+    call box%net%get_params(pf)
+    stat = COLNN_OK
+  end function c_colnn_get_params
+
+  integer(c_int) function c_colnn_set_params(handle, p, n) bind(C, name='colnn_set_params') &
+      result(stat)
+    type(c_ptr), intent(in), value :: handle, p
+    integer(c_int64_t), intent(in), value :: n
+    type(handle_box_t), pointer :: box
+    real(wp), pointer :: pf(:)
+    stat = COLNN_ERR_ARGUMENT
+    if (.not. get_net(handle, box) .or. .not. c_associated(p)) return
+    if (n /= box%net%num_trainable()) return
+    call c_f_pointer(p, pf, [n])
+    if (.not. all(ieee_is_finite(pf))) then
+      stat = COLNN_ERR_NONFINITE
+      return
+    end if
+    call box%net%set_params(pf)
+    stat = COLNN_OK
+  end function c_colnn_set_params
+
+  integer(c_int) function c_colnn_get_grads(handle, g, n) bind(C, name='colnn_get_grads') &
+      result(stat)
+    type(c_ptr), intent(in), value :: handle, g
+    integer(c_int64_t), intent(in), value :: n
+    type(handle_box_t), pointer :: box
+    real(wp), pointer :: gf(:)
+    stat = COLNN_ERR_ARGUMENT
+    if (.not. get_net(handle, box) .or. .not. c_associated(g)) return
+    if (n /= box%net%num_trainable()) return
+    call c_f_pointer(g, gf, [n])
+    call box%net%get_grads(gf)
+    stat = COLNN_OK
+  end function c_colnn_get_grads
 end module colnn_c_api

@@ -5,7 +5,7 @@ module colnn_dense
   use colnn_spec, only: layer_spec_t
   use colnn_layer, only: layer_t
   use colnn_activations, only: activation_t
-  use colnn_blas, only: gemm_nn
+  use colnn_blas, only: gemm_nn, gemm_nt, gemm_tn
   implicit none
   private
 
@@ -16,6 +16,8 @@ module colnn_dense
     real(wp), allocatable :: b(:)      !< (n_out), allocated only with use_bias
     logical :: use_bias = .true.
     type(activation_t) :: act
+    real(wp), allocatable :: z(:, :)    !< pre-activation of the last forward_train
+    real(wp), allocatable :: dw(:, :), db(:)
   contains
     procedure :: init => dense_init
     procedure :: forward => dense_forward
@@ -25,6 +27,12 @@ module colnn_dense
     procedure :: forward_core => dense_forward_core
     procedure :: epilogue => dense_epilogue
     procedure :: num_params => dense_num_params
+    procedure :: forward_train => dense_forward_train
+    procedure :: backward => dense_backward
+    procedure :: num_trainable => dense_num_trainable
+    procedure :: get_params => dense_get_params
+    procedure :: set_params => dense_set_params
+    procedure :: get_grads => dense_get_grads
   end type dense_t
 
 contains
@@ -104,4 +112,84 @@ contains
     dense_num_params = int(self%n_in, i8) * self%n_out
     if (self%use_bias) dense_num_params = dense_num_params + self%n_out
   end function dense_num_params
+
+  subroutine dense_forward_train(self, nc, x, y)
+    class(dense_t), intent(inout) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(self%n_in, nc)
+    real(wp), intent(out) :: y(self%n_out, nc)
+    integer :: j
+    if (allocated(self%z)) then
+      if (size(self%z, 2) /= nc) deallocate (self%z)
+    end if
+    if (.not. allocated(self%z)) allocate (self%z(self%n_out, nc))
+    call gemm_nn(self%n_out, nc, self%n_in, self%w, x, self%z)
+    if (self%use_bias) then
+      do j = 1, nc
+        self%z(:, j) = self%z(:, j) + self%b
+      end do
+    end if
+    y = self%z
+    call self%act%apply(self%n_out, nc, y)
+  end subroutine dense_forward_train
+
+  subroutine dense_backward(self, nc, x, y, dy, dx, stat, errmsg)
+    class(dense_t), intent(inout) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(self%n_in, nc)
+    real(wp), intent(in) :: y(self%n_out, nc)
+    real(wp), intent(in) :: dy(self%n_out, nc)
+    real(wp), intent(out) :: dx(self%n_in, nc)
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    real(wp), allocatable :: dz(:, :)
+    stat = COLNN_OK
+    errmsg = ''
+    if (.not. allocated(self%z)) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'dense backward: no forward_train before'
+      return
+    end if
+    allocate (dz(self%n_out, nc))
+    call self%act%backward(self%n_out, nc, self%z, y, dy, dz)
+    if (.not. allocated(self%dw)) allocate (self%dw(self%n_out, self%n_in))
+    call gemm_nt(self%n_out, self%n_in, nc, dz, x, self%dw, .false.)
+    if (self%use_bias) self%db = sum(dz, dim=2)
+    call gemm_tn(self%n_in, nc, self%n_out, self%w, dz, dx)
+  end subroutine dense_backward
+
+  pure integer function dense_num_trainable(self)
+    class(dense_t), intent(in) :: self
+    dense_num_trainable = self%n_in * self%n_out
+    if (self%use_bias) dense_num_trainable = dense_num_trainable + self%n_out
+  end function dense_num_trainable
+
+  !> w(out, in) in column order is the Keras kernel (in, out) in row order.
+  subroutine dense_get_params(self, p)
+    class(dense_t), intent(in) :: self
+    real(wp), intent(out) :: p(:)
+    integer :: nw
+    nw = self%n_in * self%n_out
+    p(1:nw) = reshape(self%w, [nw])
+    if (self%use_bias) p(nw + 1:nw + self%n_out) = self%b
+  end subroutine dense_get_params
+
+  subroutine dense_set_params(self, p)
+    class(dense_t), intent(inout) :: self
+    real(wp), intent(in) :: p(:)
+    integer :: nw
+    nw = self%n_in * self%n_out
+    self%w = reshape(p(1:nw), [self%n_out, self%n_in])
+    if (self%use_bias) self%b = p(nw + 1:nw + self%n_out)
+  end subroutine dense_set_params
+
+  subroutine dense_get_grads(self, g)
+    class(dense_t), intent(in) :: self
+    real(wp), intent(out) :: g(:)
+    integer :: nw
+    nw = self%n_in * self%n_out
+    g = 0
+    if (allocated(self%dw)) g(1:nw) = reshape(self%dw, [nw])
+    if (self%use_bias .and. allocated(self%db)) g(nw + 1:nw + self%n_out) = self%db
+  end subroutine dense_get_grads
 end module colnn_dense

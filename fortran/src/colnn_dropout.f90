@@ -4,6 +4,8 @@ module colnn_dropout
   use colnn_status
   use colnn_spec, only: layer_spec_t
   use colnn_layer, only: layer_t
+  use colnn_random, only: dropout_mask
+  use colnn_kinds, only: i8
   implicit none
   private
 
@@ -11,6 +13,9 @@ module colnn_dropout
 
   type, extends(layer_t) :: dropout_t
     real(wp) :: rate = 0
+    integer(i8) :: seed = 0        !< training masks: a pure function of (seed, call, column, feature)
+    integer(i8) :: calls = 0
+    real(wp), allocatable :: mask(:, :)
   contains
     procedure :: init => dropout_init
     procedure :: forward => dropout_forward
@@ -18,6 +23,8 @@ module colnn_dropout
     procedure :: type_name => dropout_type_name
     procedure :: is_elementwise => dropout_is_elementwise
     procedure :: apply_inplace => dropout_apply_inplace
+    procedure :: forward_train => dropout_forward_train
+    procedure :: backward => dropout_backward
   end type dropout_t
 
 contains
@@ -69,4 +76,38 @@ contains
     real(wp), intent(out) :: y(self%n_out, nc)
     y = x
   end subroutine dropout_forward
+
+  subroutine dropout_forward_train(self, nc, x, y)
+    class(dropout_t), intent(inout) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(self%n_in, nc)
+    real(wp), intent(out) :: y(self%n_out, nc)
+    if (allocated(self%mask)) then
+      if (size(self%mask, 2) /= nc) deallocate (self%mask)
+    end if
+    if (.not. allocated(self%mask)) allocate (self%mask(self%n_in, nc))
+    self%calls = self%calls + 1
+    call dropout_mask(self%seed, self%calls, self%n_in, nc, self%rate, self%mask)
+    y = x * self%mask
+  end subroutine dropout_forward_train
+
+  subroutine dropout_backward(self, nc, x, y, dy, dx, stat, errmsg)
+    class(dropout_t), intent(inout) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(self%n_in, nc)
+    real(wp), intent(in) :: y(self%n_out, nc)
+    real(wp), intent(in) :: dy(self%n_out, nc)
+    real(wp), intent(out) :: dx(self%n_in, nc)
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    stat = COLNN_OK
+    errmsg = ''
+    if (.not. allocated(self%mask)) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'dropout backward: no forward_train before'
+      dx = 0
+      return
+    end if
+    dx = dy * self%mask
+  end subroutine dropout_backward
 end module colnn_dropout

@@ -34,7 +34,12 @@ module colnn_layer
     procedure :: forward_core => layer_forward_core
     procedure :: epilogue => layer_epilogue
     procedure :: num_params => layer_num_params
+    procedure :: forward_train => layer_forward_train
     procedure :: backward => layer_backward
+    procedure :: num_trainable => layer_num_trainable
+    procedure :: get_params => layer_get_params
+    procedure :: set_params => layer_set_params
+    procedure :: get_grads => layer_get_grads
   end type layer_t
 
   abstract interface
@@ -110,11 +115,23 @@ contains
     layer_num_params = 0
   end function layer_num_params
 
-  !> Room for training (a later part of the library): layers override this.
-  subroutine layer_backward(self, nc, x, dy, dx, stat, errmsg)
+  !> Training-mode forward (batch statistics, dropout masks); the layer may keep what its
+  !> backward needs. By default the same as inference.
+  subroutine layer_forward_train(self, nc, x, y)
     class(layer_t), intent(inout) :: self
     integer, intent(in) :: nc
     real(wp), intent(in) :: x(self%n_in, nc)
+    real(wp), intent(out) :: y(self%n_out, nc)
+    call self%forward(nc, x, y)
+  end subroutine layer_forward_train
+
+  !> Given the input x and output y of the last forward_train and dL/dy, computes dL/dx and
+  !> stores the gradients of the trainable parameters in the layer (replacing earlier ones).
+  subroutine layer_backward(self, nc, x, y, dy, dx, stat, errmsg)
+    class(layer_t), intent(inout) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(self%n_in, nc)
+    real(wp), intent(in) :: y(self%n_out, nc)
     real(wp), intent(in) :: dy(self%n_out, nc)
     real(wp), intent(out) :: dx(self%n_in, nc)
     integer, intent(out) :: stat
@@ -123,4 +140,26 @@ contains
     stat = COLNN_ERR_NOT_IMPLEMENTED
     errmsg = 'backward is not implemented for layer type '//self%type_name()
   end subroutine layer_backward
+
+  !> Trainable values, in Keras' order (Dense: kernel (in, out) row-major, then bias;
+  !> BatchNormalization: gamma, beta).
+  pure integer function layer_num_trainable(self)
+    class(layer_t), intent(in) :: self
+    layer_num_trainable = 0
+  end function layer_num_trainable
+
+  subroutine layer_get_params(self, p)
+    class(layer_t), intent(in) :: self
+    real(wp), intent(out) :: p(:)
+  end subroutine layer_get_params
+
+  subroutine layer_set_params(self, p)
+    class(layer_t), intent(inout) :: self
+    real(wp), intent(in) :: p(:)
+  end subroutine layer_set_params
+
+  subroutine layer_get_grads(self, g)
+    class(layer_t), intent(in) :: self
+    real(wp), intent(out) :: g(:)
+  end subroutine layer_get_grads
 end module colnn_layer

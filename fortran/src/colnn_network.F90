@@ -44,6 +44,10 @@ module colnn_network
     integer :: block = 0
   end type workspace_t
 
+  type :: activation_cache_t
+    real(wp), allocatable :: a(:, :)
+  end type activation_cache_t
+
   type :: network_t
     integer :: n_inputs = 0, n_outputs = 0, n_layers = 0
     type(layer_slot_t), allocatable :: layers(:)
@@ -54,6 +58,10 @@ module colnn_network
     integer :: max_width = 0
     type(step_t), allocatable :: plan(:)
     type(workspace_t) :: ws
+    !> training: the input of each layer and the output of the last, from forward_train
+    type(activation_cache_t), allocatable :: acts(:)
+    real(wp), allocatable :: g_a(:), g_b(:)
+    integer :: train_nc = 0
   contains
     procedure :: load => network_load
     procedure :: save => network_save
@@ -62,6 +70,12 @@ module colnn_network
     procedure :: num_params => network_num_params
     procedure :: is_loaded => network_is_loaded
     procedure :: destroy => network_destroy
+    procedure :: forward_train => network_forward_train
+    procedure :: backward => network_backward
+    procedure :: num_trainable => network_num_trainable
+    procedure :: get_params => network_get_params
+    procedure :: set_params => network_set_params
+    procedure :: get_grads => network_get_grads
   end type network_t
 
   !> The two buffers of a column block take about this many bytes (kept in a core's L2).
@@ -81,6 +95,9 @@ contains
     class(network_t), intent(inout) :: self
     if (allocated(self%layers)) deallocate (self%layers)
     if (allocated(self%plan)) deallocate (self%plan)
+    if (allocated(self%acts)) deallocate (self%acts)
+    if (allocated(self%g_a)) deallocate (self%g_a, self%g_b)
+    self%train_nc = 0
     if (allocated(self%ws%a)) deallocate (self%ws%a)
     if (allocated(self%ws%b)) deallocate (self%ws%b)
     self%ws%block = 0
@@ -447,4 +464,159 @@ contains
       end do
     end do
   end subroutine apply_inplace_run
+
+  !> Training-mode forward (batch-norm batch statistics, dropout masks) of a minibatch
+  !> x(n_inputs, nc); keeps every layer's input for `backward`.
+  subroutine network_forward_train(self, x, y, stat, errmsg)
+    class(network_t), intent(inout) :: self
+    real(wp), intent(in) :: x(:, :)
+    real(wp), intent(out) :: y(:, :)
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    integer :: nc, k
+    stat = COLNN_OK
+    errmsg = ''
+    if (.not. self%is_loaded()) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'forward_train: no model is loaded'
+      return
+    end if
+    nc = size(x, 2)
+    if (size(x, 1) /= self%n_inputs .or. size(y, 1) /= self%n_outputs .or. size(y, 2) /= nc &
+        .or. nc < 1) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'forward_train: expected x('//str(self%n_inputs)//', n >= 1) and y('// &
+               str(self%n_outputs)//', n), got x('//str(size(x, 1))//', '//str(nc)//') and y('// &
+               str(size(y, 1))//', '//str(size(y, 2))//')'
+      return
+    end if
+    if (.not. all(ieee_is_finite(x))) then
+      stat = COLNN_ERR_NONFINITE
+      errmsg = 'forward_train: the minibatch has NaN or Inf inputs'
+      return
+    end if
+    if (self%train_nc /= nc) then
+      if (allocated(self%acts)) deallocate (self%acts)
+      allocate (self%acts(self%n_layers + 1))
+      self%acts(1)%a = x
+      do k = 1, self%n_layers
+        allocate (self%acts(k + 1)%a(self%layers(k)%layer%n_out, nc))
+      end do
+      if (allocated(self%g_a)) deallocate (self%g_a, self%g_b)
+      allocate (self%g_a(int(self%max_width, i8) * nc), self%g_b(int(self%max_width, i8) * nc))
+      self%train_nc = nc
+    else
+      self%acts(1)%a = x
+    end if
+    do k = 1, self%n_layers
+      call self%layers(k)%layer%forward_train(nc, self%acts(k)%a, self%acts(k + 1)%a)
+    end do
+    y = self%acts(self%n_layers + 1)%a
+  end subroutine network_forward_train
+
+  !> Back-propagates dy = dL/dy(n_outputs, nc) of the last forward_train: every layer then holds
+  !> the gradients of its trainable parameters; dx (optional) receives dL/dx.
+  subroutine network_backward(self, dy, stat, errmsg, dx)
+    class(network_t), intent(inout) :: self
+    real(wp), intent(in) :: dy(:, :)
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    real(wp), intent(out), optional :: dx(:, :)
+    integer :: nc, k
+    logical :: in_a
+    character(len=:), allocatable :: msg
+    stat = COLNN_OK
+    errmsg = ''
+    nc = self%train_nc
+    if (nc < 1) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'backward: no forward_train before'
+      return
+    end if
+    if (size(dy, 1) /= self%n_outputs .or. size(dy, 2) /= nc) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'backward: dy must be ('//str(self%n_outputs)//', '//str(nc)//'), got ('// &
+               str(size(dy, 1))//', '//str(size(dy, 2))//')'
+      return
+    end if
+    if (present(dx)) then
+      if (size(dx, 1) /= self%n_inputs .or. size(dx, 2) /= nc) then
+        stat = COLNN_ERR_ARGUMENT
+        errmsg = 'backward: dx must be ('//str(self%n_inputs)//', '//str(nc)//')'
+        return
+      end if
+    end if
+    call copy_in(self%n_outputs, nc, dy, self%g_a)
+    in_a = .true.
+    do k = self%n_layers, 1, -1
+      associate (l => self%layers(k)%layer)
+        if (in_a) then
+          call l%backward(nc, self%acts(k)%a, self%acts(k + 1)%a, self%g_a, self%g_b, stat, msg)
+        else
+          call l%backward(nc, self%acts(k)%a, self%acts(k + 1)%a, self%g_b, self%g_a, stat, msg)
+        end if
+        if (stat /= 0) then
+          errmsg = "backward: layer '"//l%name//"': "//msg
+          return
+        end if
+      end associate
+      in_a = .not. in_a
+    end do
+    if (present(dx)) then
+      if (in_a) then
+        call copy_out(self%n_inputs, nc, self%g_a, dx)
+      else
+        call copy_out(self%n_inputs, nc, self%g_b, dx)
+      end if
+    end if
+  end subroutine network_backward
+
+  pure integer(i8) function network_num_trainable(self)
+    class(network_t), intent(in) :: self
+    integer :: k
+    network_num_trainable = 0
+    do k = 1, self%n_layers
+      network_num_trainable = network_num_trainable + self%layers(k)%layer%num_trainable()
+    end do
+  end function network_num_trainable
+
+  !> All trainable values in Keras' order (model.trainable_variables, each flattened row-major).
+  subroutine network_get_params(self, p)
+    class(network_t), intent(in) :: self
+    real(wp), intent(out) :: p(:)
+    integer(i8) :: off
+    integer :: k, n
+    off = 0
+    do k = 1, self%n_layers
+      n = self%layers(k)%layer%num_trainable()
+      if (n > 0) call self%layers(k)%layer%get_params(p(off + 1:off + n))
+      off = off + n
+    end do
+  end subroutine network_get_params
+
+  subroutine network_set_params(self, p)
+    class(network_t), intent(inout) :: self
+    real(wp), intent(in) :: p(:)
+    integer(i8) :: off
+    integer :: k, n
+    off = 0
+    do k = 1, self%n_layers
+      n = self%layers(k)%layer%num_trainable()
+      if (n > 0) call self%layers(k)%layer%set_params(p(off + 1:off + n))
+      off = off + n
+    end do
+  end subroutine network_set_params
+
+  subroutine network_get_grads(self, g)
+    class(network_t), intent(in) :: self
+    real(wp), intent(out) :: g(:)
+    integer(i8) :: off
+    integer :: k, n
+    off = 0
+    do k = 1, self%n_layers
+      n = self%layers(k)%layer%num_trainable()
+      if (n > 0) call self%layers(k)%layer%get_grads(g(off + 1:off + n))
+      off = off + n
+    end do
+  end subroutine network_get_grads
 end module colnn_network

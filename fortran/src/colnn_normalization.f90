@@ -21,6 +21,7 @@ module colnn_normalization
     procedure :: is_elementwise => normalization_is_elementwise
     procedure :: apply_inplace => normalization_apply_inplace
     procedure :: num_params => normalization_num_params
+    procedure :: backward => normalization_backward
   end type normalization_t
 
 contains
@@ -95,4 +96,25 @@ contains
     class(normalization_t), intent(in) :: self
     normalization_num_params = 2 * int(self%n_in, i8)
   end function normalization_num_params
+
+  subroutine normalization_backward(self, nc, x, y, dy, dx, stat, errmsg)
+    class(normalization_t), intent(inout) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(self%n_in, nc)
+    real(wp), intent(in) :: y(self%n_out, nc)
+    real(wp), intent(in) :: dy(self%n_out, nc)
+    real(wp), intent(out) :: dx(self%n_in, nc)
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    integer :: j
+    stat = COLNN_OK
+    errmsg = ''
+    do j = 1, nc
+      if (self%invert) then
+        dx(:, j) = dy(:, j) * self%sd
+      else
+        dx(:, j) = dy(:, j) / self%sd
+      end if
+    end do
+  end subroutine normalization_backward
 end module colnn_normalization

@@ -6,7 +6,7 @@ module colnn_random
   implicit none
   private
 
-  public :: add_gaussian_noise
+  public :: add_gaussian_noise, dropout_mask
 
   integer(i8), parameter :: M32 = 4294967295_i8
   real(dp), parameter :: TWO_PI = 6.283185307179586476925286766559_dp
@@ -69,4 +69,28 @@ contains
       end do
     end do
   end subroutine add_gaussian_noise
+
+  !> mask(i, j) = 1 / (1 - rate) with probability 1 - rate, else 0 (inverted dropout, as Keras),
+  !> a pure function of (seed, call, j, i).
+  subroutine dropout_mask(seed, call, n, nc, rate, mask)
+    integer(i8), intent(in) :: seed, call
+    integer, intent(in) :: n, nc
+    real(wp), intent(in) :: rate
+    real(wp), intent(out) :: mask(n, nc)
+    integer(i8) :: key, kcol
+    integer :: i, j
+    real(wp) :: keep
+    keep = 1 / (1 - rate)
+    key = mix64(mix64(mix(0_i8, 977_i8), seed), call)
+    do j = 1, nc
+      kcol = mix(key, int(j, i8))
+      do i = 1, n
+        if ((real(hash32(kcol + i), dp) + 0.5_dp) / 4294967296.0_dp < rate) then
+          mask(i, j) = 0
+        else
+          mask(i, j) = keep
+        end if
+      end do
+    end do
+  end subroutine dropout_mask
 end module colnn_random
