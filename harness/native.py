@@ -83,6 +83,11 @@ def load_library(path: Path | str | None = None, precision: Precision = "single"
     for name in ("colnn_forward_train", "colnn_backward"):
         getattr(lib, name).argtypes = [c_void_p, c_void_p, c_int, c_void_p, c_char_p, c_size_t]
         getattr(lib, name).restype = c_int
+    lib.colnn_train_configure.argtypes = [c_void_p, c_char_p, c_char_p, c_char_p, c_size_t]
+    lib.colnn_train_configure.restype = c_int
+    lib.colnn_train_step.argtypes = [c_void_p, c_void_p, c_void_p, c_int, c_void_p, c_char_p,
+                                     c_size_t]
+    lib.colnn_train_step.restype = c_int
     lib.colnn_num_trainable.argtypes = [c_void_p]
     lib.colnn_num_trainable.restype = ctypes.c_int64
     for name in ("colnn_get_params", "colnn_set_params", "colnn_get_grads"):
@@ -227,6 +232,35 @@ class NativeModel:
         if stat != 0:
             raise ColnnError(stat, err.value.decode(errors="replace"))
         return dx
+
+    def configure_training(self, optimizer: str, loss: str = "mse") -> None:
+        err = ctypes.create_string_buffer(ERRMSG_LEN)
+        stat = self._lib.colnn_train_configure(self._live_handle(), optimizer.encode(),
+                                               loss.encode(), err, ERRMSG_LEN)
+        if stat != 0:
+            raise ColnnError(stat, err.value.decode(errors="replace"))
+        gaussian = loss.split()[0] == "gaussian_nll"
+        self._n_targets = self.n_outputs // 2 if gaussian else self.n_outputs
+
+    def train_step(self, x: np.ndarray, t: np.ndarray) -> float:
+        """One optimizer step on the minibatch x (batch, n_inputs), targets t (batch, n_targets)."""
+        x = np.ascontiguousarray(np.atleast_2d(x), dtype=self.dtype)
+        t = np.ascontiguousarray(np.atleast_2d(t), dtype=self.dtype)
+        if t.shape[0] != x.shape[0]:
+            raise HarnessError(f"train_step: {x.shape[0]} inputs but {t.shape[0]} targets")
+        n_targets = getattr(self, "_n_targets", None)
+        if n_targets is None:
+            raise HarnessError("train_step: call configure_training first")
+        if x.shape[1] != self.n_inputs or t.shape[1] != n_targets:
+            raise HarnessError(f"train_step: expected inputs (n, {self.n_inputs}) and targets "
+                               f"(n, {n_targets}), got {x.shape} and {t.shape}")
+        loss = (ctypes.c_double if self.dtype == np.float64 else ctypes.c_float)()
+        err = ctypes.create_string_buffer(ERRMSG_LEN)
+        stat = self._lib.colnn_train_step(self._live_handle(), x.ctypes.data, t.ctypes.data,
+                                          x.shape[0], ctypes.addressof(loss), err, ERRMSG_LEN)
+        if stat != 0:
+            raise ColnnError(stat, err.value.decode(errors="replace"))
+        return float(loss.value)
 
     def _flat(self, fn, arr: np.ndarray | None = None) -> np.ndarray:
         n = self.n_trainable

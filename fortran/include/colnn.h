@@ -69,6 +69,14 @@ int64_t colnn_num_trainable(colnn_model *model);
 int colnn_get_params(colnn_model *model, colnn_real *p, int64_t n);
 int colnn_set_params(colnn_model *model, const colnn_real *p, int64_t n);
 int colnn_get_grads(colnn_model *model, colnn_real *g, int64_t n);
+/* A training step = forward_train, loss, backward, one optimizer update (Keras 3 formulas).
+ * optimizer: "sgd|rmsprop|adam [key=value ...]"; loss: "mse", "mae", "huber [delta=D]",
+ * "categorical_crossentropy", "gaussian_nll" (targets: n_outputs / 2). A non-finite loss or
+ * gradient returns COLNN_ERR_NONFINITE and leaves the weights unchanged. */
+int colnn_train_configure(colnn_model *model, const char *optimizer, const char *loss,
+                          char *errmsg, size_t errmsg_len);
+int colnn_train_step(colnn_model *model, const colnn_real *x, const colnn_real *targets,
+                     int n_columns, colnn_real *loss, char *errmsg, size_t errmsg_len);
 
 /* Ensembles: members that agree on input and output sizes; forward gives their mean and, when
  * the pointers are not NULL, the spread (population standard deviation) and every member's

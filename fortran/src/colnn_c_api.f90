@@ -9,6 +9,7 @@ module colnn_c_api
   use colnn_strings, only: str
   use colnn_network, only: network_t
   use colnn_ensemble, only: ensemble_t
+  use colnn_trainer, only: trainer_t
   use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
   use colnn, only: colnn_version
   implicit none
@@ -16,12 +17,14 @@ module colnn_c_api
 
   type :: handle_box_t
     type(network_t) :: net
+    type(trainer_t) :: trainer
   end type handle_box_t
 
   type :: ensemble_box_t
     type(ensemble_t) :: ens
   end type ensemble_box_t
 
+  public :: c_colnn_train_configure, c_colnn_train_step
   public :: c_colnn_forward_train, c_colnn_backward, c_colnn_num_trainable, c_colnn_get_params, &
             c_colnn_set_params, c_colnn_get_grads
   public :: c_colnn_ensemble_load, c_colnn_ensemble_free, c_colnn_ensemble_set_noise, &
@@ -467,4 +470,60 @@ contains
     call box%net%get_grads(gf)
     stat = COLNN_OK
   end function c_colnn_get_grads
+
+  !> int colnn_train_configure(colnn_model *m, const char *optimizer, const char *loss,
+  !>                           char *errmsg, size_t len)
+  !> optimizer: 'adam learning_rate=1e-3 ...', 'rmsprop ...', 'sgd momentum=0.9 nesterov=true';
+  !> loss: 'mse', 'mae', 'huber delta=1', 'categorical_crossentropy', 'gaussian_nll'
+  integer(c_int) function c_colnn_train_configure(handle, optimizer, loss, errmsg, errmsg_len) &
+      bind(C, name='colnn_train_configure') result(stat)
+    type(c_ptr), intent(in), value :: handle
+    character(kind=c_char), intent(in) :: optimizer(*), loss(*)
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(handle_box_t), pointer :: box
+    character(len=1024) :: msg
+    integer :: s
+    if (.not. get_net(handle, box)) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_train_configure: null model handle', errmsg, errmsg_len)
+      return
+    end if
+    call box%trainer%configure(c_to_f_string(optimizer), c_to_f_string(loss), s, msg)
+    stat = int(s, c_int)
+    call f_to_c_buffer(msg, errmsg, errmsg_len)
+  end function c_colnn_train_configure
+
+  !> int colnn_train_step(colnn_model *m, const colnn_real *x, const colnn_real *targets,
+  !>                      int n_columns, colnn_real *loss, char *errmsg, size_t len)
+  integer(c_int) function c_colnn_train_step(handle, x, t, n_columns, loss, errmsg, errmsg_len) &
+      bind(C, name='colnn_train_step') result(stat)
+    type(c_ptr), intent(in), value :: handle, x, t
+    integer(c_int), intent(in), value :: n_columns
+    real(wp), intent(out) :: loss
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(handle_box_t), pointer :: box
+    real(wp), pointer :: xf(:, :), tf(:, :)
+    character(len=1024) :: msg
+    integer :: s, nt
+    loss = 0
+    if (.not. get_net(handle, box) .or. .not. c_associated(x) .or. .not. c_associated(t) &
+        .or. n_columns < 1) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_train_step: null pointer or n_columns < 1', errmsg, errmsg_len)
+      return
+    end if
+    if (.not. allocated(box%trainer%loss)) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_train_step: call colnn_train_configure first', errmsg, errmsg_len)
+      return
+    end if
+    nt = max(1, box%trainer%loss%n_targets(box%net%n_outputs))
+    call c_f_pointer(x, xf, [box%net%n_inputs, int(n_columns)])
+    call c_f_pointer(t, tf, [nt, int(n_columns)])
+    call box%trainer%train_step(box%net, xf, tf, loss, s, msg)
+    stat = int(s, c_int)
+    call f_to_c_buffer(msg, errmsg, errmsg_len)
+  end function c_colnn_train_step
 end module colnn_c_api

@@ -1,0 +1,136 @@
+!> Training steps on a network: forward in training mode, loss, backward, optimizer update.
+!> A non-finite loss or gradient is reported with the step number and the trainable weights are
+!> left as they were. `online_step` is what a coupled host calls each step with the inputs it
+!> passed and the targets it knows.
+module colnn_trainer
+  use colnn_kinds, only: wp, i8
+  use colnn_status
+  use colnn_strings, only: str
+  use colnn_network, only: network_t
+  use colnn_optimizers, only: optimizer_t, parse_optimizer
+  use colnn_losses, only: loss_t, builtin_loss_t, parse_loss
+  use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
+  implicit none
+  private
+
+  public :: trainer_t
+
+  type :: trainer_t
+    type(optimizer_t) :: opt
+    class(loss_t), allocatable :: loss
+    integer(i8) :: steps = 0
+    real(wp), allocatable :: p(:), g(:), y(:, :), dy(:, :)
+  contains
+    procedure :: configure => trainer_configure
+    procedure :: set_loss => trainer_set_loss
+    procedure :: train_step => trainer_train_step
+    procedure :: online_step => trainer_train_step
+  end type trainer_t
+
+contains
+
+  !> optimizer: e.g. 'adam learning_rate=0.001'; loss: 'mse', 'huber delta=1', ...
+  subroutine trainer_configure(self, optimizer, loss, stat, errmsg)
+    class(trainer_t), intent(inout) :: self
+    character(len=*), intent(in) :: optimizer, loss
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    character(len=:), allocatable :: msg
+    type(optimizer_t) :: opt
+    type(builtin_loss_t) :: l
+    errmsg = ''
+    call parse_optimizer(optimizer, opt, stat, msg)
+    if (stat /= 0) then
+      errmsg = msg
+      return
+    end if
+    call parse_loss(loss, l, stat, msg)
+    if (stat /= 0) then
+      errmsg = msg
+      return
+    end if
+    self%opt = opt
+    if (allocated(self%loss)) deallocate (self%loss)
+    allocate (self%loss, source=l)
+    self%steps = 0
+  end subroutine trainer_configure
+
+  !> A loss of the user's own (an extension of loss_t).
+  subroutine trainer_set_loss(self, loss)
+    class(trainer_t), intent(inout) :: self
+    class(loss_t), intent(in) :: loss
+    if (allocated(self%loss)) deallocate (self%loss)
+    allocate (self%loss, source=loss)
+  end subroutine trainer_set_loss
+
+  subroutine trainer_train_step(self, net, x, t, loss_value, stat, errmsg)
+    class(trainer_t), intent(inout) :: self
+    type(network_t), intent(inout) :: net
+    real(wp), intent(in) :: x(:, :), t(:, :)
+    real(wp), intent(out) :: loss_value
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    integer :: nc, nt
+    integer(i8) :: np
+    loss_value = 0
+    stat = COLNN_OK
+    errmsg = ''
+    if (.not. allocated(self%loss) .or. self%opt%kind == 0) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'train_step: configure an optimizer and a loss first'
+      return
+    end if
+    nc = size(x, 2)
+    nt = self%loss%n_targets(net%n_outputs)
+    if (nt < 1) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'train_step: the loss cannot use '//str(net%n_outputs)//' outputs '// &
+               '(gaussian_nll needs (mean, log variance) pairs: an even count)'
+      return
+    end if
+    if (size(x, 1) /= net%n_inputs .or. nc < 1) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'train_step: the minibatch must be ('//str(net%n_inputs)//', n >= 1), got ('// &
+               str(size(x, 1))//', '//str(nc)//')'
+      return
+    end if
+    if (size(t, 1) /= nt .or. size(t, 2) /= nc) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'train_step: targets must be ('//str(nt)//', '//str(nc)//'), got ('// &
+               str(size(t, 1))//', '//str(size(t, 2))//')'
+      return
+    end if
+    if (.not. all(ieee_is_finite(x)) .or. .not. all(ieee_is_finite(t))) then
+      stat = COLNN_ERR_NONFINITE
+      errmsg = 'train_step '//str(self%steps + 1)//': NaN or Inf in the inputs or targets'
+      return
+    end if
+    if (allocated(self%y)) then
+      if (size(self%y, 2) /= nc) deallocate (self%y, self%dy)
+    end if
+    if (.not. allocated(self%y)) allocate (self%y(net%n_outputs, nc), self%dy(net%n_outputs, nc))
+    np = net%num_trainable()
+    if (.not. allocated(self%p)) allocate (self%p(np), self%g(np))
+
+    call net%forward_train(x, self%y, stat, errmsg)
+    if (stat /= 0) return
+    call self%loss%evaluate(self%y, t, loss_value, self%dy)
+    if (.not. ieee_is_finite(loss_value) .or. .not. all(ieee_is_finite(self%dy))) then
+      stat = COLNN_ERR_NONFINITE
+      errmsg = 'train_step '//str(self%steps + 1)//': the loss is not finite; weights unchanged'
+      return
+    end if
+    call net%backward(self%dy, stat, errmsg)
+    if (stat /= 0) return
+    call net%get_grads(self%g)
+    if (.not. all(ieee_is_finite(self%g))) then
+      stat = COLNN_ERR_NONFINITE
+      errmsg = 'train_step '//str(self%steps + 1)//': a gradient is not finite; weights unchanged'
+      return
+    end if
+    call net%get_params(self%p)
+    call self%opt%step(self%p, self%g)
+    call net%set_params(self%p)
+    self%steps = self%steps + 1
+  end subroutine trainer_train_step
+end module colnn_trainer
