@@ -9,6 +9,9 @@ module colnn
   use colnn_registry, only: layer_factory, register_layer
   use colnn_network, only: network_t, workspace_t
   use colnn_ensemble, only: ensemble_t
+  use colnn_losses, only: loss_t, builtin_loss_t, parse_loss
+  use colnn_optimizers, only: optimizer_t, parse_optimizer
+  use colnn_trainer, only: trainer_t
   use colnn_dense, only: dense_t
   use colnn_dropout, only: dropout_t
   use colnn_batchnorm, only: batchnorm_t
@@ -22,6 +25,7 @@ module colnn
             COLNN_ERR_UNSUPPORTED, COLNN_ERR_MEMORY, COLNN_ERR_NOT_IMPLEMENTED, status_name
   public :: activation_t, parse_activation, layer_spec_t, layer_t, layer_factory, register_layer
   public :: network_t, workspace_t, ensemble_t
+  public :: loss_t, builtin_loss_t, parse_loss, optimizer_t, parse_optimizer, trainer_t
   public :: dense_t, dropout_t, batchnorm_t, normalization_t, activation_layer_t
   public :: colnn_version
 
