@@ -88,6 +88,12 @@ def load_library(path: Path | str | None = None, precision: Precision = "single"
     lib.colnn_train_step.argtypes = [c_void_p, c_void_p, c_void_p, c_int, c_void_p, c_char_p,
                                      c_size_t]
     lib.colnn_train_step.restype = c_int
+    lib.colnn_train_epoch.argtypes = [c_void_p, c_void_p, c_void_p, c_int, c_int, ctypes.c_int64,
+                                      c_int, c_void_p, c_char_p, c_size_t]
+    lib.colnn_train_epoch.restype = c_int
+    lib.colnn_evaluate.argtypes = [c_void_p, c_void_p, c_void_p, c_int, c_void_p, c_char_p,
+                                   c_size_t]
+    lib.colnn_evaluate.restype = c_int
     lib.colnn_num_trainable.argtypes = [c_void_p]
     lib.colnn_num_trainable.restype = ctypes.c_int64
     for name in ("colnn_get_params", "colnn_set_params", "colnn_get_grads"):
@@ -258,6 +264,39 @@ class NativeModel:
         err = ctypes.create_string_buffer(ERRMSG_LEN)
         stat = self._lib.colnn_train_step(self._live_handle(), x.ctypes.data, t.ctypes.data,
                                           x.shape[0], ctypes.addressof(loss), err, ERRMSG_LEN)
+        if stat != 0:
+            raise ColnnError(stat, err.value.decode(errors="replace"))
+        return float(loss.value)
+
+    def _xt(self, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(np.atleast_2d(x), dtype=self.dtype)
+        t = np.ascontiguousarray(np.atleast_2d(t), dtype=self.dtype)
+        n_targets = getattr(self, "_n_targets", None)
+        if n_targets is None:
+            raise HarnessError("call configure_training first")
+        if x.shape[1] != self.n_inputs or t.shape != (x.shape[0], n_targets):
+            raise HarnessError(f"expected inputs (n, {self.n_inputs}) and targets "
+                               f"(n, {n_targets}), got {x.shape} and {t.shape}")
+        return x, t
+
+    def train_epoch(self, x: np.ndarray, t: np.ndarray, batch_size: int, seed: int = 0,
+                    epoch: int = 0) -> float:
+        x, t = self._xt(x, t)
+        loss = (ctypes.c_double if self.dtype == np.float64 else ctypes.c_float)()
+        err = ctypes.create_string_buffer(ERRMSG_LEN)
+        stat = self._lib.colnn_train_epoch(self._live_handle(), x.ctypes.data, t.ctypes.data,
+                                           x.shape[0], batch_size, seed, epoch,
+                                           ctypes.addressof(loss), err, ERRMSG_LEN)
+        if stat != 0:
+            raise ColnnError(stat, err.value.decode(errors="replace"))
+        return float(loss.value)
+
+    def evaluate(self, x: np.ndarray, t: np.ndarray) -> float:
+        x, t = self._xt(x, t)
+        loss = (ctypes.c_double if self.dtype == np.float64 else ctypes.c_float)()
+        err = ctypes.create_string_buffer(ERRMSG_LEN)
+        stat = self._lib.colnn_evaluate(self._live_handle(), x.ctypes.data, t.ctypes.data,
+                                        x.shape[0], ctypes.addressof(loss), err, ERRMSG_LEN)
         if stat != 0:
             raise ColnnError(stat, err.value.decode(errors="replace"))
         return float(loss.value)

@@ -77,6 +77,13 @@ int colnn_train_configure(colnn_model *model, const char *optimizer, const char 
                           char *errmsg, size_t errmsg_len);
 int colnn_train_step(colnn_model *model, const colnn_real *x, const colnn_real *targets,
                      int n_columns, colnn_real *loss, char *errmsg, size_t errmsg_len);
+/* One epoch in minibatches of batch_size; seed 0 keeps the order, else a shuffle that is a pure
+ * function of (seed, epoch). colnn_evaluate: the loss at inference. */
+int colnn_train_epoch(colnn_model *model, const colnn_real *x, const colnn_real *targets,
+                      int n_columns, int batch_size, int64_t seed, int epoch,
+                      colnn_real *mean_loss, char *errmsg, size_t errmsg_len);
+int colnn_evaluate(colnn_model *model, const colnn_real *x, const colnn_real *targets,
+                   int n_columns, colnn_real *loss, char *errmsg, size_t errmsg_len);
 
 /* Ensembles: members that agree on input and output sizes; forward gives their mean and, when
  * the pointers are not NULL, the spread (population standard deviation) and every member's

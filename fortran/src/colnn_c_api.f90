@@ -24,7 +24,7 @@ module colnn_c_api
     type(ensemble_t) :: ens
   end type ensemble_box_t
 
-  public :: c_colnn_train_configure, c_colnn_train_step
+  public :: c_colnn_train_configure, c_colnn_train_step, c_colnn_train_epoch, c_colnn_evaluate
   public :: c_colnn_forward_train, c_colnn_backward, c_colnn_num_trainable, c_colnn_get_params, &
             c_colnn_set_params, c_colnn_get_grads
   public :: c_colnn_ensemble_load, c_colnn_ensemble_free, c_colnn_ensemble_set_noise, &
@@ -526,4 +526,70 @@ contains
     stat = int(s, c_int)
     call f_to_c_buffer(msg, errmsg, errmsg_len)
   end function c_colnn_train_step
+
+  !> int colnn_train_epoch(colnn_model *m, const colnn_real *x, const colnn_real *targets,
+  !>     int n_columns, int batch_size, int64_t seed /* 0: in order */, int epoch,
+  !>     colnn_real *mean_loss, char *errmsg, size_t len)
+  integer(c_int) function c_colnn_train_epoch(handle, x, t, n_columns, batch_size, seed, epoch, &
+                                              mean_loss, errmsg, errmsg_len) &
+      bind(C, name='colnn_train_epoch') result(stat)
+    type(c_ptr), intent(in), value :: handle, x, t
+    integer(c_int), intent(in), value :: n_columns, batch_size, epoch
+    integer(c_int64_t), intent(in), value :: seed
+    real(wp), intent(out) :: mean_loss
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(handle_box_t), pointer :: box
+    real(wp), pointer :: xf(:, :), tf(:, :)
+    character(len=1024) :: msg
+    integer :: s, nt
+    mean_loss = 0
+    if (.not. get_net(handle, box) .or. .not. c_associated(x) .or. .not. c_associated(t) &
+        .or. n_columns < 1) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_train_epoch: null pointer or n_columns < 1', errmsg, errmsg_len)
+      return
+    end if
+    if (.not. allocated(box%trainer%loss)) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_train_epoch: call colnn_train_configure first', errmsg, errmsg_len)
+      return
+    end if
+    nt = max(1, box%trainer%loss%n_targets(box%net%n_outputs))
+    call c_f_pointer(x, xf, [box%net%n_inputs, int(n_columns)])
+    call c_f_pointer(t, tf, [nt, int(n_columns)])
+    call box%trainer%train_epoch(box%net, xf, tf, int(batch_size), int(seed, i8), int(epoch), &
+                                 mean_loss, s, msg)
+    stat = int(s, c_int)
+    call f_to_c_buffer(msg, errmsg, errmsg_len)
+  end function c_colnn_train_epoch
+
+  !> int colnn_evaluate(colnn_model *m, const colnn_real *x, const colnn_real *targets,
+  !>                    int n_columns, colnn_real *loss, char *errmsg, size_t len)
+  integer(c_int) function c_colnn_evaluate(handle, x, t, n_columns, loss, errmsg, errmsg_len) &
+      bind(C, name='colnn_evaluate') result(stat)
+    type(c_ptr), intent(in), value :: handle, x, t
+    integer(c_int), intent(in), value :: n_columns
+    real(wp), intent(out) :: loss
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(handle_box_t), pointer :: box
+    real(wp), pointer :: xf(:, :), tf(:, :)
+    character(len=1024) :: msg
+    integer :: s, nt
+    loss = 0
+    if (.not. get_net(handle, box) .or. .not. c_associated(x) .or. .not. c_associated(t) &
+        .or. n_columns < 1 .or. .not. allocated(box%trainer%loss)) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_evaluate: null pointer, n_columns < 1 or no loss configured', &
+                         errmsg, errmsg_len)
+      return
+    end if
+    nt = max(1, box%trainer%loss%n_targets(box%net%n_outputs))
+    call c_f_pointer(x, xf, [box%net%n_inputs, int(n_columns)])
+    call c_f_pointer(t, tf, [nt, int(n_columns)])
+    call box%trainer%evaluate(box%net, xf, tf, loss, s, msg)
+    stat = int(s, c_int)
+    call f_to_c_buffer(msg, errmsg, errmsg_len)
+  end function c_colnn_evaluate
 end module colnn_c_api

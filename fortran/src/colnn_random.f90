@@ -6,7 +6,7 @@ module colnn_random
   implicit none
   private
 
-  public :: add_gaussian_noise, dropout_mask
+  public :: add_gaussian_noise, dropout_mask, uniform_keys
 
   integer(i8), parameter :: M32 = 4294967295_i8
   real(dp), parameter :: TWO_PI = 6.283185307179586476925286766559_dp
@@ -93,4 +93,17 @@ contains
       end do
     end do
   end subroutine dropout_mask
+
+  !> keys(i) uniform in [0, 1), a pure function of (seed, stream, i).
+  subroutine uniform_keys(seed, stream, keys)
+    integer(i8), intent(in) :: seed, stream
+    real(wp), intent(out) :: keys(:)
+    integer(i8) :: key
+    integer :: i
+    key = mix64(mix64(mix(0_i8, 1234567_i8), seed), stream)
+    do i = 1, size(keys)
+      keys(i) = real(real(mix(key, int(i, i8)), dp) / 4294967296.0_dp, wp)
+      if (keys(i) >= 1) keys(i) = nearest(1.0_wp, -1.0_wp)
+    end do
+  end subroutine uniform_keys
 end module colnn_random

@@ -7,6 +7,7 @@ module colnn_trainer
   use colnn_status
   use colnn_strings, only: str
   use colnn_network, only: network_t
+  use colnn_random, only: uniform_keys
   use colnn_optimizers, only: optimizer_t, parse_optimizer
   use colnn_losses, only: loss_t, builtin_loss_t, parse_loss
   use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
@@ -25,6 +26,8 @@ module colnn_trainer
     procedure :: set_loss => trainer_set_loss
     procedure :: train_step => trainer_train_step
     procedure :: online_step => trainer_train_step
+    procedure :: train_epoch => trainer_train_epoch
+    procedure :: evaluate => trainer_evaluate
   end type trainer_t
 
 contains
@@ -133,4 +136,89 @@ contains
     call net%set_params(self%p)
     self%steps = self%steps + 1
   end subroutine trainer_train_step
+
+  !> One pass over x(n_inputs, n)/t in minibatches of batch_size (the last one may be smaller),
+  !> in a shuffled order when seed /= 0 (a pure function of seed and epoch), else in order.
+  !> mean_loss is the mean of the minibatch losses.
+  subroutine trainer_train_epoch(self, net, x, t, batch_size, seed, epoch, mean_loss, stat, errmsg)
+    class(trainer_t), intent(inout) :: self
+    type(network_t), intent(inout) :: net
+    real(wp), intent(in) :: x(:, :), t(:, :)
+    integer, intent(in) :: batch_size
+    integer(i8), intent(in) :: seed
+    integer, intent(in) :: epoch
+    real(wp), intent(out) :: mean_loss
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    integer, allocatable :: order(:)
+    real(wp), allocatable :: xb(:, :), tb(:, :)
+    real(wp) :: loss
+    integer :: n, b0, m, nb, k
+    mean_loss = 0
+    n = size(x, 2)
+    if (batch_size < 1 .or. n < 1 .or. size(t, 2) /= n) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'train_epoch: need batch_size >= 1 and as many target columns as inputs ('// &
+               str(n)//' inputs, '//str(size(t, 2))//' targets)'
+      return
+    end if
+    allocate (order(n))
+    order = [(k, k = 1, n)]
+    if (seed /= 0) call shuffled(seed, epoch, order)
+    nb = 0
+    do b0 = 1, n, batch_size
+      m = min(batch_size, n - b0 + 1)
+      xb = x(:, order(b0:b0 + m - 1))
+      tb = t(:, order(b0:b0 + m - 1))
+      call self%train_step(net, xb, tb, loss, stat, errmsg)
+      if (stat /= 0) return
+      mean_loss = mean_loss + loss
+      nb = nb + 1
+    end do
+    mean_loss = mean_loss / nb
+  end subroutine trainer_train_epoch
+
+  subroutine shuffled(seed, epoch, order)
+    integer(i8), intent(in) :: seed
+    integer, intent(in) :: epoch
+    integer, intent(inout) :: order(:)
+    real(wp), allocatable :: keys(:)
+    integer :: i, j, n, tmp
+    n = size(order)
+    allocate (keys(n))
+    call uniform_keys(seed, int(epoch, i8), keys)
+    ! Fisher-Yates with the keys as the random draws
+    do i = n, 2, -1
+      j = 1 + min(i - 1, int(keys(i) * i))
+      tmp = order(i)
+      order(i) = order(j)
+      order(j) = tmp
+    end do
+  end subroutine shuffled
+
+  !> The loss of the network at inference (batch-norm moving statistics, no dropout).
+  subroutine trainer_evaluate(self, net, x, t, loss, stat, errmsg)
+    class(trainer_t), intent(inout) :: self
+    type(network_t), intent(inout) :: net
+    real(wp), intent(in) :: x(:, :), t(:, :)
+    real(wp), intent(out) :: loss
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    real(wp), allocatable :: y(:, :), dy(:, :)
+    loss = 0
+    if (.not. allocated(self%loss)) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'evaluate: configure a loss first'
+      return
+    end if
+    if (size(t, 1) /= self%loss%n_targets(net%n_outputs) .or. size(t, 2) /= size(x, 2)) then
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'evaluate: targets do not match the inputs and the loss'
+      return
+    end if
+    allocate (y(net%n_outputs, size(x, 2)), dy(net%n_outputs, size(x, 2)))
+    call net%forward(x, y, stat, errmsg)
+    if (stat /= 0) return
+    call self%loss%evaluate(y, t, loss, dy)
+  end subroutine trainer_evaluate
 end module colnn_trainer
