@@ -184,6 +184,8 @@ class ModelSpec:
     n_inputs: int
     layers: list[LayerSpec] = field(default_factory=list)
     meta: list[tuple[str, str]] = field(default_factory=list)
+    #: lines of the optional training block (optimizer state of a checkpoint), kept verbatim
+    training: list[str] | None = None
 
     @property
     def n_outputs(self) -> int:
@@ -438,6 +440,11 @@ def _model_chunks(spec: ModelSpec) -> Iterator[str]:
             arr = np.asarray(layer.tensors[tname]).astype(dtype, copy=False)
             yield f"tensor {tname} {' '.join(str(d) for d in arr.shape)}\n"
             yield from _format_rows(arr)
+        yield "end\n"
+    if spec.training is not None:
+        yield "\ntraining\n"
+        for line in spec.training:
+            yield line + "\n"
         yield "end\n"
 
 
@@ -759,11 +766,24 @@ def read_model(path: PathLike) -> ModelSpec:
             raise src.error(lineno, "expected 'layer TYPE' with one type word")
         layers.append(_parse_block(src, lineno, value, dtype))
         layer_lines.append(lineno)
+    training: list[str] | None = None
+    if not src.at_end() and src.peek()[1].strip() == "training":
+        # a checkpoint's optimizer state: read by the Fortran library, kept verbatim here
+        t_line = src.next("'training'")[0]
+        training = []
+        while True:
+            if src.at_end():
+                raise src.error(t_line, "training block without 'end'")
+            lineno, line = src.next("training block")
+            if line.strip() == "end":
+                break
+            training.append(line.strip())
     if not src.at_end():
         lineno, line = src.peek()
         raise src.error(lineno, f"unexpected content after the {n_layers} announced layers: "
                         f"'{line[:40]}'")
-    spec = ModelSpec(precision=precision, n_inputs=n_inputs, layers=layers, meta=meta)
+    spec = ModelSpec(precision=precision, n_inputs=n_inputs, layers=layers, meta=meta,
+                     training=training)
     validate(spec, source=name, layer_lines=layer_lines,
              declared_outputs=(n_outputs, header["outputs"][0]))
     return spec

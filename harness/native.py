@@ -88,6 +88,10 @@ def load_library(path: Path | str | None = None, precision: Precision = "single"
     lib.colnn_train_step.argtypes = [c_void_p, c_void_p, c_void_p, c_int, c_void_p, c_char_p,
                                      c_size_t]
     lib.colnn_train_step.restype = c_int
+    lib.colnn_train_targets.argtypes = [c_void_p]
+    lib.colnn_train_targets.restype = c_int
+    lib.colnn_save_checkpoint.argtypes = [c_void_p, c_char_p, c_char_p, c_size_t]
+    lib.colnn_save_checkpoint.restype = c_int
     lib.colnn_train_epoch.argtypes = [c_void_p, c_void_p, c_void_p, c_int, c_int, ctypes.c_int64,
                                       c_int, c_void_p, c_char_p, c_size_t]
     lib.colnn_train_epoch.restype = c_int
@@ -245,8 +249,19 @@ class NativeModel:
                                                loss.encode(), err, ERRMSG_LEN)
         if stat != 0:
             raise ColnnError(stat, err.value.decode(errors="replace"))
-        gaussian = loss.split()[0] == "gaussian_nll"
-        self._n_targets = self.n_outputs // 2 if gaussian else self.n_outputs
+
+    @property
+    def _n_targets(self) -> int | None:
+        n = self._lib.colnn_train_targets(self._live_handle())
+        return None if n < 0 else int(n)
+
+    def save_checkpoint(self, path: Path | str) -> None:
+        """Model file plus the training state; loading it resumes training exactly."""
+        err = ctypes.create_string_buffer(ERRMSG_LEN)
+        stat = self._lib.colnn_save_checkpoint(self._live_handle(), os.fsencode(str(path)), err,
+                                               ERRMSG_LEN)
+        if stat != 0:
+            raise ColnnError(stat, err.value.decode(errors="replace"))
 
     def train_step(self, x: np.ndarray, t: np.ndarray) -> float:
         """One optimizer step on the minibatch x (batch, n_inputs), targets t (batch, n_targets)."""
@@ -254,7 +269,7 @@ class NativeModel:
         t = np.ascontiguousarray(np.atleast_2d(t), dtype=self.dtype)
         if t.shape[0] != x.shape[0]:
             raise HarnessError(f"train_step: {x.shape[0]} inputs but {t.shape[0]} targets")
-        n_targets = getattr(self, "_n_targets", None)
+        n_targets = self._n_targets
         if n_targets is None:
             raise HarnessError("train_step: call configure_training first")
         if x.shape[1] != self.n_inputs or t.shape[1] != n_targets:
@@ -271,7 +286,7 @@ class NativeModel:
     def _xt(self, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(np.atleast_2d(x), dtype=self.dtype)
         t = np.ascontiguousarray(np.atleast_2d(t), dtype=self.dtype)
-        n_targets = getattr(self, "_n_targets", None)
+        n_targets = self._n_targets
         if n_targets is None:
             raise HarnessError("call configure_training first")
         if x.shape[1] != self.n_inputs or t.shape != (x.shape[0], n_targets):

@@ -184,3 +184,37 @@ def test_training_from_scratch_matches_keras_validation_loss(tmp_path: Path,
         val_fortran = m.evaluate(xv, tv)
     print(f"VALLOSS shuffle={shuffle} keras {val_keras:.5f} fortran {val_fortran:.5f}")
     assert abs(val_fortran - val_keras) <= 0.1 * val_keras
+
+
+@pytest.mark.parametrize("optimizer", ["adam learning_rate=0.004 amsgrad=true",
+                                       "rmsprop momentum=0.5 centered=true",
+                                       "sgd learning_rate=0.02 momentum=0.9 nesterov=true"])
+def test_checkpoint_resumes_training_exactly(tmp_path: Path, optimizer: str) -> None:
+    """20 steps, checkpoint (model + optimizer state), reload, 30 more steps == 50 steps at once;
+    the checkpoint still reads in Python and converts to Keras."""
+    model = small_model("float32", seed=2)
+    model.save(tmp_path / "m.keras")
+    write_model(read_keras(tmp_path / "m.keras"), tmp_path / "m.colnn")
+    data = list(batches("float32", n=50))
+    with NativeModel(tmp_path / "m.colnn") as m:
+        m.configure_training(optimizer, "huber delta=0.5")
+        for x, t in data:
+            m.train_step(x, t)
+        straight = m.get_params()
+    with NativeModel(tmp_path / "m.colnn") as m:
+        m.configure_training(optimizer, "huber delta=0.5")
+        for x, t in data[:20]:
+            m.train_step(x, t)
+        m.save_checkpoint(tmp_path / "ckpt.colnn")
+    with NativeModel(tmp_path / "ckpt.colnn") as resumed:
+        for x, t in data[20:]:
+            resumed.train_step(x, t)                 # no configure: restored from the file
+        assert np.array_equal(resumed.get_params(), straight)
+    from harness.convert import convert
+    from harness.modelfile import read_model
+    spec = read_model(tmp_path / "ckpt.colnn")
+    assert spec.training is not None and spec.training[0].startswith("optimizer ")
+    write_model(spec, tmp_path / "copy.colnn")
+    with NativeModel(tmp_path / "copy.colnn") as copy:
+        assert copy._n_targets == 3
+    convert(tmp_path / "ckpt.colnn", tmp_path / "ckpt.keras")

@@ -82,6 +82,10 @@ int colnn_train_step(colnn_model *model, const colnn_real *x, const colnn_real *
 int colnn_train_epoch(colnn_model *model, const colnn_real *x, const colnn_real *targets,
                       int n_columns, int batch_size, int64_t seed, int epoch,
                       colnn_real *mean_loss, char *errmsg, size_t errmsg_len);
+/* The model file plus a training block (optimizer, loss, step count, optimizer state): loading
+ * it with colnn_load restores the training configuration, so a run resumes exactly. */
+int colnn_train_targets(colnn_model *model); /* targets per column of the loss; -1: none */
+int colnn_save_checkpoint(colnn_model *model, const char *path, char *errmsg, size_t errmsg_len);
 int colnn_evaluate(colnn_model *model, const colnn_real *x, const colnn_real *targets,
                    int n_columns, colnn_real *loss, char *errmsg, size_t errmsg_len);
 

@@ -24,6 +24,7 @@ module colnn_c_api
     type(ensemble_t) :: ens
   end type ensemble_box_t
 
+  public :: c_colnn_save_checkpoint, c_colnn_train_targets
   public :: c_colnn_train_configure, c_colnn_train_step, c_colnn_train_epoch, c_colnn_evaluate
   public :: c_colnn_forward_train, c_colnn_backward, c_colnn_num_trainable, c_colnn_get_params, &
             c_colnn_set_params, c_colnn_get_grads
@@ -80,9 +81,14 @@ contains
     handle = c_null_ptr
     allocate (box)
     call box%net%load(c_to_f_string(path), s, msg)
+    if (s == 0 .and. allocated(box%net%training_spec)) then
+      box%net%training_spec%source = c_to_f_string(path)
+      call box%trainer%restore(box%net%training_spec, box%net%num_trainable(), s, msg)
+    end if
     stat = int(s, c_int)
     if (s /= 0) then
       call f_to_c_buffer(msg, errmsg, errmsg_len)
+      call box%net%destroy()
       deallocate (box)
       return
     end if
@@ -592,4 +598,46 @@ contains
     stat = int(s, c_int)
     call f_to_c_buffer(msg, errmsg, errmsg_len)
   end function c_colnn_evaluate
+
+  !> int colnn_save_checkpoint(colnn_model *m, const char *path, char *errmsg, size_t len):
+  !> the model file plus a training block (optimizer, loss, step count, optimizer state);
+  !> colnn_load of that file restores the training configuration, so training resumes exactly.
+  integer(c_int) function c_colnn_save_checkpoint(handle, path, errmsg, errmsg_len) &
+      bind(C, name='colnn_save_checkpoint') result(stat)
+    use colnn_spec, only: layer_spec_t
+    type(c_ptr), intent(in), value :: handle
+    character(kind=c_char), intent(in) :: path(*)
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(handle_box_t), pointer :: box
+    type(layer_spec_t) :: spec
+    character(len=1024) :: msg
+    integer :: s
+    if (.not. get_net(handle, box)) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_save_checkpoint: null model handle', errmsg, errmsg_len)
+      return
+    end if
+    if (.not. allocated(box%trainer%loss)) then
+      stat = COLNN_ERR_ARGUMENT
+      call f_to_c_buffer('colnn_save_checkpoint: no training configured (use colnn_save)', &
+                         errmsg, errmsg_len)
+      return
+    end if
+    call box%trainer%describe(spec)
+    call box%net%save(c_to_f_string(path), s, msg, training=spec)
+    stat = int(s, c_int)
+    call f_to_c_buffer(msg, errmsg, errmsg_len)
+  end function c_colnn_save_checkpoint
+
+  !> Targets per column the configured loss expects (-1: no training configured).
+  integer(c_int) function c_colnn_train_targets(handle) bind(C, name='colnn_train_targets') &
+      result(n)
+    type(c_ptr), intent(in), value :: handle
+    type(handle_box_t), pointer :: box
+    n = -1
+    if (.not. get_net(handle, box)) return
+    if (.not. allocated(box%trainer%loss)) return
+    n = int(box%trainer%loss%n_targets(box%net%n_outputs), c_int)
+  end function c_colnn_train_targets
 end module colnn_c_api

@@ -111,24 +111,29 @@ contains
   end subroutine split_key
 
   !> Reads a whole colnn file into its header and one spec per layer.
-  subroutine read_model_file(path, header, specs, stat, errmsg)
+  !> `training` receives the optional training block (optimizer state) that follows the layers.
+  subroutine read_model_file(path, header, specs, stat, errmsg, training)
     character(len=*), intent(in) :: path
     type(model_header_t), intent(out) :: header
     type(layer_spec_t), allocatable, intent(out) :: specs(:)
     integer, intent(out) :: stat
     character(len=:), allocatable, intent(out) :: errmsg
+    type(layer_spec_t), allocatable, intent(out), optional :: training
     type(text_reader_t) :: r
+    type(layer_spec_t), allocatable :: tspec
     call r%open(path, stat, errmsg)
     if (stat /= 0) return
-    call read_body(r, header, specs, stat, errmsg)
+    call read_body(r, header, specs, stat, errmsg, tspec)
+    if (stat == 0 .and. present(training) .and. allocated(tspec)) call move_alloc(tspec, training)
     call r%close()
     if (stat /= 0 .and. allocated(specs)) deallocate (specs)
   end subroutine read_model_file
 
-  subroutine read_body(r, header, specs, stat, errmsg)
+  subroutine read_body(r, header, specs, stat, errmsg, training)
     type(text_reader_t), intent(inout) :: r
     type(model_header_t), intent(inout) :: header
     type(layer_spec_t), allocatable, intent(out) :: specs(:)
+    type(layer_spec_t), allocatable, intent(inout) :: training
     integer, intent(out) :: stat
     character(len=:), allocatable, intent(out) :: errmsg
     logical :: eof, ok
@@ -251,6 +256,19 @@ contains
       if (stat /= 0) return
       if (eof) exit
       call split_key(r%buf(1:r%n), key, rest)
+      if (key == 'training' .and. n_layers_seen == header%n_layers) then
+        allocate (training)
+        call read_layer(r, header, 'training', training, stat, errmsg)
+        if (stat /= 0) return
+        call r%next_line(eof, stat, errmsg, skip_blank=.true.)
+        if (stat /= 0) return
+        if (.not. eof) then
+          call fail(stat, errmsg, COLNN_ERR_FORMAT, r%where()//': unexpected content after '// &
+                    'the training block')
+          return
+        end if
+        exit
+      end if
       if (key /= 'layer') then
         call fail(stat, errmsg, COLNN_ERR_FORMAT, r%where()//": expected 'layer TYPE', found '"// &
                   key//"'")
@@ -444,17 +462,17 @@ contains
   end subroutine atomic_rename
 
   !> Writes header + layer specs to `path` via a temporary file and a rename.
-  subroutine write_model_file(path, n_inputs, n_outputs, specs, meta, stat, errmsg)
+  subroutine write_model_file(path, n_inputs, n_outputs, specs, meta, stat, errmsg, training)
     character(len=*), intent(in) :: path
     integer, intent(in) :: n_inputs, n_outputs
     type(layer_spec_t), intent(in) :: specs(:)
     character(len=*), intent(in) :: meta(:)
+    type(layer_spec_t), intent(in), optional :: training
     integer, intent(out) :: stat
     character(len=:), allocatable, intent(out) :: errmsg
     character(len=:), allocatable :: tmp
     character(len=256) :: msg
-    character(len=*), parameter :: fmt_sp = '(*(es16.8e2))', fmt_dp = '(*(es25.16e3))'
-    integer :: u, ios, k, a, t, i, d2
+    integer :: u, ios, k
     logical :: is_dp
 
     stat = COLNN_OK
@@ -477,35 +495,9 @@ contains
       write (u, '(a)', iostat=ios) 'meta '//trim(meta(k))
     end do
     do k = 1, size(specs)
-      write (u, '(a)', iostat=ios) ''
-      write (u, '(a)', iostat=ios) 'layer '//specs(k)%type_name
-      do a = 1, specs(k)%n_attrs
-        write (u, '(a)', iostat=ios) specs(k)%attrs(a)%key//' '//specs(k)%attrs(a)%value
-      end do
-      do t = 1, specs(k)%n_tensors
-        associate (tn => specs(k)%tensors(t))
-          if (tn%rank == 1) then
-            write (u, '(a,1x,i0)', iostat=ios) 'tensor '//tn%name, tn%shape(1)
-            if (is_dp) then
-              write (u, fmt_dp, iostat=ios) tn%values
-            else
-              write (u, fmt_sp, iostat=ios) tn%values
-            end if
-          else
-            write (u, '(a,2(1x,i0))', iostat=ios) 'tensor '//tn%name, tn%shape
-            d2 = tn%shape(2)
-            do i = 1, tn%shape(1)
-              if (is_dp) then
-                write (u, fmt_dp, iostat=ios) tn%values((i - 1) * d2 + 1:i * d2)
-              else
-                write (u, fmt_sp, iostat=ios) tn%values((i - 1) * d2 + 1:i * d2)
-              end if
-            end do
-          end if
-        end associate
-      end do
-      write (u, '(a)', iostat=ios) 'end'
+      call write_block(u, 'layer '//specs(k)%type_name, specs(k), is_dp, ios)
     end do
+    if (present(training)) call write_block(u, 'training', training, is_dp, ios)
     if (ios /= 0) then
       close (u, status='delete')
       call fail(stat, errmsg, COLNN_ERR_IO, path//': write failed')
@@ -518,4 +510,44 @@ contains
     end if
     call atomic_rename(tmp, path, stat, errmsg)
   end subroutine write_model_file
+
+  subroutine write_block(u, opening, spec, is_dp, ios)
+    integer, intent(in) :: u
+    character(len=*), intent(in) :: opening
+    type(layer_spec_t), intent(in) :: spec
+    logical, intent(in) :: is_dp
+    integer, intent(inout) :: ios
+    character(len=*), parameter :: fmt_sp = '(*(es16.8e2))', fmt_dp = '(*(es25.16e3))'
+    integer :: a, t, i, d2, e
+    e = 0
+    write (u, '(a)', iostat=e) ''
+    write (u, '(a)', iostat=e) opening
+    do a = 1, spec%n_attrs
+      write (u, '(a)', iostat=e) spec%attrs(a)%key//' '//spec%attrs(a)%value
+    end do
+    do t = 1, spec%n_tensors
+      associate (tn => spec%tensors(t))
+        if (tn%rank == 1) then
+          write (u, '(a,1x,i0)', iostat=e) 'tensor '//tn%name, tn%shape(1)
+          if (is_dp) then
+            write (u, fmt_dp, iostat=e) tn%values
+          else
+            write (u, fmt_sp, iostat=e) tn%values
+          end if
+        else
+          write (u, '(a,2(1x,i0))', iostat=e) 'tensor '//tn%name, tn%shape
+          d2 = tn%shape(2)
+          do i = 1, tn%shape(1)
+            if (is_dp) then
+              write (u, fmt_dp, iostat=e) tn%values((i - 1) * d2 + 1:i * d2)
+            else
+              write (u, fmt_sp, iostat=e) tn%values((i - 1) * d2 + 1:i * d2)
+            end if
+          end do
+        end if
+      end associate
+    end do
+    write (u, '(a)', iostat=e) 'end'
+    if (e /= 0) ios = e
+  end subroutine write_block
 end module colnn_model_file

@@ -62,6 +62,8 @@ module colnn_network
     type(activation_cache_t), allocatable :: acts(:)
     real(wp), allocatable :: g_a(:), g_b(:)
     integer :: train_nc = 0
+    !> the training block of the file it was loaded from (optimizer state), if any
+    type(layer_spec_t), allocatable :: training_spec
   contains
     procedure :: load => network_load
     procedure :: save => network_save
@@ -97,6 +99,7 @@ contains
     if (allocated(self%plan)) deallocate (self%plan)
     if (allocated(self%acts)) deallocate (self%acts)
     if (allocated(self%g_a)) deallocate (self%g_a, self%g_b)
+    if (allocated(self%training_spec)) deallocate (self%training_spec)
     self%train_nc = 0
     if (allocated(self%ws%a)) deallocate (self%ws%a)
     if (allocated(self%ws%b)) deallocate (self%ws%b)
@@ -161,7 +164,7 @@ contains
     call sniff_format(path, fmt, stat, msg)
     if (stat == 0) then
       if (fmt == 'colnn') then
-        call read_model_file(path, header, specs, stat, msg)
+        call read_model_file(path, header, specs, stat, msg, self%training_spec)
       else
         call read_fkb_file(path, header, specs, stat, msg)
       end if
@@ -252,11 +255,13 @@ contains
     self%plan = steps(1:n)
   end subroutine build_plan
 
-  subroutine network_save(self, path, stat, errmsg)
+  !> Writes the network as a colnn model file; `training` adds a training block (optimizer state).
+  subroutine network_save(self, path, stat, errmsg, training)
     class(network_t), intent(in) :: self
     character(len=*), intent(in) :: path
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
+    type(layer_spec_t), intent(in), optional :: training
     type(layer_spec_t), allocatable :: specs(:)
     character(len=:), allocatable :: msg
     integer :: k
@@ -272,7 +277,8 @@ contains
       call specs(k)%set_text('name', self%layers(k)%layer%name)
       call self%layers(k)%layer%describe(specs(k))
     end do
-    call write_model_file(path, self%n_inputs, self%n_outputs, specs, self%meta, stat, msg)
+    call write_model_file(path, self%n_inputs, self%n_outputs, specs, self%meta, stat, msg, &
+                          training)
     if (stat /= 0) errmsg = msg
   end subroutine network_save
 

@@ -7,6 +7,7 @@ module colnn_trainer
   use colnn_status
   use colnn_strings, only: str
   use colnn_network, only: network_t
+  use colnn_spec, only: layer_spec_t
   use colnn_random, only: uniform_keys
   use colnn_optimizers, only: optimizer_t, parse_optimizer
   use colnn_losses, only: loss_t, builtin_loss_t, parse_loss
@@ -20,6 +21,7 @@ module colnn_trainer
     type(optimizer_t) :: opt
     class(loss_t), allocatable :: loss
     integer(i8) :: steps = 0
+    character(len=:), allocatable :: loss_text
     real(wp), allocatable :: p(:), g(:), y(:, :), dy(:, :)
   contains
     procedure :: configure => trainer_configure
@@ -28,6 +30,8 @@ module colnn_trainer
     procedure :: online_step => trainer_train_step
     procedure :: train_epoch => trainer_train_epoch
     procedure :: evaluate => trainer_evaluate
+    procedure :: describe => trainer_describe
+    procedure :: restore => trainer_restore
   end type trainer_t
 
 contains
@@ -55,8 +59,63 @@ contains
     self%opt = opt
     if (allocated(self%loss)) deallocate (self%loss)
     allocate (self%loss, source=l)
+    self%loss_text = trim(adjustl(loss))
     self%steps = 0
   end subroutine trainer_configure
+
+  !> The training block of a checkpoint: optimizer (with every parameter), loss, step count and
+  !> the optimizer's state vectors, so that training resumes exactly.
+  subroutine trainer_describe(self, spec)
+    class(trainer_t), intent(in) :: self
+    type(layer_spec_t), intent(out) :: spec
+    spec%type_name = 'training'
+    call spec%set_text('optimizer', self%opt%spec())
+    if (allocated(self%loss_text)) then
+      call spec%set_text('loss', self%loss_text)
+    else
+      call spec%set_text('loss', 'custom')
+    end if
+    call spec%set_text('iterations', str(self%opt%iterations))
+    if (allocated(self%opt%s1)) then
+      call spec%set_tensor_1d('slot_1', self%opt%s1)
+      call spec%set_tensor_1d('slot_2', self%opt%s2)
+      call spec%set_tensor_1d('slot_3', self%opt%s3)
+    end if
+  end subroutine trainer_describe
+
+  !> Configures the trainer from a checkpoint's training block (n: the network's trainable count).
+  subroutine trainer_restore(self, spec, n, stat, errmsg)
+    class(trainer_t), intent(inout) :: self
+    type(layer_spec_t), intent(inout) :: spec
+    integer(i8), intent(in) :: n
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    character(len=:), allocatable :: opt_text, loss_text, msg
+    integer :: it
+    call spec%get_text('optimizer', opt_text, stat, msg)
+    if (stat == 0) call spec%get_text('loss', loss_text, stat, msg)
+    if (stat == 0) call spec%get_int('iterations', it, stat, msg, min_value=0)
+    if (stat /= 0) then
+      errmsg = msg
+      return
+    end if
+    if (loss_text == 'custom') loss_text = 'mse'
+    call self%configure(opt_text, loss_text, stat, errmsg)
+    if (stat /= 0) return
+    self%opt%iterations = it
+    self%steps = it
+    if (spec%find_tensor('slot_1') > 0) then
+      call spec%get_vector('slot_1', int(n), self%opt%s1, stat, msg)
+      if (stat == 0) call spec%get_vector('slot_2', int(n), self%opt%s2, stat, msg)
+      if (stat == 0) call spec%get_vector('slot_3', int(n), self%opt%s3, stat, msg)
+      if (stat /= 0) then
+        errmsg = msg
+        return
+      end if
+    end if
+    call spec%check_all_used(stat, msg)
+    if (stat /= 0) errmsg = msg
+  end subroutine trainer_restore
 
   !> A loss of the user's own (an extension of loss_t).
   subroutine trainer_set_loss(self, loss)
@@ -64,6 +123,7 @@ contains
     class(loss_t), intent(in) :: loss
     if (allocated(self%loss)) deallocate (self%loss)
     allocate (self%loss, source=loss)
+    if (allocated(self%loss_text)) deallocate (self%loss_text)
   end subroutine trainer_set_loss
 
   subroutine trainer_train_step(self, net, x, t, loss_value, stat, errmsg)
