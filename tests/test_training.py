@@ -127,6 +127,7 @@ def test_bad_training_input_leaves_weights_unchanged(tmp_path: Path) -> None:
             m.configure_training("adam", "poisson")
         m.configure_training("adam", "mse")
         p0 = m.get_params()
+        y0 = m.predict(x)                                  # uses the batch-norm moving statistics
         with pytest.raises(Exception, match="targets"):
             m.train_step(x, t[:, :2])
         with pytest.raises(Exception, match="inputs"):
@@ -140,6 +141,7 @@ def test_bad_training_input_leaves_weights_unchanged(tmp_path: Path) -> None:
         with pytest.raises(ColnnError, match="not finite; weights unchanged"):
             m.train_step(x, huge)
         assert np.array_equal(m.get_params(), p0)
+        assert np.array_equal(m.predict(x), y0)            # moving statistics put back too
         m.train_step(x, t)                                 # still usable
         assert not np.array_equal(m.get_params(), p0)
 
@@ -218,3 +220,39 @@ def test_checkpoint_resumes_training_exactly(tmp_path: Path, optimizer: str) -> 
     with NativeModel(tmp_path / "copy.colnn") as copy:
         assert copy._n_targets == 3
     convert(tmp_path / "ckpt.colnn", tmp_path / "ckpt.keras")
+
+
+@pytest.mark.parametrize("loss,keras_loss", [
+    ("categorical_crossentropy", "CategoricalCrossentropy"),
+    ("mae", "MeanAbsoluteError"),
+    ("huber delta=0.5", "Huber"),
+])
+def test_other_losses_match_keras(tmp_path: Path, loss: str, keras_loss: str) -> None:
+    """20 SGD steps with each loss from the same weights: the same weights as Keras."""
+    import keras
+    keras.utils.set_random_seed(4)
+    classify = loss == "categorical_crossentropy"
+    model = keras.Sequential([
+        keras.Input(shape=(6,)),
+        keras.layers.Dense(10, activation="tanh"),
+        keras.layers.Dense(3, activation="softmax" if classify else "linear"),
+    ])
+    model.save(tmp_path / "m.keras")
+    write_model(read_keras(tmp_path / "m.keras"), tmp_path / "m.colnn")
+    kloss = getattr(keras.losses, keras_loss)(**({"delta": 0.5} if keras_loss == "Huber" else {}))
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0625), loss=kloss,
+                  jit_compile=False)
+    data = list(batches("float32", n=20))
+    if classify:
+        data = [(x, np.eye(3, dtype=np.float32)[np.argmax(t, axis=1)]) for x, t in data]
+    with NativeModel(tmp_path / "m.colnn") as m:
+        m.configure_training("sgd learning_rate=0.0625", loss)
+        for x, t in data:
+            lf = m.train_step(x, t)
+            lk = float(model.train_on_batch(x, t))
+        p = m.get_params()
+    pk = np.concatenate([np.asarray(v).ravel() for v in model.trainable_variables])
+    err = np.abs(p - pk).max() / np.abs(pk).max()
+    print(f"LOSSERR {loss} {err:.1e} loss {lf:.5g} keras {lk:.5g}")
+    assert err <= 1e-5
+    assert abs(lf - lk) <= 1e-4 * abs(lk) + 1e-6

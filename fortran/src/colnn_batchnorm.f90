@@ -32,6 +32,9 @@ module colnn_batchnorm
     procedure :: get_params => batchnorm_get_params
     procedure :: set_params => batchnorm_set_params
     procedure :: get_grads => batchnorm_get_grads
+    procedure :: num_state => batchnorm_num_state
+    procedure :: get_state => batchnorm_get_state
+    procedure :: set_state => batchnorm_set_state
   end type batchnorm_t
 
 contains
@@ -241,4 +244,24 @@ contains
     if (self%scale) batchnorm_num_params = batchnorm_num_params + self%n_in
     if (self%center) batchnorm_num_params = batchnorm_num_params + self%n_in
   end function batchnorm_num_params
+
+  pure integer function batchnorm_num_state(self)
+    class(batchnorm_t), intent(in) :: self
+    batchnorm_num_state = 2 * self%n_in
+  end function batchnorm_num_state
+
+  subroutine batchnorm_get_state(self, s)
+    class(batchnorm_t), intent(in) :: self
+    real(wp), intent(out) :: s(:)
+    s(1:self%n_in) = self%moving_mean
+    s(self%n_in + 1:2 * self%n_in) = self%moving_variance
+  end subroutine batchnorm_get_state
+
+  subroutine batchnorm_set_state(self, s)
+    class(batchnorm_t), intent(inout) :: self
+    real(wp), intent(in) :: s(:)
+    self%moving_mean = s(1:self%n_in)
+    self%moving_variance = s(self%n_in + 1:2 * self%n_in)
+    call fold(self)
+  end subroutine batchnorm_set_state
 end module colnn_batchnorm

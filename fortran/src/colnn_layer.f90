@@ -40,6 +40,9 @@ module colnn_layer
     procedure :: get_params => layer_get_params
     procedure :: set_params => layer_set_params
     procedure :: get_grads => layer_get_grads
+    procedure :: num_state => layer_num_state
+    procedure :: get_state => layer_get_state
+    procedure :: set_state => layer_set_state
   end type layer_t
 
   abstract interface
@@ -162,4 +165,21 @@ contains
     class(layer_t), intent(in) :: self
     real(wp), intent(out) :: g(:)
   end subroutine layer_get_grads
+
+  !> Non-trainable values that training changes (batch-norm moving statistics): a failed
+  !> training step puts them back.
+  pure integer function layer_num_state(self)
+    class(layer_t), intent(in) :: self
+    layer_num_state = 0
+  end function layer_num_state
+
+  subroutine layer_get_state(self, s)
+    class(layer_t), intent(in) :: self
+    real(wp), intent(out) :: s(:)
+  end subroutine layer_get_state
+
+  subroutine layer_set_state(self, s)
+    class(layer_t), intent(inout) :: self
+    real(wp), intent(in) :: s(:)
+  end subroutine layer_set_state
 end module colnn_layer

@@ -78,6 +78,9 @@ module colnn_network
     procedure :: get_params => network_get_params
     procedure :: set_params => network_set_params
     procedure :: get_grads => network_get_grads
+    procedure :: num_state => network_num_state
+    procedure :: get_state => network_get_state
+    procedure :: set_state => network_set_state
   end type network_t
 
   !> The two buffers of a column block take about this many bytes (kept in a core's L2).
@@ -625,4 +628,39 @@ contains
       off = off + n
     end do
   end subroutine network_get_grads
+
+  pure integer(i8) function network_num_state(self)
+    class(network_t), intent(in) :: self
+    integer :: k
+    network_num_state = 0
+    do k = 1, self%n_layers
+      network_num_state = network_num_state + self%layers(k)%layer%num_state()
+    end do
+  end function network_num_state
+
+  subroutine network_get_state(self, s)
+    class(network_t), intent(in) :: self
+    real(wp), intent(out) :: s(:)
+    integer(i8) :: off
+    integer :: k, n
+    off = 0
+    do k = 1, self%n_layers
+      n = self%layers(k)%layer%num_state()
+      if (n > 0) call self%layers(k)%layer%get_state(s(off + 1:off + n))
+      off = off + n
+    end do
+  end subroutine network_get_state
+
+  subroutine network_set_state(self, s)
+    class(network_t), intent(inout) :: self
+    real(wp), intent(in) :: s(:)
+    integer(i8) :: off
+    integer :: k, n
+    off = 0
+    do k = 1, self%n_layers
+      n = self%layers(k)%layer%num_state()
+      if (n > 0) call self%layers(k)%layer%set_state(s(off + 1:off + n))
+      off = off + n
+    end do
+  end subroutine network_set_state
 end module colnn_network

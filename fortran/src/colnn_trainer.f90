@@ -22,7 +22,7 @@ module colnn_trainer
     class(loss_t), allocatable :: loss
     integer(i8) :: steps = 0
     character(len=:), allocatable :: loss_text
-    real(wp), allocatable :: p(:), g(:), y(:, :), dy(:, :)
+    real(wp), allocatable :: p(:), g(:), y(:, :), dy(:, :), state(:)
   contains
     procedure :: configure => trainer_configure
     procedure :: set_loss => trainer_set_loss
@@ -174,19 +174,30 @@ contains
     if (.not. allocated(self%y)) allocate (self%y(net%n_outputs, nc), self%dy(net%n_outputs, nc))
     np = net%num_trainable()
     if (.not. allocated(self%p)) allocate (self%p(np), self%g(np))
+    if (.not. allocated(self%state)) allocate (self%state(net%num_state()))
+    ! forward_train moves the batch-norm statistics: keep them to put back if the step fails
+    call net%get_state(self%state)
 
     call net%forward_train(x, self%y, stat, errmsg)
-    if (stat /= 0) return
+    if (stat /= 0) then
+      call net%set_state(self%state)
+      return
+    end if
     call self%loss%evaluate(self%y, t, loss_value, self%dy)
     if (.not. ieee_is_finite(loss_value) .or. .not. all(ieee_is_finite(self%dy))) then
+      call net%set_state(self%state)
       stat = COLNN_ERR_NONFINITE
       errmsg = 'train_step '//str(self%steps + 1)//': the loss is not finite; weights unchanged'
       return
     end if
     call net%backward(self%dy, stat, errmsg)
-    if (stat /= 0) return
+    if (stat /= 0) then
+      call net%set_state(self%state)
+      return
+    end if
     call net%get_grads(self%g)
     if (.not. all(ieee_is_finite(self%g))) then
+      call net%set_state(self%state)
       stat = COLNN_ERR_NONFINITE
       errmsg = 'train_step '//str(self%steps + 1)//': a gradient is not finite; weights unchanged'
       return
