@@ -256,3 +256,24 @@ def test_other_losses_match_keras(tmp_path: Path, loss: str, keras_loss: str) ->
     print(f"LOSSERR {loss} {err:.1e} loss {lf:.5g} keras {lk:.5g}")
     assert err <= 1e-5
     assert abs(lf - lk) <= 1e-4 * abs(lk) + 1e-6
+
+
+def test_softmax_cross_entropy_learns_from_saturated_start(tmp_path: Path) -> None:
+    """The combined softmax + cross-entropy gradient (p - t) keeps learning where the
+    probabilities of the true class underflow (through 1/p they would be clipped to zero)."""
+    from harness.modelfile import Activation, LayerSpec, ModelSpec
+    rng = np.random.default_rng(0)
+    kernel = (15 * rng.standard_normal((6, 3))).astype(np.float32)
+    spec = ModelSpec("float32", 6, [
+        LayerSpec("dense", "logits", {"units": 3, "use_bias": False,
+                                      "activation": Activation.make("linear")}, {"kernel": kernel}),
+        LayerSpec("activation", "softmax", {"activation": Activation.make("softmax")}, {})])
+    write_model(spec, tmp_path / "s.colnn")
+    x = rng.standard_normal((64, 6)).astype(np.float32)
+    logits = x @ kernel
+    t = np.eye(3, dtype=np.float32)[np.argmin(logits, axis=1)]     # the least likely class
+    with NativeModel(tmp_path / "s.colnn") as m:
+        m.configure_training("sgd learning_rate=0.5", "categorical_crossentropy")
+        losses = [m.train_step(x, t) for _ in range(100)]
+        assert np.all(np.isfinite(m.get_params()))
+    assert losses[-1] < 0.5 * losses[0]

@@ -15,6 +15,7 @@ module colnn_losses
   contains
     procedure(evaluate_iface), deferred :: evaluate
     procedure :: n_targets => loss_n_targets
+    procedure :: is_categorical_crossentropy => loss_is_cce
   end type loss_t
 
   abstract interface
@@ -38,6 +39,16 @@ module colnn_losses
   end type builtin_loss_t
 
 contains
+
+  pure logical function loss_is_cce(self)
+    class(loss_t), intent(in) :: self
+    select type (self)
+    type is (builtin_loss_t)
+      loss_is_cce = self%kind == L_CCE
+    class default
+      loss_is_cce = .false.
+    end select
+  end function loss_is_cce
 
   pure integer function loss_n_targets(self, n_out)
     class(loss_t), intent(in) :: self

@@ -14,6 +14,8 @@ module colnn_network
   use colnn_spec, only: layer_spec_t
   use colnn_layer, only: layer_t
   use colnn_registry, only: create_layer
+  use colnn_dense, only: dense_t
+  use colnn_activation_layer, only: activation_layer_t
   use colnn_model_file, only: model_header_t, read_model_file, write_model_file
   use colnn_fkb, only: read_fkb_file
   use colnn_textio, only: text_reader_t
@@ -78,6 +80,7 @@ module colnn_network
     procedure :: get_params => network_get_params
     procedure :: set_params => network_set_params
     procedure :: get_grads => network_get_grads
+    procedure :: ends_in_softmax => network_ends_in_softmax
     procedure :: num_state => network_num_state
     procedure :: get_state => network_get_state
     procedure :: set_state => network_set_state
@@ -523,14 +526,32 @@ contains
     y = self%acts(self%n_layers + 1)%a
   end subroutine network_forward_train
 
+  !> True when the last layer's output is a softmax (a Dense with softmax activation or a softmax
+  !> activation layer): a cross-entropy loss can then give dL/dlogits directly.
+  logical function network_ends_in_softmax(self)
+    class(network_t), intent(in) :: self
+    network_ends_in_softmax = .false.
+    if (self%n_layers < 1) return
+    select type (l => self%layers(self%n_layers)%layer)
+    type is (dense_t)
+      network_ends_in_softmax = l%act%name == 'softmax'
+    type is (activation_layer_t)
+      network_ends_in_softmax = l%act%name == 'softmax'
+    end select
+  end function network_ends_in_softmax
+
   !> Back-propagates dy = dL/dy(n_outputs, nc) of the last forward_train: every layer then holds
-  !> the gradients of its trainable parameters; dx (optional) receives dL/dx.
-  subroutine network_backward(self, dy, stat, errmsg, dx)
+  !> the gradients of its trainable parameters; dx (optional) receives dL/dx. With
+  !> `logits_gradient`, dy is dL/d(input of the final softmax) (the combined softmax +
+  !> cross-entropy gradient, p - t), and the softmax itself is stepped over.
+  subroutine network_backward(self, dy, stat, errmsg, dx, logits_gradient)
     class(network_t), intent(inout) :: self
     real(wp), intent(in) :: dy(:, :)
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
     real(wp), intent(out), optional :: dx(:, :)
+    logical, intent(in), optional :: logits_gradient
+    logical :: skip_softmax
     integer :: nc, k
     logical :: in_a
     character(len=:), allocatable :: msg
@@ -555,9 +576,23 @@ contains
         return
       end if
     end if
+    skip_softmax = .false.
+    if (present(logits_gradient)) skip_softmax = logits_gradient .and. self%ends_in_softmax()
     call copy_in(self%n_outputs, nc, dy, self%g_a)
     in_a = .true.
     do k = self%n_layers, 1, -1
+      if (k == self%n_layers .and. skip_softmax) then
+        select type (l => self%layers(k)%layer)
+        type is (activation_layer_t)
+          cycle    ! dL/dx of the softmax layer is the given logits gradient: nothing to do
+        type is (dense_t)
+          ! the dense layer's backward through a linear activation on the same z
+          call dense_backward_linear(l, nc, self%acts(k)%a, self%g_a, self%g_b, stat, errmsg)
+          if (stat /= 0) return
+          in_a = .false.
+          cycle
+        end select
+      end if
       associate (l => self%layers(k)%layer)
         if (in_a) then
           call l%backward(nc, self%acts(k)%a, self%acts(k + 1)%a, self%g_a, self%g_b, stat, msg)
@@ -628,6 +663,30 @@ contains
       off = off + n
     end do
   end subroutine network_get_grads
+
+  subroutine dense_backward_linear(l, nc, x, dz, dx, stat, errmsg)
+    type(dense_t), intent(inout) :: l
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(l%n_in, nc), dz(l%n_out, nc)
+    real(wp), intent(out) :: dx(l%n_in, nc)
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    character(len=:), allocatable :: msg
+    type(dense_t) :: lin
+    ! a shallow stand-in with the same weights and a linear activation
+    lin%n_in = l%n_in
+    lin%n_out = l%n_out
+    lin%use_bias = l%use_bias
+    call move_alloc(l%w, lin%w)
+    if (allocated(l%z)) call move_alloc(l%z, lin%z)
+    call lin%backward(nc, x, dz, dz, dx, stat, msg)
+    call move_alloc(lin%w, l%w)
+    call move_alloc(lin%z, l%z)
+    call move_alloc(lin%dw, l%dw)
+    if (allocated(lin%db)) call move_alloc(lin%db, l%db)
+    errmsg = ''
+    if (stat /= 0) errmsg = msg
+  end subroutine dense_backward_linear
 
   pure integer(i8) function network_num_state(self)
     class(network_t), intent(in) :: self

@@ -133,7 +133,7 @@ contains
     real(wp), intent(out) :: loss_value
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
-    integer :: nc, nt
+    integer :: nc, nt, j
     integer(i8) :: np
     loss_value = 0
     stat = COLNN_OK
@@ -190,7 +190,16 @@ contains
       errmsg = 'train_step '//str(self%steps + 1)//': the loss is not finite; weights unchanged'
       return
     end if
-    call net%backward(self%dy, stat, errmsg)
+    if (self%loss%is_categorical_crossentropy() .and. net%ends_in_softmax()) then
+      ! softmax + cross-entropy combined: dL/dlogits = (p sum(t) - t) / n, which stays exact
+      ! where the probabilities underflow (the chain through 1/p does not)
+      do j = 1, nc
+        self%dy(:, j) = (self%y(:, j) * sum(t(:, j)) - t(:, j)) / nc
+      end do
+      call net%backward(self%dy, stat, errmsg, logits_gradient=.true.)
+    else
+      call net%backward(self%dy, stat, errmsg)
+    end if
     if (stat /= 0) then
       call net%set_state(self%state)
       return
