@@ -219,8 +219,10 @@ contains
 
   !> One pass over x(n_inputs, n)/t in minibatches of batch_size (the last one may be smaller),
   !> in a shuffled order when seed /= 0 (a pure function of seed and epoch), else in order.
-  !> mean_loss is the mean of the minibatch losses.
-  subroutine trainer_train_epoch(self, net, x, t, batch_size, seed, epoch, mean_loss, stat, errmsg)
+  !> mean_loss is the mean of the minibatch losses; with x_val/t_val, val_loss is the loss on
+  !> them at inference after the epoch.
+  subroutine trainer_train_epoch(self, net, x, t, batch_size, seed, epoch, mean_loss, stat, errmsg, &
+                                 x_val, t_val, val_loss)
     class(trainer_t), intent(inout) :: self
     type(network_t), intent(inout) :: net
     real(wp), intent(in) :: x(:, :), t(:, :)
@@ -230,6 +232,8 @@ contains
     real(wp), intent(out) :: mean_loss
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
+    real(wp), intent(in), optional :: x_val(:, :), t_val(:, :)
+    real(wp), intent(out), optional :: val_loss
     integer, allocatable :: order(:)
     real(wp), allocatable :: xb(:, :), tb(:, :)
     real(wp) :: loss
@@ -256,6 +260,9 @@ contains
       nb = nb + 1
     end do
     mean_loss = mean_loss / nb
+    if (present(x_val) .and. present(t_val) .and. present(val_loss)) then
+      call self%evaluate(net, x_val, t_val, val_loss, stat, errmsg)
+    end if
   end subroutine trainer_train_epoch
 
   subroutine shuffled(seed, epoch, order)

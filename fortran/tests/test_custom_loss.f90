@@ -90,6 +90,13 @@ program test_custom_loss
     print '(a)', 'FAIL: the custom loss did not reduce the constraint violation'
     error stop 1
   end if
+  ! the epoch helper: shuffled minibatches, then the validation loss at inference
+  call t_plain%train_epoch(plain, xt, tt, 100, 7_8, 1, loss, stat, msg, x_val=xt, t_val=tt, &
+                           val_loss=v_plain)
+  if (stat /= 0 .or. .not. (v_plain > 0 .and. v_plain < 1)) then
+    print '(a,i0,a,es10.3)', 'FAIL: train_epoch stat ', stat, ' val loss ', v_plain
+    error stop 1
+  end if
   print '(a)', 'test_custom_loss: all passed'
 
 contains
