@@ -267,8 +267,11 @@ contains
 
   !> mean(n_outputs, nc) over members; optional spread(n_outputs, nc) and
   !> members_out(n_outputs, nc, n_members). `column_offset` is the global index (0-based) of the
-  !> first column, so noise does not depend on how a host splits its columns.
-  subroutine ensemble_forward(self, x, mean, stat, errmsg, spread, members_out, column_offset)
+  !> first column, so noise does not depend on how a host splits its columns. `step` (a host's
+  !> time step) replaces the call counter in the noise key, so that a step handed over in
+  !> several column chunks draws the same noise as in one.
+  subroutine ensemble_forward(self, x, mean, stat, errmsg, spread, members_out, column_offset, &
+                              step)
     class(ensemble_t), intent(inout) :: self
     real(wp), intent(in) :: x(:, :)
     real(wp), intent(out) :: mean(:, :)
@@ -277,8 +280,9 @@ contains
     real(wp), intent(out), optional :: spread(:, :)
     real(wp), intent(out), optional :: members_out(:, :, :)
     integer(i8), intent(in), optional :: column_offset
+    integer(i8), intent(in), optional :: step
     integer :: nc, m, n_threads, j
-    integer(i8) :: col0
+    integer(i8) :: col0, key
     real(wp) :: inv_n
 
     stat = COLNN_OK
@@ -334,13 +338,18 @@ contains
         allocate (self%xn(self%n_inputs, nc, self%n_members))
       end if
     end if
-    self%calls = self%calls + 1
+    if (present(step)) then
+      key = step
+    else
+      self%calls = self%calls + 1
+      key = self%calls
+    end if
 
     n_threads = 1
     !$ n_threads = omp_get_max_threads()
     !$omp parallel do schedule(dynamic, 1) if(self%n_members >= n_threads .and. n_threads > 1)
     do m = 1, self%n_members
-      call run_member(self, m, nc, col0, x)
+      call run_member(self, m, nc, col0, key, x)
     end do
     !$omp end parallel do
 
@@ -374,14 +383,14 @@ contains
     if (present(members_out)) members_out = self%yout
   end subroutine ensemble_forward
 
-  subroutine run_member(self, m, nc, col0, x)
+  subroutine run_member(self, m, nc, col0, key, x)
     type(ensemble_t), intent(inout) :: self
     integer, intent(in) :: m, nc
-    integer(i8), intent(in) :: col0
+    integer(i8), intent(in) :: col0, key
     real(wp), intent(in) :: x(:, :)
     character(len=512) :: msg
     if (self%has_noise) then
-      call add_gaussian_noise(self%seed, m, self%calls, col0, self%n_inputs, nc, self%noise_sd, &
+      call add_gaussian_noise(self%seed, m, key, col0, self%n_inputs, nc, self%noise_sd, &
                               x, self%xn(:, :, m))
       call self%members(m)%forward_ws(self%ws(m), self%xn(:, :, m), self%yout(:, :, m), &
                                       self%member_stat(m), msg)
