@@ -37,6 +37,12 @@ class ColnnError(HarnessError):
         self.status = status
 
 
+def _check(stat: int, err: ctypes.Array) -> None:
+    """Raises the library's status and message when a call failed."""
+    if stat != 0:
+        raise ColnnError(stat, err.value.decode(errors="replace"))
+
+
 def library_path(precision: Precision = "single") -> Path:
     """Path of libcolnn for `precision`: $COLNN_LIB / $COLNN_LIB_DOUBLE, else the build tree."""
     env = os.environ.get("COLNN_LIB_DOUBLE" if precision == "double" else "COLNN_LIB")
@@ -135,8 +141,7 @@ class NativeModel:
         handle = ctypes.c_void_p()
         err = ctypes.create_string_buffer(ERRMSG_LEN)
         stat = self._lib.colnn_load(os.fsencode(self.path), ctypes.byref(handle), err, ERRMSG_LEN)
-        if stat != 0:
-            raise ColnnError(stat, err.value.decode(errors="replace"))
+        _check(stat, err)
         self._handle = handle
         self.n_inputs = self._lib.colnn_num_inputs(handle)
         self.n_outputs = self._lib.colnn_num_outputs(handle)
@@ -201,8 +206,7 @@ class NativeModel:
         err = ctypes.create_string_buffer(ERRMSG_LEN)
         stat = self._lib.colnn_forward(self._live_handle(), x.ctypes.data, n_columns,
                                        out.ctypes.data, err, ERRMSG_LEN)
-        if stat != 0:
-            raise ColnnError(stat, err.value.decode(errors="replace"))
+        _check(stat, err)
         return out
 
     def forward_raw(self, x_ptr: int, n_columns: int, y_ptr: int) -> int:
@@ -225,8 +229,7 @@ class NativeModel:
         err = ctypes.create_string_buffer(ERRMSG_LEN)
         stat = self._lib.colnn_forward_train(self._live_handle(), x.ctypes.data, x.shape[0],
                                              y.ctypes.data, err, ERRMSG_LEN)
-        if stat != 0:
-            raise ColnnError(stat, err.value.decode(errors="replace"))
+        _check(stat, err)
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
@@ -239,16 +242,14 @@ class NativeModel:
         err = ctypes.create_string_buffer(ERRMSG_LEN)
         stat = self._lib.colnn_backward(self._live_handle(), dy.ctypes.data, dy.shape[0],
                                         dx.ctypes.data, err, ERRMSG_LEN)
-        if stat != 0:
-            raise ColnnError(stat, err.value.decode(errors="replace"))
+        _check(stat, err)
         return dx
 
     def configure_training(self, optimizer: str, loss: str = "mse") -> None:
         err = ctypes.create_string_buffer(ERRMSG_LEN)
         stat = self._lib.colnn_train_configure(self._live_handle(), optimizer.encode(),
                                                loss.encode(), err, ERRMSG_LEN)
-        if stat != 0:
-            raise ColnnError(stat, err.value.decode(errors="replace"))
+        _check(stat, err)
 
     @property
     def _n_targets(self) -> int | None:
@@ -260,8 +261,7 @@ class NativeModel:
         err = ctypes.create_string_buffer(ERRMSG_LEN)
         stat = self._lib.colnn_save_checkpoint(self._live_handle(), os.fsencode(str(path)), err,
                                                ERRMSG_LEN)
-        if stat != 0:
-            raise ColnnError(stat, err.value.decode(errors="replace"))
+        _check(stat, err)
 
     def train_step(self, x: np.ndarray, t: np.ndarray) -> float:
         """One optimizer step on the minibatch x (batch, n_inputs), targets t (batch, n_targets)."""
@@ -279,8 +279,7 @@ class NativeModel:
         err = ctypes.create_string_buffer(ERRMSG_LEN)
         stat = self._lib.colnn_train_step(self._live_handle(), x.ctypes.data, t.ctypes.data,
                                           x.shape[0], ctypes.addressof(loss), err, ERRMSG_LEN)
-        if stat != 0:
-            raise ColnnError(stat, err.value.decode(errors="replace"))
+        _check(stat, err)
         return float(loss.value)
 
     def _xt(self, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -302,8 +301,7 @@ class NativeModel:
         stat = self._lib.colnn_train_epoch(self._live_handle(), x.ctypes.data, t.ctypes.data,
                                            x.shape[0], batch_size, seed, epoch,
                                            ctypes.addressof(loss), err, ERRMSG_LEN)
-        if stat != 0:
-            raise ColnnError(stat, err.value.decode(errors="replace"))
+        _check(stat, err)
         return float(loss.value)
 
     def evaluate(self, x: np.ndarray, t: np.ndarray) -> float:
@@ -312,8 +310,7 @@ class NativeModel:
         err = ctypes.create_string_buffer(ERRMSG_LEN)
         stat = self._lib.colnn_evaluate(self._live_handle(), x.ctypes.data, t.ctypes.data,
                                         x.shape[0], ctypes.addressof(loss), err, ERRMSG_LEN)
-        if stat != 0:
-            raise ColnnError(stat, err.value.decode(errors="replace"))
+        _check(stat, err)
         return float(loss.value)
 
     def _flat(self, fn, arr: np.ndarray | None = None) -> np.ndarray:
@@ -338,8 +335,7 @@ class NativeModel:
     def save(self, path: Path | str) -> None:
         err = ctypes.create_string_buffer(ERRMSG_LEN)
         stat = self._lib.colnn_save(self._live_handle(), os.fsencode(str(path)), err, ERRMSG_LEN)
-        if stat != 0:
-            raise ColnnError(stat, err.value.decode(errors="replace"))
+        _check(stat, err)
 
 
 class NativeEnsemble:
@@ -355,8 +351,7 @@ class NativeEnsemble:
         err = ctypes.create_string_buffer(ERRMSG_LEN)
         stat = self._lib.colnn_ensemble_load(os.fsencode(self.path), ctypes.byref(handle), err,
                                              ERRMSG_LEN)
-        if stat != 0:
-            raise ColnnError(stat, err.value.decode(errors="replace"))
+        _check(stat, err)
         self._handle = handle
         nm, ni, no = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
         self._lib.colnn_ensemble_info(handle, ctypes.byref(nm), ctypes.byref(ni), ctypes.byref(no))
@@ -381,8 +376,7 @@ class NativeEnsemble:
         err = ctypes.create_string_buffer(ERRMSG_LEN)
         stat = self._lib.colnn_ensemble_set_noise(self._handle, sd_arr.ctypes.data, sd_arr.size,
                                                   int(seed), err, ERRMSG_LEN)
-        if stat != 0:
-            raise ColnnError(stat, err.value.decode(errors="replace"))
+        _check(stat, err)
 
     def predict(self, x: np.ndarray, spread: bool = False, members: bool = False,
                 column_offset: int = 0) -> dict[str, np.ndarray]:
@@ -403,8 +397,7 @@ class NativeEnsemble:
             self._handle, x.ctypes.data, nc, out["mean"].ctypes.data,
             out["spread"].ctypes.data if spread else None,
             out["members"].ctypes.data if members else None, int(column_offset), err, ERRMSG_LEN)
-        if stat != 0:
-            raise ColnnError(stat, err.value.decode(errors="replace"))
+        _check(stat, err)
         return out
 
 

@@ -3,6 +3,7 @@
 module colnn_coupler_c
   use, intrinsic :: iso_c_binding
   use colnn, only: wp
+  use colnn_c_strings, only: to_f => c_to_f_string, to_c => f_to_c_buffer
   use colnn_coupler, only: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize
   implicit none
   private
@@ -10,31 +11,6 @@ module colnn_coupler_c
   public :: c_coupler_init, c_coupler_run, c_coupler_finalize
 
 contains
-
-  function to_f(s) result(f)
-    character(kind=c_char), intent(in) :: s(*)
-    character(len=:), allocatable :: f
-    integer :: n
-    n = 0
-    do while (s(n + 1) /= c_null_char)
-      n = n + 1
-    end do
-    allocate (character(len=n) :: f)
-    f = transfer(s(1:n), f)
-  end function to_f
-
-  subroutine to_c(f, buf, buflen)
-    character(len=*), intent(in) :: f
-    character(kind=c_char), intent(out) :: buf(*)
-    integer(c_size_t), intent(in) :: buflen
-    integer :: n, i
-    if (buflen < 1) return
-    n = int(min(int(len_trim(f), c_size_t), buflen - 1))
-    do i = 1, n
-      buf(i) = f(i:i)
-    end do
-    buf(n + 1) = c_null_char
-  end subroutine to_c
 
   integer(c_int) function c_coupler_init(config, n_inputs, n_outputs, errmsg, errmsg_len) &
       bind(C, name='colnn_coupler_init') result(errflg)

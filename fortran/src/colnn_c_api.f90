@@ -8,6 +8,7 @@ module colnn_c_api
   use colnn_status
   use colnn_strings, only: str
   use colnn_network, only: network_t
+  use colnn_c_strings, only: c_to_f_string, f_to_c_buffer
   use colnn_ensemble, only: ensemble_t
   use colnn_trainer, only: trainer_t
   use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
@@ -35,31 +36,6 @@ module colnn_c_api
             c_colnn_set_check_finite, c_colnn_layer_info, c_colnn_version
 
 contains
-
-  function c_to_f_string(s) result(f)
-    character(kind=c_char), intent(in) :: s(*)
-    character(len=:), allocatable :: f
-    integer :: n
-    n = 0
-    do while (s(n + 1) /= c_null_char)
-      n = n + 1
-    end do
-    allocate (character(len=n) :: f)
-    f = transfer(s(1:n), f)
-  end function c_to_f_string
-
-  subroutine f_to_c_buffer(f, buf, buflen)
-    character(len=*), intent(in) :: f
-    integer(c_size_t), intent(in) :: buflen
-    character(kind=c_char), intent(out) :: buf(*)
-    integer :: n, i
-    if (buflen < 1) return
-    n = int(min(int(len_trim(f), c_size_t), buflen - 1))
-    do i = 1, n
-      buf(i) = f(i:i)
-    end do
-    buf(n + 1) = c_null_char
-  end subroutine f_to_c_buffer
 
   logical function get_net(handle, box)
     type(c_ptr), intent(in), value :: handle
@@ -500,6 +476,37 @@ contains
     call f_to_c_buffer(msg, errmsg, errmsg_len)
   end function c_colnn_train_configure
 
+  !> The checks and array views shared by the training calls: false (with stat and errmsg set)
+  !> when the handle, the arrays or the training configuration are missing.
+  logical function training_views(handle, x, t, n_columns, who, box, xf, tf, stat, errmsg, &
+                                  errmsg_len) result(ok)
+    type(c_ptr), intent(in) :: handle, x, t
+    integer(c_int), intent(in) :: n_columns
+    character(len=*), intent(in) :: who
+    type(handle_box_t), pointer, intent(out) :: box
+    real(wp), pointer, intent(out) :: xf(:, :), tf(:, :)
+    integer(c_int), intent(out) :: stat
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in) :: errmsg_len
+    integer :: nt
+    ok = .false.
+    stat = COLNN_ERR_ARGUMENT
+    if (.not. get_net(handle, box) .or. .not. c_associated(x) .or. .not. c_associated(t) &
+        .or. n_columns < 1) then
+      call f_to_c_buffer(who//': null pointer or n_columns < 1', errmsg, errmsg_len)
+      return
+    end if
+    if (.not. allocated(box%trainer%loss)) then
+      call f_to_c_buffer(who//': call colnn_train_configure first', errmsg, errmsg_len)
+      return
+    end if
+    nt = max(1, box%trainer%loss%n_targets(box%net%n_outputs))
+    call c_f_pointer(x, xf, [box%net%n_inputs, int(n_columns)])
+    call c_f_pointer(t, tf, [nt, int(n_columns)])
+    stat = COLNN_OK
+    ok = .true.
+  end function training_views
+
   !> int colnn_train_step(colnn_model *m, const colnn_real *x, const colnn_real *targets,
   !>                      int n_columns, colnn_real *loss, char *errmsg, size_t len)
   integer(c_int) function c_colnn_train_step(handle, x, t, n_columns, loss, errmsg, errmsg_len) &
@@ -512,22 +519,10 @@ contains
     type(handle_box_t), pointer :: box
     real(wp), pointer :: xf(:, :), tf(:, :)
     character(len=1024) :: msg
-    integer :: s, nt
+    integer :: s
     loss = 0
-    if (.not. get_net(handle, box) .or. .not. c_associated(x) .or. .not. c_associated(t) &
-        .or. n_columns < 1) then
-      stat = COLNN_ERR_ARGUMENT
-      call f_to_c_buffer('colnn_train_step: null pointer or n_columns < 1', errmsg, errmsg_len)
-      return
-    end if
-    if (.not. allocated(box%trainer%loss)) then
-      stat = COLNN_ERR_ARGUMENT
-      call f_to_c_buffer('colnn_train_step: call colnn_train_configure first', errmsg, errmsg_len)
-      return
-    end if
-    nt = max(1, box%trainer%loss%n_targets(box%net%n_outputs))
-    call c_f_pointer(x, xf, [box%net%n_inputs, int(n_columns)])
-    call c_f_pointer(t, tf, [nt, int(n_columns)])
+    if (.not. training_views(handle, x, t, n_columns, 'colnn_train_step', box, xf, tf, stat, &
+                             errmsg, errmsg_len)) return
     call box%trainer%train_step(box%net, xf, tf, loss, s, msg)
     stat = int(s, c_int)
     call f_to_c_buffer(msg, errmsg, errmsg_len)
@@ -548,22 +543,10 @@ contains
     type(handle_box_t), pointer :: box
     real(wp), pointer :: xf(:, :), tf(:, :)
     character(len=1024) :: msg
-    integer :: s, nt
+    integer :: s
     mean_loss = 0
-    if (.not. get_net(handle, box) .or. .not. c_associated(x) .or. .not. c_associated(t) &
-        .or. n_columns < 1) then
-      stat = COLNN_ERR_ARGUMENT
-      call f_to_c_buffer('colnn_train_epoch: null pointer or n_columns < 1', errmsg, errmsg_len)
-      return
-    end if
-    if (.not. allocated(box%trainer%loss)) then
-      stat = COLNN_ERR_ARGUMENT
-      call f_to_c_buffer('colnn_train_epoch: call colnn_train_configure first', errmsg, errmsg_len)
-      return
-    end if
-    nt = max(1, box%trainer%loss%n_targets(box%net%n_outputs))
-    call c_f_pointer(x, xf, [box%net%n_inputs, int(n_columns)])
-    call c_f_pointer(t, tf, [nt, int(n_columns)])
+    if (.not. training_views(handle, x, t, n_columns, 'colnn_train_epoch', box, xf, tf, stat, &
+                             errmsg, errmsg_len)) return
     call box%trainer%train_epoch(box%net, xf, tf, int(batch_size), int(seed, i8), int(epoch), &
                                  mean_loss, s, msg)
     stat = int(s, c_int)
@@ -582,18 +565,10 @@ contains
     type(handle_box_t), pointer :: box
     real(wp), pointer :: xf(:, :), tf(:, :)
     character(len=1024) :: msg
-    integer :: s, nt
+    integer :: s
     loss = 0
-    if (.not. get_net(handle, box) .or. .not. c_associated(x) .or. .not. c_associated(t) &
-        .or. n_columns < 1 .or. .not. allocated(box%trainer%loss)) then
-      stat = COLNN_ERR_ARGUMENT
-      call f_to_c_buffer('colnn_evaluate: null pointer, n_columns < 1 or no loss configured', &
-                         errmsg, errmsg_len)
-      return
-    end if
-    nt = max(1, box%trainer%loss%n_targets(box%net%n_outputs))
-    call c_f_pointer(x, xf, [box%net%n_inputs, int(n_columns)])
-    call c_f_pointer(t, tf, [nt, int(n_columns)])
+    if (.not. training_views(handle, x, t, n_columns, 'colnn_evaluate', box, xf, tf, stat, &
+                             errmsg, errmsg_len)) return
     call box%trainer%evaluate(box%net, xf, tf, loss, s, msg)
     stat = int(s, c_int)
     call f_to_c_buffer(msg, errmsg, errmsg_len)
