@@ -57,6 +57,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir), seed=args.seed, columns=args.columns, epochs=args.epochs)
 
 
+def _cmd_host_run(args: argparse.Namespace) -> int:
+    from .hosts import load_host_run, run_host
+    run = load_host_run(args.config, Path(args.output) if args.output else None)
+    result = run_host(run, timeout=args.timeout)
+    print(json.dumps({k: result.get(k) for k in ("status", "steps", "failure_step", "reason",
+                                                  "variable", "message", "wall_time_s",
+                                                  "nn_time_s")}, indent=2))
+    print(f"outputs in {run.output_dir}")
+    return 0
+
+
+def _cmd_host_defaults(args: argparse.Namespace) -> int:
+    from .hosts import host_defaults
+    for group, values in host_defaults(args.host).items():
+        print(f"[{group.split('_', 1)[1]}]  # &{group}")
+        for key, value in values.items():
+            print(f"{key} = {json.dumps(value)}")
+        print()
+    return 0
+
+
+def _cmd_l96_calibrate(args: argparse.Namespace) -> int:
+    from .l96 import calibrate_drift, false_alarm_rates, fit_cubic, read_truth
+    cal = calibrate_drift(args.truth, args.window_time, args.sample_time)
+    out = {"failure": cal.as_dict()}
+    if args.check:
+        out["false_alarm_rate_per_window"] = {
+            str(k): v for k, v in false_alarm_rates(args.check, cal).items()}
+    x, u, _ = read_truth(args.truth)
+    out["cubic_coeffs"] = fit_cubic(x, u)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=(
         "Move Keras networks into the colnn Fortran library and check them."))
@@ -96,6 +130,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--columns", type=int, default=4096, help="columns used in verification")
     d.add_argument("--epochs", type=int, default=8)
     d.set_defaults(func=_cmd_demo)
+
+    h = sub.add_parser("host", help="run a Fortran toy host (Lorenz-96, shallow water)")
+    hsub = h.add_subparsers(dest="host_command", required=True, metavar="ACTION")
+    hr = hsub.add_parser("run", help="run a host from a TOML configuration",
+                         description="Writes run.nml into the output directory, runs the host "
+                                     "(under mpirun when ranks > 1) and prints its result.")
+    hr.add_argument("config", help="TOML file: host, ranks, [model], [run], [failure], [coupler]")
+    hr.add_argument("-o", "--output", help="output directory (default: run.output_dir)")
+    hr.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
+    hr.set_defaults(func=_cmd_host_run)
+    hd = hsub.add_parser("defaults", help="the configuration keys of a host, with defaults")
+    hd.add_argument("host", choices=["l96", "sw"])
+    hd.set_defaults(func=_cmd_host_defaults)
+
+    lc = sub.add_parser("l96-calibrate",
+                        help="drift-test references and cubic fit from an L96 truth run")
+    lc.add_argument("truth", help="truth.h5 of colnn_l96 in truth mode")
+    lc.add_argument("--window-time", type=float, default=5.0,
+                    help="drift window in model time units (default 5)")
+    lc.add_argument("--sample-time", type=float, default=0.05,
+                    help="time between the samples of a window (default 0.05)")
+    lc.add_argument("--check", help="an independent truth run: report false-alarm rates on it")
+    lc.set_defaults(func=_cmd_l96_calibrate)
     return p
 
 

@@ -9,7 +9,7 @@ module colnn_coupler
   private
 
   public :: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize, colnn_coupler_config_t
-  public :: colnn_coupler_sizes
+  public :: colnn_coupler_sizes, colnn_coupler_get_config
 
   !> Read from the namelist group &colnn_coupler of the configuration file.
   type :: colnn_coupler_config_t
@@ -63,7 +63,12 @@ contains
     end if
     read (u, nml=colnn_coupler, iostat=ios, iomsg=iomsg)
     close (u)
-    if (ios /= 0) then
+    if (ios < 0) then
+      errflg = 1
+      errmsg = 'colnn_coupler_init: '//trim(config_file)//': no complete &colnn_coupler group '// &
+               '(is it missing, unterminated by /, or the last line without a newline?)'
+      return
+    else if (ios > 0) then
       errflg = 1
       errmsg = 'colnn_coupler_init: '//trim(config_file)//': bad &colnn_coupler namelist: '// &
                trim(iomsg)
@@ -193,6 +198,12 @@ contains
     n_inputs = n_in
     n_outputs = n_out
   end subroutine colnn_coupler_sizes
+
+  !> The configuration the scheme was initialised with (for provenance: the model's path).
+  subroutine colnn_coupler_get_config(config)
+    type(colnn_coupler_config_t), intent(out) :: config
+    config = cfg
+  end subroutine colnn_coupler_get_config
 
   subroutine release()
     call net%destroy()

@@ -1,0 +1,278 @@
+"""Running the Fortran toy hosts (``colnn_l96``, ``colnn_sw``) from a TOML configuration.
+
+The TOML file has the sections ``[model]``, ``[run]``, ``[failure]`` (the host's namelist groups
+``&<host>_model`` ...) and ``[coupler]`` (the coupler's ``&colnn_coupler``), plus top-level
+``host``, ``ranks``, ``threads`` and ``precision``. The harness writes the namelist file that
+the host reads; keys left out keep the host's own defaults, which the host itself reports
+(``colnn_l96 --defaults``), so the key list and the defaults live in one place, the Fortran.
+Key names and value types are checked here before anything runs; ranges are checked by the host
+before its first step. A run is reproducible from its namelist (which holds the seed).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import HarnessError
+
+__all__ = ["HOSTS", "HostRun", "host_executable", "host_defaults", "load_host_run",
+           "host_run_from_dict", "namelist_text", "run_host", "read_result"]
+
+HOSTS = ("l96", "sw")
+SECTIONS = ("model", "run", "failure")
+#: keys of the coupler's &colnn_coupler group (coupler/src/colnn_coupler.F90) with their types
+COUPLER_KEYS: dict[str, type] = {"model_file": str, "ensemble": str, "noise_sd": float,
+                                 "noise_seed": int, "check_finite": bool,
+                                 "online_training": bool, "optimizer": str, "loss": str}
+#: keys whose values are paths: relative ones are taken from the TOML file's directory
+PATH_KEYS = {"init_file", "output_dir", "model_file", "ensemble"}
+
+
+class HostError(HarnessError):
+    """A host configuration is invalid, or a host program could not run."""
+
+
+def host_executable(host: str, precision: str = "single") -> Path:
+    """``colnn_<host>`` of the build tree (or of $COLNN_HOST_BIN, a directory)."""
+    if host not in HOSTS:
+        raise HostError(f"unknown host {host!r} (hosts: {', '.join(HOSTS)})")
+    env = os.environ.get("COLNN_HOST_BIN")
+    base = Path(env) if env else Path(__file__).resolve().parent.parent / "build" / precision / "coupler"
+    exe = base / f"colnn_{host}"
+    if not exe.is_file():
+        raise HostError(f"{exe} not found: build the project (scripts/setup.sh) or set "
+                        f"COLNN_HOST_BIN")
+    return exe
+
+
+def _parse_value(text: str) -> Any:
+    text = text.strip().rstrip(",").strip()
+    if text.startswith(("'", '"')):
+        return text[1:-1].rstrip()
+    if text in ("T", "F"):
+        return text == "T"
+    items: list[Any] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        count, _, value = part.rpartition("*")
+        number: Any = float(value) if re.search(r"[.eEdD]", value) else int(value)
+        items.extend([number] * (int(count) if count else 1))
+    return items[0] if len(items) == 1 else items
+
+
+@functools.lru_cache(maxsize=None)
+def host_defaults(host: str, precision: str = "single") -> dict[str, dict[str, Any]]:
+    """{group: {key: default}} as the host program reports them."""
+    exe = host_executable(host, precision)
+    proc = subprocess.run([str(exe), "--defaults"], capture_output=True, text=True,
+                          env=_mpi_env(1), timeout=60)
+    if proc.returncode != 0:
+        raise HostError(f"{exe} --defaults failed: {proc.stderr.strip()}")
+    groups: dict[str, dict[str, Any]] = {}
+    current: dict[str, Any] | None = None
+    pending = ""
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("&"):
+            current = groups.setdefault(line[1:].lower(), {})
+            continue
+        if line == "/" or current is None:
+            continue
+        m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
+        if m:
+            pending = m.group(1).lower()
+            current[pending] = _parse_value(m.group(2))
+        elif pending:   # continuation of an array
+            value = current[pending]
+            more = _parse_value(line)
+            current[pending] = (value if isinstance(value, list) else [value]) + \
+                (more if isinstance(more, list) else [more])
+    return groups
+
+
+@dataclass
+class HostRun:
+    """One host run: its namelist groups and how to launch it."""
+
+    host: str
+    output_dir: Path
+    model: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+    failure: dict[str, Any] = field(default_factory=dict)
+    coupler: dict[str, Any] = field(default_factory=dict)
+    ranks: int = 1
+    threads: int = 1
+    precision: str = "single"
+
+    def groups(self) -> dict[str, dict[str, Any]]:
+        out = {f"{self.host}_{s}": getattr(self, s) for s in SECTIONS}
+        run = dict(out[f"{self.host}_run"])
+        run["output_dir"] = str(self.output_dir)
+        out[f"{self.host}_run"] = run
+        if self.coupler:
+            out["colnn_coupler"] = self.coupler
+        return out
+
+
+def _check_type(where: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise HostError(f"{where}: expected true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise HostError(f"{where}: expected an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise HostError(f"{where}: expected a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise HostError(f"{where}: expected a string, got {value!r}")
+        if "\n" in value or "\0" in value:
+            raise HostError(f"{where}: newlines and NUL are not allowed in strings")
+    elif isinstance(default, list):
+        if not isinstance(value, list) or len(value) != len(default):
+            raise HostError(f"{where}: expected a list of {len(default)} values, got {value!r}")
+        value = [_check_type(f"{where}[{i}]", v, default[0]) for i, v in enumerate(value)]
+    return value
+
+
+def host_run_from_dict(data: Mapping[str, Any], base_dir: Path, source: str = "config",
+                       output_dir: Path | None = None) -> HostRun:
+    """Validates a parsed configuration (key names and types) into a HostRun."""
+    data = dict(data)
+    host = data.pop("host", None)
+    if host not in HOSTS:
+        raise HostError(f"{source}: host must be one of {', '.join(HOSTS)}, got {host!r}")
+    ranks = data.pop("ranks", 1)
+    threads = data.pop("threads", 1)
+    precision = data.pop("precision", "single")
+    for key, value in (("ranks", ranks), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise HostError(f"{source}: {key} must be a positive integer, got {value!r}")
+    if precision not in ("single", "double"):
+        raise HostError(f"{source}: precision must be 'single' or 'double', got {precision!r}")
+    defaults = host_defaults(host, precision)
+    sections: dict[str, dict[str, Any]] = {}
+    for section in (*SECTIONS, "coupler"):
+        values = data.pop(section, {})
+        if not isinstance(values, dict):
+            raise HostError(f"{source}: [{section}] must be a table")
+        known = (COUPLER_KEYS if section == "coupler"
+                 else defaults.get(f"{host}_{section}", {}))
+        checked: dict[str, Any] = {}
+        for key, value in values.items():
+            where = f"{source}: {section}.{key}"
+            if key not in known:
+                raise HostError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
+            default = known[key]
+            if isinstance(default, type):
+                default = default() if default is not bool else False
+            value = _check_type(where, value, default)
+            if key in PATH_KEYS and isinstance(value, str) and value:
+                value = str((base_dir / value).resolve())
+            checked[key] = value
+        sections[section] = checked
+    if data:
+        raise HostError(f"{source}: unknown top-level keys {sorted(data)} (known: host, ranks, "
+                        f"threads, precision, model, run, failure, coupler)")
+    out = output_dir or Path(sections["run"].pop("output_dir", base_dir / "run"))
+    sections["run"].pop("output_dir", None)
+    return HostRun(host=host, output_dir=Path(out), ranks=ranks, threads=threads,
+                   precision=precision, **sections)
+
+
+def load_host_run(path: Path | str, output_dir: Path | None = None) -> HostRun:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise HostError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise HostError(f"{path}: not valid TOML: {exc}") from None
+    return host_run_from_dict(data, path.parent.resolve(), str(path), output_dir)
+
+
+def _fortran(value: Any) -> str:
+    if isinstance(value, bool):
+        return ".true." if value else ".false."
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if value == value and abs(value) != float("inf") else "0.0"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, list):
+        return ", ".join(_fortran(v) for v in value)
+    raise HostError(f"cannot write {value!r} to a namelist")
+
+
+def namelist_text(run: HostRun) -> str:
+    lines = [f"! written by the harness for colnn_{run.host}; rerun with: colnn_{run.host} run.nml"]
+    for group, values in run.groups().items():
+        lines.append(f"&{group}")
+        lines.extend(f"  {key} = {_fortran(value)}" for key, value in values.items())
+        lines.append("/")
+    return "\n".join(lines) + "\n"
+
+
+def _mpi_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
+    return env
+
+
+def read_result(output_dir: Path | str) -> dict[str, Any]:
+    path = Path(output_dir) / "result.json"
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise HostError(f"cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise HostError(f"{path}: not valid JSON: {exc}") from None
+
+
+def run_host(run: HostRun, timeout: float | None = None) -> dict[str, Any]:
+    """Writes run.nml into the output directory, runs the host, returns its result.json.
+
+    A run that fails its criteria is a result (status 'failed'), not an exception; a host that
+    cannot start (status 'error') raises HostError with the host's message."""
+    exe = host_executable(run.host, run.precision)
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    nml = run.output_dir / "run.nml"
+    nml.write_text(namelist_text(run))
+    stale = run.output_dir / "result.json"
+    stale.unlink(missing_ok=True)
+    cmd = [str(exe), str(nml)]
+    if run.ranks > 1:
+        mpirun = shutil.which("mpirun")
+        if mpirun is None:
+            raise HostError("ranks > 1 needs mpirun on PATH (openmpi-bin)")
+        cmd = [mpirun, "-np", str(run.ranks), "--oversubscribe", "--bind-to", "none", *cmd]
+    try:
+        # in the output directory: a namelist too broken to name its output_dir still leaves
+        # its result.json ('error') where the harness looks
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_mpi_env(run.threads),
+                              timeout=timeout, cwd=run.output_dir)
+    except subprocess.TimeoutExpired:
+        raise HostError(f"colnn_{run.host} ran past {timeout} s ({nml})") from None
+    (run.output_dir / "host.log").write_text(proc.stdout + proc.stderr)
+    if not stale.exists():
+        raise HostError(f"colnn_{run.host} {nml} wrote no result.json (exit {proc.returncode}):"
+                        f" {proc.stderr.strip()[-2000:]}")
+    result = read_result(run.output_dir)
+    if result.get("status") == "error":
+        raise HostError(f"colnn_{run.host}: {result.get('message')}")
+    return result

@@ -1,0 +1,136 @@
+"""Two-scale Lorenz-96 data for the study: training pairs from a truth run, the cubic baseline,
+and the calibration of the drift test (climatology, window spread, false-alarm rates).
+
+A truth file (``truth.h5``, written by ``colnn_l96`` in truth mode) holds snapshots ``x`` and
+``u`` of shape (time, k): the slow state and the coupling term U_k = -(h c / b) sum_j Y_jk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import HarnessError
+
+__all__ = ["read_truth", "training_pairs", "fit_cubic", "DriftCalibration", "calibrate_drift",
+           "false_alarm_rates", "n_features"]
+
+INPUTS = ("local", "stencil", "full")
+
+
+def read_truth(path: Path | str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(x, u, attrs) of a truth file; x and u are (time, k)."""
+    try:
+        with h5py.File(path, "r") as f:
+            x = np.asarray(f["x"][...], dtype=np.float64)
+            u = np.asarray(f["u"][...], dtype=np.float64)
+            attrs = {k: (v.decode() if isinstance(v, bytes) else
+                         (v.item() if hasattr(v, "item") else v)) for k, v in f.attrs.items()}
+    except (OSError, KeyError) as exc:
+        raise HarnessError(f"{path}: not an L96 truth file ({exc})") from None
+    if x.ndim != 2 or x.shape != u.shape or x.shape[0] < 1:
+        raise HarnessError(f"{path}: x and u must be (time, k) of one shape, got {x.shape}, "
+                           f"{u.shape}")
+    return x, u, attrs
+
+
+def n_features(inputs: str, halfwidth: int, k: int) -> tuple[int, int]:
+    """(inputs, outputs) per network column for an input choice."""
+    if inputs == "local":
+        return 1, 1
+    if inputs == "stencil":
+        return 2 * halfwidth + 1, 1
+    if inputs == "full":
+        return k, k
+    raise HarnessError(f"inputs must be one of {INPUTS}, got {inputs!r}")
+
+
+def training_pairs(x: np.ndarray, u: np.ndarray, inputs: str = "stencil",
+                   halfwidth: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) as (samples, features), in the order the host packs a column:
+    local: X_k -> U_k; stencil: X_{k-w} .. X_{k+w} -> U_k (periodic); full: X -> U."""
+    if inputs == "full":
+        return x.copy(), u.copy()
+    n_in, _ = n_features(inputs, halfwidth, x.shape[1])
+    w = (n_in - 1) // 2
+    cols = [np.roll(x, -i, axis=1) for i in range(-w, w + 1)]   # cols[i + w][t, k] = x[t, k + i]
+    feats = np.stack(cols, axis=-1).reshape(-1, n_in)
+    return feats, u.reshape(-1, 1)
+
+
+def fit_cubic(x: np.ndarray, u: np.ndarray) -> list[float]:
+    """Least-squares U ~ c1 + c2 X + c3 X^2 + c4 X^3 (the classical closure); [c1, c2, c3, c4]."""
+    coeffs = np.polynomial.polynomial.polyfit(x.ravel(), u.ravel(), 3)
+    return [float(c) for c in coeffs]
+
+
+@dataclass
+class DriftCalibration:
+    """What the host's drift test needs (&l96_failure), from truth runs."""
+
+    clim_mean: float
+    clim_std: float
+    sd_window_mean: float
+    sd_window_std: float
+    window_time: float
+    sample_time: float
+    n_windows: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _windows(x: np.ndarray, sample_every: int, per_window: int) -> tuple[np.ndarray, np.ndarray]:
+    xs = x[sample_every - 1::sample_every]
+    n = xs.shape[0] // per_window
+    if n < 1:
+        raise HarnessError(f"the truth run is shorter than one drift window "
+                           f"({per_window} samples of {sample_every} snapshots)")
+    w = xs[: n * per_window].reshape(n, per_window * xs.shape[1])
+    mean = w.mean(axis=1)
+    std = np.sqrt(np.maximum((w ** 2).mean(axis=1) - mean ** 2, 0))
+    return mean, std
+
+
+def _spacing(attrs: dict, window_time: float, sample_time: float) -> tuple[int, int]:
+    snap_time = float(attrs["dt"]) * float(attrs["sample_interval"])
+    every = int(round(sample_time / snap_time))
+    if every < 1 or abs(every * snap_time - sample_time) > 1e-9 * sample_time:
+        raise HarnessError(f"the drift sample time {sample_time} is not a multiple of the truth "
+                           f"snapshot interval {snap_time}")
+    per_window = int(round(window_time / sample_time))
+    if per_window < 1 or abs(per_window * sample_time - window_time) > 1e-9 * window_time:
+        raise HarnessError(f"the drift window {window_time} is not a multiple of the sample time "
+                           f"{sample_time}")
+    return every, per_window
+
+
+def calibrate_drift(truth: Path | str, window_time: float, sample_time: float) -> DriftCalibration:
+    """Climatology of X and the spread of the window mean and window std of X over
+    non-overlapping windows, sampled as the coarse host samples them."""
+    x, _, attrs = read_truth(truth)
+    every, per_window = _spacing(attrs, window_time, sample_time)
+    mean, std = _windows(x, every, per_window)
+    if mean.size < 2:
+        raise HarnessError(f"{truth}: {mean.size} drift window(s); the calibration needs many "
+                           f"(a longer truth run)")
+    # the references are the windows' own averages, so the test is unbiased for the truth
+    return DriftCalibration(clim_mean=float(mean.mean()), clim_std=float(std.mean()),
+                            sd_window_mean=float(mean.std(ddof=1)),
+                            sd_window_std=float(std.std(ddof=1)), window_time=window_time,
+                            sample_time=sample_time, n_windows=int(mean.size))
+
+
+def false_alarm_rates(truth: Path | str, cal: DriftCalibration,
+                      sigmas: tuple[float, ...] = (3.0, 4.0, 5.0)) -> dict[float, float]:
+    """Fraction of windows of a truth run (use one the calibration did not see) that the drift
+    test would flag at each threshold."""
+    x, _, attrs = read_truth(truth)
+    every, per_window = _spacing(attrs, cal.window_time, cal.sample_time)
+    mean, std = _windows(x, every, per_window)
+    z = np.maximum(np.abs(mean - cal.clim_mean) / cal.sd_window_mean,
+                   np.abs(std - cal.clim_std) / cal.sd_window_std)
+    return {s: float((z > s).mean()) for s in sigmas}

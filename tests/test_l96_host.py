@@ -1,0 +1,275 @@
+"""The two-scale Lorenz-96 host program (colnn_l96) end to end: truth data, the drift-test
+calibration, coupled runs with a Keras-trained network through the coupler, the baselines,
+steps to failure (bounds, NaN injection, a network returning non-finite values), bad
+configurations stopped before the first step, and 1 vs 2 MPI ranks under a real mpirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from harness.hosts import (HostError, host_defaults, host_executable, host_run_from_dict,
+                           read_result, run_host)
+from harness.l96 import calibrate_drift, false_alarm_rates, fit_cubic, read_truth, training_pairs
+from harness.modelfile import read_model, write_model
+
+K = 8
+WINDOW = 200          # coarse steps of dt = 0.005: a 1-time-unit drift window
+SAMPLE = 10
+
+
+def run(base: Path, name: str, mode: str = "coarse", ranks: int = 1, **sections: dict) -> dict:
+    data = {"host": "l96", "ranks": ranks, "model": {"k": K, **sections.pop("model", {})},
+            "run": {"mode": mode, **sections.pop("run", {})}, **sections}
+    return run_host(host_run_from_dict(data, base, output_dir=base / name), timeout=300)
+
+
+@pytest.fixture(scope="module")
+def truth(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("l96")
+    out = {"base": base}
+    for seed in (1, 2):
+        result = run(base, f"truth{seed}", "truth",
+                     run={"dt": 0.001, "n_steps": 60000, "spinup_steps": 2000,
+                          "sample_interval": 10, "seed": seed})
+        assert result["status"] == "completed" and result["steps"] == 62000
+        out[seed] = base / f"truth{seed}" / "truth.h5"
+    cal = calibrate_drift(out[1], WINDOW * 0.005, SAMPLE * 0.005)
+    out["failure"] = {"drift_check": True, "drift_window": WINDOW,
+                      "drift_sample_interval": SAMPLE, "drift_sigma": 5.0,
+                      "clim_mean": cal.clim_mean, "clim_std": cal.clim_std,
+                      "sd_window_mean": cal.sd_window_mean, "sd_window_std": cal.sd_window_std}
+    out["calibration"] = cal
+    out["init"] = {"init_file": str(out[2]), "init_index": 50, "dt": 0.005}
+    return out
+
+
+@pytest.fixture(scope="module")
+def network(truth: dict) -> Path:
+    """A small network trained in Keras on (X_{k-1}, X_k, X_{k+1}) -> U_k, converted."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    from harness.convert import convert
+    x, u, _ = read_truth(truth[1])
+    inputs, targets = training_pairs(x, u, "stencil", 1)
+    keras.utils.set_random_seed(0)
+    norm = keras.layers.Normalization()
+    norm.adapt(inputs)
+    model = keras.Sequential([keras.Input((3,)), norm, keras.layers.Dense(16),
+                              keras.layers.LeakyReLU(negative_slope=0.1),
+                              keras.layers.Dense(16), keras.layers.LeakyReLU(negative_slope=0.1),
+                              keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(3e-3), "mse")
+    hist = model.fit(inputs, targets, batch_size=256, epochs=3, verbose=0, validation_split=0.2)
+    # U has variance ~21 and a noise floor ~3: a trained network is well below the variance
+    assert hist.history["val_loss"][-1] < 6.0, hist.history
+    base = truth["base"]
+    model.save(base / "nn.keras")
+    convert(base / "nn.keras", base / "nn.colnn")
+    return base / "nn.colnn"
+
+
+def diagnostics(base: Path, name: str) -> xr.Dataset:
+    return xr.load_dataset(base / name / "diagnostics.h5", engine="h5netcdf")
+
+
+def test_defaults_come_from_the_host() -> None:
+    d = host_defaults("l96")
+    assert set(d) == {"l96_model", "l96_run", "l96_failure"}
+    assert d["l96_model"] == {"k": 8, "j": 32, "f": 20.0, "h": 1.0, "b": 10.0, "c": 10.0}
+    assert d["l96_run"]["cubic_coeffs"] == [0.0] * 4 and d["l96_failure"]["drift_check"] is False
+
+
+def test_truth_climatology_and_drift_calibration(truth: dict) -> None:
+    x, u, attrs = read_truth(truth[1])
+    assert x.shape == (6000, K) and attrs["dt"] == 0.001
+    # the prototype's figures for K = 8, J = 32, F = 20 (mean 3.78, std 5.07, var U 21.4)
+    assert 3.4 < x.mean() < 4.2 and 4.7 < x.std() < 5.4 and 18 < u.var() < 25
+    cal = truth["calibration"]
+    assert cal.n_windows == 60 and cal.sd_window_mean > 0 and cal.sd_window_std > 0
+    rates = false_alarm_rates(truth[2], cal, (3.0, 5.0))
+    assert rates[5.0] == 0.0 and rates[3.0] <= 0.1
+    ds = xr.load_dataset(truth[1], engine="h5netcdf")
+    assert ds["x"].dims == ("time", "k") and ds["u"].shape == (6000, K)
+
+
+def test_truth_with_h_zero_is_the_one_scale_model(truth: dict) -> None:
+    """With h = 0 the slow variables of the truth evolve as the coarse model without closure."""
+    base = truth["base"]
+    n = 400
+    t = run(base, "h0truth", "truth", model={"h": 0.0},
+            run={"dt": 0.005, "n_steps": n, "sample_interval": n, "seed": 9})
+    c = run(base, "h0coarse", model={"h": 0.0},
+            run={"closure": "none", "dt": 0.005, "n_steps": n, "seed": 9})
+    assert t["status"] == c["status"] == "completed"
+    x_truth, _, _ = read_truth(base / "h0truth" / "truth.h5")
+    np.testing.assert_array_equal(x_truth[-1], diagnostics(base, "h0coarse")["x_final"].values)
+
+
+def test_coarse_step_is_fourth_order(truth: dict) -> None:
+    base = truth["base"]
+    finals = []
+    for i, dt in enumerate((0.02, 0.01, 0.005, 0.0025)):
+        r = run(base, f"conv{i}", run={"closure": "none", "dt": dt, "n_steps": int(0.4 / dt),
+                                       "seed": 4})
+        assert r["status"] == "completed"
+        finals.append(diagnostics(base, f"conv{i}")["x_final"].values)
+    e = [np.abs(finals[i] - finals[-1]).max() for i in range(3)]
+    # error(dt) - error(dt/2) ratios ~ 2^4 when the error is dominated by the dt^4 term
+    ratio = (e[0] - e[1]) / (e[1] - e[2])
+    assert 12 < ratio < 20, e
+
+
+def test_coupled_network_runs_the_configured_steps(truth: dict, network: Path) -> None:
+    base = truth["base"]
+    r = run(base, "nn", run={**truth["init"], "closure": "nn", "inputs": "stencil",
+                             "n_steps": 2000, "output_interval": 20},
+            failure=truth["failure"], coupler={"model_file": str(network)})
+    assert r["status"] == "completed" and r["steps"] == 2000 and r["failure_step"] is None
+    assert r["nn_time_s"] > 0 and r["wall_time_s"] >= r["nn_time_s"] + r["dynamics_time_s"] - 1e-6
+    assert r["model_hash"] == __import__("hashlib").sha256(network.read_bytes()).hexdigest()
+    cfg = (base / "nn" / "run.nml").read_bytes()
+    assert r["config_hash"] == __import__("hashlib").sha256(cfg).hexdigest()
+    ds = diagnostics(base, "nn")
+    assert ds.sizes["time"] == 101 and ds.sizes["window_end"] == 10
+    assert np.all(np.abs(ds["drift_z_mean"]) < 5) and np.all(np.isfinite(ds["bias"]))
+    # the network's closure is close to the truth coupling term on average (mean U ~ -3.9)
+    assert -5.5 < float(ds["u_mean"][1:].mean()) < -2.5
+
+
+def test_baselines(truth: dict) -> None:
+    """No closure drifts at the first window (the variance is far too large); the cubic fit runs."""
+    base = truth["base"]
+    x, u, _ = read_truth(truth[1])
+    none = run(base, "none", run={**truth["init"], "closure": "none", "n_steps": 2000},
+               failure=truth["failure"])
+    assert none["status"] == "failed" and none["reason"] == "drift"
+    assert none["failure_step"] == WINDOW and none["variable"] == "x_std"
+    cubic = run(base, "cubic", run={**truth["init"], "closure": "cubic", "n_steps": 2000,
+                                    "cubic_coeffs": fit_cubic(x, u)}, failure=truth["failure"])
+    assert cubic["steps"] >= 2 * WINDOW
+
+
+def bad_network(network: Path, path: Path, scale: float) -> Path:
+    spec = read_model(network)
+    last = [layer for layer in spec.layers if layer.type == "dense"][-1]
+    last.tensors["kernel"] = last.tensors["kernel"] * scale
+    write_model(spec, path)
+    return path
+
+
+def test_bad_network_fails_at_a_reproducible_step(truth: dict, network: Path) -> None:
+    base = truth["base"]
+    bad = bad_network(network, base / "huge.colnn", 1e3)
+    results = [run(base, f"bad{i}", run={**truth["init"], "closure": "nn", "n_steps": 500},
+                   failure=truth["failure"], coupler={"model_file": str(bad)}) for i in (0, 1)]
+    for r in results:
+        assert r["status"] == "failed" and r["reason"] == "bounds" and r["variable"] == "x"
+        assert "max_abs" in r["message"]
+        assert (base / "bad0" / "diagnostics.h5").exists()
+    assert results[0]["failure_step"] == results[1]["failure_step"] < 500
+
+
+def test_network_returning_non_finite_values_fails_at_that_step(truth: dict, network: Path) -> None:
+    base = truth["base"]
+    bad = bad_network(network, base / "inf.colnn", 1e38)
+    r = run(base, "inf", run={**truth["init"], "closure": "nn", "n_steps": 100},
+            coupler={"model_file": str(bad)})
+    assert r["status"] == "failed" and r["reason"] == "nn_error" and r["failure_step"] == 1
+    assert "finite" in r["message"]
+
+
+@pytest.mark.parametrize("step", [1, 37, 200])
+def test_nan_injected_at_step_n_is_reported_at_step_n(truth: dict, network: Path,
+                                                      step: int) -> None:
+    base = truth["base"]
+    r = run(base, f"nan{step}", run={**truth["init"], "closure": "nn", "n_steps": 300,
+                                     "output_interval": 50, "inject_nan_step": step,
+                                     "inject_nan_column": 3},
+            failure=truth["failure"], coupler={"model_file": str(network)})
+    assert (r["status"], r["failure_step"], r["steps"], r["reason"], r["variable"]) == \
+        ("failed", step, step, "nonfinite", "x")
+    ds = diagnostics(base, f"nan{step}")
+    assert float(ds["time"][-1]) == pytest.approx(step * 0.005)
+    assert np.isnan(float(ds["x_mean"][-1]))
+    assert not list((base / f"nan{step}").glob("*.tmp"))
+
+
+def raw_run(tmp_path: Path, text: str) -> tuple[subprocess.CompletedProcess, dict]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    nml = tmp_path / "run.nml"
+    nml.write_text(text.replace("OUT", str(tmp_path)) + "\n")
+    proc = subprocess.run([str(host_executable("l96")), str(nml)], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    return proc, read_result(tmp_path)
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("&l96_run output_dir = 'OUT', n_step = 10 /", "n_step"),
+    ("&l96_model k = 2 /\n&l96_run output_dir = 'OUT' /", "k must be >= 4"),
+    ("&l96_run output_dir = 'OUT', dt = -1.0 /", "dt must be in"),
+    ("&l96_run output_dir = 'OUT', closure = 'magic' /", "closure must be"),
+    ("&l96_run output_dir = 'OUT' /\n&l96_failur max_abs = 1 /", "unknown namelist group &l96_failur"),
+    ("&l96_run output_dir = 'OUT', closure = 'none' /\n&l96_failure drift_check = .true. /",
+     "calibration"),
+    ("&l96_run output_dir = 'OUT', closure = 'nn' /\n&colnn_coupler model_file = 'OUT/none.colnn' /",
+     "none.colnn"),
+    ("&l96_run output_dir = 'OUT', init_file = 'OUT/missing.h5' /", "missing.h5"),
+    ("&l96_run output_dir = 'OUT' /\n&l96_model k = 16", "&l96_model does not end"),
+])
+def test_bad_namelist_is_an_error_before_the_first_step(tmp_path: Path, text: str,
+                                                        expect: str) -> None:
+    proc, result = raw_run(tmp_path, text)
+    assert proc.returncode == 1
+    assert result["status"] == "error" and result["steps"] == 0
+    assert expect in result["message"] and expect in proc.stderr
+
+
+def test_model_with_the_wrong_sizes_is_refused_before_the_first_step(truth: dict, network: Path,
+                                                                     tmp_path: Path) -> None:
+    proc, result = raw_run(tmp_path, f"&l96_run output_dir = 'OUT', closure = 'nn', "
+                                     f"inputs = 'local' /\n&colnn_coupler model_file = "
+                                     f"'{network}' /")
+    assert proc.returncode == 1 and result["status"] == "error" and result["steps"] == 0
+    assert "maps 3 inputs to 1 outputs, the host passes 1 features" in result["message"]
+
+
+def test_harness_checks_keys_and_types_before_running(tmp_path: Path) -> None:
+    with pytest.raises(HostError, match="run.n_step: unknown key"):
+        host_run_from_dict({"host": "l96", "run": {"n_step": 3}}, tmp_path)
+    with pytest.raises(HostError, match="model.k: expected an integer"):
+        host_run_from_dict({"host": "l96", "model": {"k": "8"}}, tmp_path)
+    with pytest.raises(HostError, match="coupler.model: unknown key"):
+        host_run_from_dict({"host": "l96", "coupler": {"model": "x"}}, tmp_path)
+    with pytest.raises(HostError, match="host must be one of"):
+        host_run_from_dict({"host": "l95"}, tmp_path)
+
+
+def test_one_and_two_ranks_are_identical(truth: dict, network: Path) -> None:
+    """K = 16 over 1 and 2 ranks (halo exchange at every RK stage), network and truth modes."""
+    base = truth["base"]
+    common = {"model": {"k": 16},
+              "run": {"closure": "nn", "inputs": "stencil", "dt": 0.005, "n_steps": 400,
+                      "output_interval": 10, "seed": 5},
+              "coupler": {"model_file": str(network)}}
+    one = run(base, "np1", ranks=1, **json.loads(json.dumps(common)))
+    two = run(base, "np2", ranks=2, **json.loads(json.dumps(common)))
+    assert one["n_ranks"] == 1 and two["n_ranks"] == 2
+    for key in ("status", "steps", "failure_step", "config_hash"):
+        assert one[key] == two[key] or key == "config_hash"
+    d1, d2 = diagnostics(base, "np1"), diagnostics(base, "np2")
+    for name in ("x_mean", "x_std", "energy", "u_mean", "x_final"):
+        np.testing.assert_array_equal(d1[name].values, d2[name].values)
+    tr = {"model": {"k": 16}, "run": {"dt": 0.001, "n_steps": 2000, "sample_interval": 100,
+                                      "seed": 3}}
+    run(base, "tnp1", "truth", ranks=1, **json.loads(json.dumps(tr)))
+    run(base, "tnp2", "truth", ranks=2, **json.loads(json.dumps(tr)))
+    a, b = read_truth(base / "tnp1" / "truth.h5"), read_truth(base / "tnp2" / "truth.h5")
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
