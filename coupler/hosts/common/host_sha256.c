@@ -1,8 +1,11 @@
 /* SHA-256 (FIPS 180-4) of a file, so every result.json names exactly which configuration and
  * which model file produced it (compare with `sha256sum`). Written from the standard. */
+#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const uint32_t K[64] = {
   0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -36,26 +39,19 @@ static void compress(uint32_t h[8], const unsigned char blk[64]) {
   h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
 }
 
-/* hex: 65 bytes (64 hex digits + NUL). Returns 0, or -1 when the file cannot be read. */
-int host_sha256_file(const char *path, char *hex) {
+static int sha256_stream(FILE *fp, char *hex) {
   uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                    0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
   unsigned char buf[64];
   uint64_t total = 0;
   size_t n;
   int i;
-  FILE *fp = fopen(path, "rb");
   hex[0] = '\0';
-  if (!fp) return -1;
   while ((n = fread(buf, 1, 64, fp)) == 64) {
     compress(h, buf);
     total += 64;
   }
-  if (ferror(fp)) {
-    fclose(fp);
-    return -1;
-  }
-  fclose(fp);
+  if (ferror(fp)) return -1;
   total += n;
   buf[n++] = 0x80;
   if (n > 56) {
@@ -68,6 +64,74 @@ int host_sha256_file(const char *path, char *hex) {
   compress(h, buf);
   for (i = 0; i < 8; i++) sprintf(hex + 8 * i, "%08x", h[i]);
   return 0;
+}
+
+static int cmp_names(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* A directory (an ensemble) hashes as the SHA-256 of the lines "<sha256>  <name>" of its
+ * *.colnn files in name order (what `sha256sum *.colnn | sha256sum` gives). */
+static int sha256_dir(const char *path, char *hex) {
+  DIR *d = opendir(path);
+  struct dirent *e;
+  char **names = NULL, *full, member[65];
+  size_t n = 0, cap = 0, i, len;
+  int rc = 0;
+  FILE *mem;
+  char *text = NULL;
+  size_t text_len = 0;
+  if (!d) return -1;
+  while ((e = readdir(d)) != NULL) {
+    len = strlen(e->d_name);
+    if (len < 7 || strcmp(e->d_name + len - 6, ".colnn") != 0) continue;
+    if (n == cap) {
+      char **grown = realloc(names, (cap = cap ? 2 * cap : 16) * sizeof *names);
+      if (!grown) { rc = -1; break; }
+      names = grown;
+    }
+    if (!(names[n] = strdup(e->d_name))) { rc = -1; break; }
+    n++;
+  }
+  closedir(d);
+  if (rc == 0) qsort(names, n, sizeof *names, cmp_names);
+  mem = rc == 0 ? open_memstream(&text, &text_len) : NULL;
+  if (!mem) rc = -1;
+  for (i = 0; i < n && rc == 0; i++) {
+    full = malloc(strlen(path) + strlen(names[i]) + 2);
+    if (!full) { rc = -1; break; }
+    sprintf(full, "%s/%s", path, names[i]);
+    FILE *fp = fopen(full, "rb");
+    free(full);
+    if (!fp || sha256_stream(fp, member) != 0) { if (fp) fclose(fp); rc = -1; break; }
+    fclose(fp);
+    fprintf(mem, "%s  %s\n", member, names[i]);
+  }
+  for (i = 0; i < n; i++) free(names[i]);
+  free(names);
+  if (mem) fclose(mem);
+  if (rc == 0) {
+    mem = fmemopen(text, text_len, "rb");
+    if (!mem || text_len == 0) rc = -1;
+    else rc = sha256_stream(mem, hex);
+    if (mem) fclose(mem);
+  }
+  free(text);
+  return rc;
+}
+
+/* hex: 65 bytes (64 hex digits + NUL). Returns 0, or -1 when the path cannot be read. */
+int host_sha256_file(const char *path, char *hex) {
+  struct stat st;
+  FILE *fp;
+  int rc;
+  hex[0] = '\0';
+  if (stat(path, &st) != 0) return -1;
+  if (S_ISDIR(st.st_mode)) return sha256_dir(path, hex);
+  if (!(fp = fopen(path, "rb"))) return -1;
+  rc = sha256_stream(fp, hex);
+  fclose(fp);
+  return rc;
 }
 
 /* rename(2): the atomic last step of writing result.json and the diagnostics. */
