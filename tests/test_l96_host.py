@@ -221,7 +221,7 @@ def raw_run(tmp_path: Path, text: str) -> tuple[subprocess.CompletedProcess, dic
     ("&l96_run output_dir = 'OUT', closure = 'nn' /\n&colnn_coupler model_file = 'OUT/none.colnn' /",
      "none.colnn"),
     ("&l96_run output_dir = 'OUT', init_file = 'OUT/missing.h5' /", "missing.h5"),
-    ("&l96_run output_dir = 'OUT' /\n&l96_model k = 16", "&l96_model does not end"),
+    ("&l96_run output_dir = 'OUT' /\n&l96_model k = 16", "&l96_model could not be read to its end"),
 ])
 def test_bad_namelist_is_an_error_before_the_first_step(tmp_path: Path, text: str,
                                                         expect: str) -> None:

@@ -247,8 +247,8 @@ contains
       if (stat < 0 .and. .not. any(found .and. GROUPS == group)) then
         stat = 0    ! the group is not in the file: its defaults
       else if (stat < 0) then
-        errmsg = trim(path)//': namelist &'//group//' does not end (a missing /, or the '// &
-                 'last line without a newline)'
+        errmsg = trim(path)//': namelist &'//group//' could not be read to its end (a '// &
+                 'missing /, a bad last value, or the last line without a newline)'
       else if (stat > 0) then
         errmsg = trim(path)//': namelist &'//group//': '//trim(iomsg)
       end if
@@ -331,10 +331,12 @@ contains
     if (cfg%inputs == 'stencil') s%w = cfg%stencil_halfwidth
     s%hl = max(2, s%w)
     s%hr = max(1, s%w)
-    if (s%n < max(s%hl, s%hr, 2)) then
+    ! the smallest block of the balanced split, so that every rank takes the same decision
+    if (cfg%k / s%nranks < max(s%hl, s%hr, 2)) then
       stat = 1
-      errmsg = 'k = '//itoa(cfg%k)//' over '//itoa(s%nranks)//' ranks leaves a rank '//itoa(s%n)// &
-               ' columns, fewer than its halo ('//itoa(max(s%hl, s%hr, 2))//'): use fewer ranks'
+      errmsg = 'k = '//itoa(cfg%k)//' over '//itoa(s%nranks)//' ranks leaves a rank '// &
+               itoa(cfg%k / s%nranks)//' columns, fewer than its halo ('// &
+               itoa(max(s%hl, s%hr, 2))//'): use fewer ranks'
       return
     end if
     if (cfg%mode == 'coarse' .and. cfg%closure == 'nn' .and. cfg%inputs == 'full' .and. &
@@ -481,23 +483,35 @@ contains
     dt = cfg%dt
     call ring_exchange(s%x, s%n, s%hl, s%hr, s%comm)
     call closure(cfg, s, step, s%x, s%u, stat, errmsg)
-    if (share_error(stat /= 0, errmsg, s%comm)) return
+    if (share_error(stat /= 0, errmsg, s%comm)) then
+      stat = 1
+      return
+    end if
     s%u1(1, :) = s%u
     call slow_tendency(s%n, cfg%f, s%x(1, -1:), s%u, s%k1)
     s%xs(1, 1:s%n) = s%x(1, 1:s%n) + 0.5_dp * dt * s%k1
     call ring_exchange(s%xs, s%n, s%hl, s%hr, s%comm)
     call closure(cfg, s, step, s%xs, s%u, stat, errmsg)
-    if (share_error(stat /= 0, errmsg, s%comm)) return
+    if (share_error(stat /= 0, errmsg, s%comm)) then
+      stat = 1
+      return
+    end if
     call slow_tendency(s%n, cfg%f, s%xs(1, -1:), s%u, s%k2)
     s%xs(1, 1:s%n) = s%x(1, 1:s%n) + 0.5_dp * dt * s%k2
     call ring_exchange(s%xs, s%n, s%hl, s%hr, s%comm)
     call closure(cfg, s, step, s%xs, s%u, stat, errmsg)
-    if (share_error(stat /= 0, errmsg, s%comm)) return
+    if (share_error(stat /= 0, errmsg, s%comm)) then
+      stat = 1
+      return
+    end if
     call slow_tendency(s%n, cfg%f, s%xs(1, -1:), s%u, s%k3)
     s%xs(1, 1:s%n) = s%x(1, 1:s%n) + dt * s%k3
     call ring_exchange(s%xs, s%n, s%hl, s%hr, s%comm)
     call closure(cfg, s, step, s%xs, s%u, stat, errmsg)
-    if (share_error(stat /= 0, errmsg, s%comm)) return
+    if (share_error(stat /= 0, errmsg, s%comm)) then
+      stat = 1
+      return
+    end if
     call slow_tendency(s%n, cfg%f, s%xs(1, -1:), s%u, s%k4)
     s%x(1, 1:s%n) = s%x(1, 1:s%n) + dt / 6 * (s%k1 + 2 * s%k2 + 2 * s%k3 + s%k4)
     stat = 0

@@ -1,0 +1,23 @@
+!> colnn_sw CONFIG.nml: the 2-D shallow-water host (see sw_host). Run under mpirun for more
+!> than one rank. colnn_sw --defaults prints every namelist key with its default.
+program colnn_sw
+  use, intrinsic :: iso_fortran_env, only: error_unit, output_unit
+  use mpi_f08, only: MPI_Init, MPI_Finalize
+  use sw_host, only: sw_host_main, sw_write_defaults
+  implicit none
+  character(len=4096) :: path
+  integer :: code, ierr
+  call MPI_Init(ierr)
+  call get_command_argument(1, path)
+  if (command_argument_count() == 1 .and. path == '--defaults') then
+    call sw_write_defaults(output_unit)
+    code = 0
+  else if (command_argument_count() /= 1 .or. path(1:1) == '-') then
+    write (error_unit, '(a)') 'usage: colnn_sw CONFIG.nml | --defaults'
+    code = 2
+  else
+    call sw_host_main(trim(path), code)
+  end if
+  call MPI_Finalize(ierr)
+  if (code /= 0) stop code, quiet=.true.
+end program colnn_sw
