@@ -32,3 +32,31 @@ def lib_double() -> Path:
     path = library_path("double")
     assert path.exists(), f"{path} missing: run scripts/setup.sh"
     return path
+
+
+@pytest.fixture(scope="session")
+def local_slurm():
+    """A real single-node Slurm (munged, slurmctld, slurmd on localhost, as root) for the
+    session; SLURM_CONF is set for the client commands and the cluster is stopped at the end."""
+    import shutil
+    import subprocess
+    import tempfile
+    assert os.geteuid() == 0, "the Slurm tests start munged/slurmctld/slurmd and need root"
+    # munged wants every directory above its socket searchable by all (pytest's are 0700)
+    d = Path(tempfile.mkdtemp(prefix="colnn-slurm-"))
+    d.chmod(0o755)
+    script = REPO_ROOT / "scripts" / "local_slurm.sh"
+    proc = subprocess.run(["bash", str(script), "start", str(d), "4"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(d / "slurm.conf")
+    try:
+        yield d
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(d)], capture_output=True, timeout=120)
+        shutil.rmtree(d, ignore_errors=True)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
