@@ -1,12 +1,12 @@
 !> What every toy host shares: the run outcome and its atomic result.json, file hashes, wall
 !> clock, and the strict reading of the namelist file (unknown groups are errors, not defaults).
 module host_common
-  use, intrinsic :: iso_fortran_env, only: dp => real64, i8 => int64
+  use, intrinsic :: iso_fortran_env, only: dp => real64, i8 => int64, error_unit
   use, intrinsic :: iso_c_binding, only: c_char, c_int, c_null_char
   implicit none
   private
 
-  public :: dp, i8, run_result_t, write_result, hash_file, wall_clock, check_groups, itoa, &
+  public :: dp, i8, run_result_t, write_result, finish_run, hash_file, wall_clock, check_groups, itoa, &
             rtoa, ftoa, atomic_rename, MAX_EXTRA, host_uniform, host_normal
 
   integer, parameter :: MAX_EXTRA = 16
@@ -241,6 +241,37 @@ contains
       s = new_line('a')//'  "'//key//'": '
     end function nl
   end subroutine write_result
+
+  !> The end of every host run: rank 0 writes output_dir/result.json and one line to stderr.
+  !> With errmsg the run is an 'error'. exit_code: 0 when the run completed or failed (the
+  !> outcome is the result), 1 on an error or when result.json cannot be written.
+  subroutine finish_run(prog, output_dir, rank, r, exit_code, errmsg)
+    character(len=*), intent(in) :: prog, output_dir
+    integer, intent(in) :: rank
+    type(run_result_t), intent(inout) :: r
+    integer, intent(out) :: exit_code
+    character(len=*), intent(in), optional :: errmsg
+    character(len=512) :: msg
+    integer :: stat
+    if (present(errmsg)) then
+      r%status = 'error'
+      r%message = errmsg
+    end if
+    exit_code = merge(1, 0, r%status == 'error')
+    if (rank /= 0) return
+    if (r%status == 'error') write (error_unit, '(a)') prog//': error: '//trim(r%message)
+    if (len_trim(output_dir) == 0) return
+    call write_result(trim(output_dir)//'/result.json', r, stat, msg)
+    if (stat /= 0) then
+      write (error_unit, '(a)') prog//': '//trim(msg)
+      exit_code = 1
+    else if (r%status == 'failed') then
+      write (error_unit, '(a)') prog//': failed at step '//itoa(r%steps)//' ('// &
+        trim(r%reason)//': '//trim(r%message)//')'
+    else if (r%status == 'completed') then
+      write (error_unit, '(a)') prog//': completed after '//itoa(r%steps)//' steps'
+    end if
+  end subroutine finish_run
 
   !> Every namelist group in the file must be one of `allowed` (a misspelt group would otherwise
   !> leave its settings silently at their defaults).

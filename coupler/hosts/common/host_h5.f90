@@ -6,7 +6,8 @@ module host_h5
   use, intrinsic :: iso_fortran_env, only: dp => real64
   use hdf5
   use h5lt
-  use, intrinsic :: iso_c_binding, only: c_int, c_char, c_null_char
+  use, intrinsic :: iso_c_binding, only: c_int, c_int64_t, c_char, c_null_char
+  use host_common, only: atomic_rename
   implicit none
   private
 
@@ -14,13 +15,13 @@ module host_h5
   ! wrappers' index convention has changed between releases)
   interface
     integer(c_int) function c_h5ds_set_scale(dsid, name) bind(C, name='H5DSset_scale')
-      import :: hid_t, c_int, c_char
-      integer(hid_t), value :: dsid
+      import :: c_int64_t, c_int, c_char
+      integer(c_int64_t), value :: dsid   ! hid_t is int64_t in HDF5 >= 1.10
       character(kind=c_char), intent(in) :: name(*)
     end function c_h5ds_set_scale
     integer(c_int) function c_h5ds_attach_scale(did, dsid, idx) bind(C, name='H5DSattach_scale')
-      import :: hid_t, c_int
-      integer(hid_t), value :: did, dsid
+      import :: c_int64_t, c_int
+      integer(c_int64_t), value :: did, dsid
       integer(c_int), value :: idx
     end function c_h5ds_attach_scale
   end interface
@@ -31,7 +32,8 @@ module host_h5
     integer(hid_t) :: file = -1
     integer :: stat = 0                  !< first error, sticky: later calls do nothing
     character(len=512) :: errmsg = ''
-    character(len=1024) :: path = ''
+    character(len=1024) :: path = ''     !< the file being written: final_path.tmp
+    character(len=1024) :: final_path = ''
   contains
     procedure :: create => out_create
     procedure :: dim => out_dim
@@ -41,18 +43,21 @@ module host_h5
     procedure :: attr_real => out_attr_real
     procedure :: attr_str => out_attr_str
     procedure :: close => out_close
+    procedure :: commit => out_commit
   end type h5_out_t
 
 contains
 
+  !> Starts `path` as path.tmp; commit() makes it `path` (readers never see a partial file).
   subroutine out_create(self, path)
     class(h5_out_t), intent(inout) :: self
     character(len=*), intent(in) :: path
     integer :: err
-    self%path = path
+    self%final_path = path
+    self%path = trim(path)//'.tmp'
     call h5open_f(err)
     if (err == 0) call h5eset_auto_f(0, err)
-    if (err == 0) call h5fcreate_f(trim(path), H5F_ACC_TRUNC_F, self%file, err)
+    if (err == 0) call h5fcreate_f(trim(self%path), H5F_ACC_TRUNC_F, self%file, err)
     call fail(self, err, 'cannot create')
   end subroutine out_create
 
@@ -77,7 +82,7 @@ contains
     call h5ltmake_dataset_double_f(self%file, name, 1, [int(size(values), hsize_t)], values, err)
     if (err == 0) call h5dopen_f(self%file, name, did, err)
     if (err == 0) then
-      err = c_h5ds_set_scale(did, name//c_null_char)
+      err = c_h5ds_set_scale(int(did, c_int64_t), name//c_null_char)
       call h5dclose_f(did, e2)
     end if
     call fail(self, err, 'cannot write dimension '//name)
@@ -94,7 +99,8 @@ contains
       call h5dopen_f(self%file, trim(dims(i)), sid, err)
       if (err /= 0) exit
       ! Fortran dimension i is C dimension rank - i
-      err = c_h5ds_attach_scale(did, sid, int(size(dims) - i, c_int))
+      err = c_h5ds_attach_scale(int(did, c_int64_t), int(sid, c_int64_t), &
+                                int(size(dims) - i, c_int))
       call h5dclose_f(sid, e2)
     end do
     call h5dclose_f(did, e2)
@@ -173,6 +179,19 @@ contains
       self%file = -1
     end if
   end subroutine out_close
+
+  !> Closes the file and renames it to its final name; stat/errmsg: the first error.
+  subroutine out_commit(self, stat, errmsg)
+    class(h5_out_t), intent(inout) :: self
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    call self%close()
+    stat = self%stat
+    errmsg = self%errmsg
+    if (stat /= 0) return
+    call atomic_rename(self%path, self%final_path, stat)
+    if (stat /= 0) errmsg = 'cannot rename '//trim(self%path)//' to '//trim(self%final_path)
+  end subroutine out_commit
 
   !> Shape (Fortran order) of a double dataset; rank 0 with stat /= 0 when it is not there.
   subroutine h5_dataset_shape(path, name, shp, stat, errmsg)

@@ -83,12 +83,16 @@ contains
     character(len=*), intent(inout) :: msg
     type(MPI_Comm), intent(in) :: comm
     integer :: rank, nranks, root, ierr
-    call MPI_Comm_rank(comm, rank, ierr)
     call MPI_Comm_size(comm, nranks, ierr)
+    if (nranks == 1) then   ! called at every RK stage: no collective when there is no one to ask
+      share_error = flag
+      return
+    end if
+    call MPI_Comm_rank(comm, rank, ierr)
     root = merge(rank, nranks, flag)
     call MPI_Allreduce(MPI_IN_PLACE, root, 1, MPI_INTEGER, MPI_MIN, comm, ierr)
     share_error = root < nranks
-    if (share_error .and. nranks > 1) call MPI_Bcast(msg, len(msg), MPI_CHARACTER, root, comm, ierr)
+    if (share_error) call MPI_Bcast(msg, len(msg), MPI_CHARACTER, root, comm, ierr)
   end function share_error
 
   subroutine bcast_int(i, comm)

@@ -84,7 +84,6 @@ contains
     call MPI_Comm_rank(s%comm, s%rank, ierr)
     call MPI_Comm_size(s%comm, s%nranks, ierr)
     s%t_start = wall_clock()
-    exit_code = 1
     r%host = 'l96'
     r%n_ranks = s%nranks
     r%config_hash = hash_file(path)
@@ -100,7 +99,8 @@ contains
       call coupler_setup(path, cfg, s, r, stat, errmsg)
     end if
     if (share_error(stat /= 0, errmsg, s%comm)) then
-      call finish_error(cfg, s, r, errmsg)
+      r%wall_s = wall_clock() - s%t_start
+      call finish_run('colnn_l96', cfg%output_dir, s%rank, r, exit_code, errmsg)
       return
     end if
 
@@ -111,46 +111,16 @@ contains
     end if
     if (cfg%mode == 'coarse' .and. cfg%closure == 'nn') call colnn_coupler_finalize(msg2, ierr)
     if (stat /= 0) then
-      call finish_error(cfg, s, r, errmsg)
+      r%wall_s = wall_clock() - s%t_start
+      call finish_run('colnn_l96', cfg%output_dir, s%rank, r, exit_code, errmsg)
       return
     end if
     r%wall_s = wall_clock() - s%t_start
     r%io_s = s%t_io
     r%nn_s = s%t_nn
     r%dynamics_s = r%wall_s - r%nn_s - r%io_s
-    if (s%rank == 0) then
-      call write_result(trim(cfg%output_dir)//'/result.json', r, stat, errmsg)
-      if (stat /= 0) then
-        write (error_unit, '(a)') 'colnn_l96: '//trim(errmsg)
-        return
-      end if
-      if (r%status == 'failed') then
-        write (error_unit, '(a)') 'colnn_l96: failed at step '//itoa(r%steps)//' ('// &
-          trim(r%reason)//': '//trim(r%message)//')'
-      else
-        write (error_unit, '(a)') 'colnn_l96: '//trim(r%status)//' after '//itoa(r%steps)//' steps'
-      end if
-    end if
-    exit_code = 0
+    call finish_run('colnn_l96', cfg%output_dir, s%rank, r, exit_code)
   end subroutine l96_host_main
-
-  subroutine finish_error(cfg, s, r, errmsg)
-    type(l96_config_t), intent(in) :: cfg
-    type(l96_state_t), intent(in) :: s
-    type(run_result_t), intent(inout) :: r
-    character(len=*), intent(in) :: errmsg
-    character(len=512) :: msg2
-    integer :: stat
-    r%status = 'error'
-    r%message = errmsg
-    r%wall_s = wall_clock() - s%t_start
-    if (s%rank /= 0) return
-    write (error_unit, '(a)') 'colnn_l96: error: '//trim(errmsg)
-    if (len_trim(cfg%output_dir) > 0) then
-      call write_result(trim(cfg%output_dir)//'/result.json', r, stat, msg2)
-      if (stat /= 0) write (error_unit, '(a)') 'colnn_l96: '//trim(msg2)
-    end if
-  end subroutine finish_error
 
   !> The namelist groups with their defaults (`colnn_l96 --defaults`): the harness checks its
   !> configuration keys against this list.
@@ -679,13 +649,10 @@ contains
       integer, intent(out) :: st
       character(len=*), intent(out) :: msg
       type(h5_out_t) :: out
-      character(len=:), allocatable :: final, tmp
       real(dp) :: t0
       integer :: i
       t0 = wall_clock()
-      final = trim(cfg%output_dir)//'/diagnostics.h5'
-      tmp = final//'.tmp'
-      call out%create(tmp)
+      call out%create(trim(cfg%output_dir)//'/diagnostics.h5')
       call out%dim('time', d_time(1:i_out))
       call out%put1('x_mean', d_mean(1:i_out), 'time')
       call out%put1('x_std', d_std(1:i_out), 'time')
@@ -706,13 +673,7 @@ contains
       call out%attr_real('clim_mean', cfg%clim_mean)
       call out%attr_real('clim_std', cfg%clim_std)
       call out%attr_real('failure_step', real(r%failure_step, dp))
-      call out%close()
-      st = out%stat
-      msg = out%errmsg
-      if (st == 0) then
-        call atomic_rename(tmp, final, st)
-        if (st /= 0) msg = 'cannot rename '//tmp//' to '//final
-      end if
+      call out%commit(st, msg)
       if (st == 0) r%diagnostics = 'diagnostics.h5'
       s%t_io = s%t_io + (wall_clock() - t0)
     end subroutine write_diagnostics
@@ -822,12 +783,9 @@ contains
       integer, intent(out) :: st
       character(len=*), intent(out) :: msg
       type(h5_out_t) :: out
-      character(len=:), allocatable :: final, tmp
       real(dp) :: t0
       t0 = wall_clock()
-      final = trim(cfg%output_dir)//'/truth.h5'
-      tmp = final//'.tmp'
-      call out%create(tmp)
+      call out%create(trim(cfg%output_dir)//'/truth.h5')
       call out%dim('time', tsnap(1:i_samp))
       call out%dim('k', [(real(i, dp), i = 1, cfg%k)])
       call out%put2('x', xsnap(:, 1:i_samp), [character(len=8) :: 'k', 'time'])
@@ -842,13 +800,7 @@ contains
       call out%attr_real('dt', cfg%dt)
       call out%attr_real('sample_interval', real(cfg%sample_interval, dp))
       call out%attr_real('seed', real(cfg%seed, dp))
-      call out%close()
-      st = out%stat
-      msg = out%errmsg
-      if (st == 0) then
-        call atomic_rename(tmp, final, st)
-        if (st /= 0) msg = 'cannot rename '//tmp//' to '//final
-      end if
+      call out%commit(st, msg)
       if (st == 0) r%diagnostics = 'truth.h5'
       s%t_io = s%t_io + (wall_clock() - t0)
     end subroutine write_truth

@@ -118,7 +118,6 @@ contains
     call MPI_Comm_rank(s%comm, s%rank, ierr)
     call MPI_Comm_size(s%comm, s%nranks, ierr)
     s%t_start = wall_clock()
-    exit_code = 1
     r%host = 'sw'
     r%n_ranks = s%nranks
     r%config_hash = hash_file(path)
@@ -134,7 +133,8 @@ contains
       call coupler_setup(path, r, stat, errmsg)
     end if
     if (share_error(stat /= 0, errmsg, s%comm)) then
-      call finish_error(cfg, s, r, errmsg)
+      r%wall_s = wall_clock() - s%t_start
+      call finish_run('colnn_sw', cfg%output_dir, s%rank, r, exit_code, errmsg)
       return
     end if
 
@@ -145,46 +145,16 @@ contains
     end if
     if (cfg%mode == 'coarse' .and. cfg%closure == 'nn') call colnn_coupler_finalize(msg2, ierr)
     if (stat /= 0) then
-      call finish_error(cfg, s, r, errmsg)
+      r%wall_s = wall_clock() - s%t_start
+      call finish_run('colnn_sw', cfg%output_dir, s%rank, r, exit_code, errmsg)
       return
     end if
     r%wall_s = wall_clock() - s%t_start
     r%io_s = s%t_io
     r%nn_s = s%t_nn
     r%dynamics_s = r%wall_s - r%nn_s - r%io_s
-    if (s%rank == 0) then
-      call write_result(trim(cfg%output_dir)//'/result.json', r, stat, errmsg)
-      if (stat /= 0) then
-        write (error_unit, '(a)') 'colnn_sw: '//trim(errmsg)
-        return
-      end if
-      if (r%status == 'failed') then
-        write (error_unit, '(a)') 'colnn_sw: failed at step '//itoa(r%steps)//' ('// &
-          trim(r%reason)//': '//trim(r%message)//')'
-      else
-        write (error_unit, '(a)') 'colnn_sw: '//trim(r%status)//' after '//itoa(r%steps)//' steps'
-      end if
-    end if
-    exit_code = 0
+    call finish_run('colnn_sw', cfg%output_dir, s%rank, r, exit_code)
   end subroutine sw_host_main
-
-  subroutine finish_error(cfg, s, r, errmsg)
-    type(sw_config_t), intent(in) :: cfg
-    type(sw_state_t), intent(in) :: s
-    type(run_result_t), intent(inout) :: r
-    character(len=*), intent(in) :: errmsg
-    character(len=512) :: msg2
-    integer :: stat
-    r%status = 'error'
-    r%message = errmsg
-    r%wall_s = wall_clock() - s%t_start
-    if (s%rank /= 0) return
-    write (error_unit, '(a)') 'colnn_sw: error: '//trim(errmsg)
-    if (len_trim(cfg%output_dir) > 0) then
-      call write_result(trim(cfg%output_dir)//'/result.json', r, stat, msg2)
-      if (stat /= 0) write (error_unit, '(a)') 'colnn_sw: '//trim(msg2)
-    end if
-  end subroutine finish_error
 
   ! ---------------------------------------------------------------------------------------
   ! configuration
@@ -987,13 +957,10 @@ contains
       integer, intent(out) :: st
       character(len=*), intent(out) :: msg_
       type(h5_out_t) :: out
-      character(len=:), allocatable :: final, tmp
       real(dp) :: t0
       integer :: k
       t0 = wall_clock()
-      final = trim(cfg%output_dir)//'/diagnostics.h5'
-      tmp = final//'.tmp'
-      call out%create(tmp)
+      call out%create(trim(cfg%output_dir)//'/diagnostics.h5')
       call out%dim('time', d_time(1:i_out))
       call out%put1('step', d_step(1:i_out), 'time')
       do k = 1, ND
@@ -1018,13 +985,7 @@ contains
       call out%attr_real('clim_pe', cfg%clim_pe)
       call out%attr_real('clim_h_std', cfg%clim_h_std)
       call out%attr_real('clim_speed_mean', cfg%clim_speed_mean)
-      call out%close()
-      st = out%stat
-      msg_ = out%errmsg
-      if (st == 0) then
-        call atomic_rename(tmp, final, st)
-        if (st /= 0) msg_ = 'cannot rename '//tmp//' to '//final
-      end if
+      call out%commit(st, msg_)
       if (st == 0) r%diagnostics = 'diagnostics.h5'
       s%t_io = s%t_io + (wall_clock() - t0)
     end subroutine write_diagnostics
@@ -1131,14 +1092,11 @@ contains
       integer, intent(out) :: st
       character(len=*), intent(out) :: msg_
       type(h5_out_t) :: out
-      character(len=:), allocatable :: final, tmp
       character(len=8), parameter :: DIMS3(3) = [character(len=8) :: 'x', 'y', 'time']
       real(dp) :: t0
       integer :: k
       t0 = wall_clock()
-      final = trim(cfg%output_dir)//'/truth.h5'
-      tmp = final//'.tmp'
-      call out%create(tmp)
+      call out%create(trim(cfg%output_dir)//'/truth.h5')
       call out%dim('time', tsnap(1:i_samp))
       call write_grid(cfg, out)
       call out%put3('u', usnap(:, :, 1:i_samp), DIMS3)
@@ -1154,13 +1112,7 @@ contains
       call out%attr_real('sample_interval', real(cfg%sample_interval, dp))
       call out%attr_real('spinup_steps', real(cfg%spinup_steps, dp))
       call out%attr_real('seed', real(cfg%seed, dp))
-      call out%close()
-      st = out%stat
-      msg_ = out%errmsg
-      if (st == 0) then
-        call atomic_rename(tmp, final, st)
-        if (st /= 0) msg_ = 'cannot rename '//tmp//' to '//final
-      end if
+      call out%commit(st, msg_)
       if (st == 0) r%diagnostics = 'truth.h5'
       s%t_io = s%t_io + (wall_clock() - t0)
     end subroutine write_truth
