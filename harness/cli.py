@@ -19,6 +19,12 @@ __all__ = ["main", "build_parser"]
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert
+    if args.output is None:
+        if (Path(args.input) / "study.json").is_file():
+            args.stage = "convert"
+            return _cmd_stage(args)
+        raise HarnessError(f"give the file to write with -o OUT (or a study directory to run "
+                           f"its convert stage; {args.input} is not one)")
     spec = convert(args.input, args.output, src_format=args.src_format, dst_format=args.dst_format)
     print(f"{args.input} -> {args.output}: {len(spec.layers)} layers, {spec.n_inputs} -> "
           f"{spec.n_outputs}, {spec.n_params} parameters, {spec.precision}")
@@ -91,6 +97,55 @@ def _cmd_l96_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .study.runner import open_or_create, run_stages, status_text
+    if args.resume and args.config:
+        raise HarnessError("give either CONFIG (a new or rerun study) or --resume DIR")
+    sd = open_or_create(args.config, args.resume or args.output)
+    stages = args.stages.split(",") if args.stages else None
+    print(f"study {sd.config.name} in {sd.root}", file=sys.stderr)
+    from .study.config import STAGES
+    run_stages(sd, stages or STAGES, args.executor, wait=not args.no_wait,
+               progress=not args.quiet)
+    print(status_text(sd.root))
+    return 0
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from .study.layout import StudyDir
+    from .study.runner import run_stages
+    sd = StudyDir.open(args.input if args.stage == "convert" else args.study)
+    run_stages(sd, [args.stage], getattr(args, "executor", None),
+               wait=not getattr(args, "no_wait", False), progress=not getattr(args, "quiet", False))
+    counts = sd.counts(args.stage)
+    print(f"{args.stage}: {counts['ok']}/{sd.n_tasks(args.stage)} tasks done"
+          + (f", {counts['error']} failed (rerun to retry)" if counts["error"] else ""))
+    if args.stage == "report":
+        print(f"report: {sd.root / 'report' / 'report.md'}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .study.runner import status_text
+    print(status_text(args.study))
+    return 0
+
+
+def _cmd_task(args: argparse.Namespace) -> int:
+    from .study.tasks import run_task
+    marker = run_task(args.study, args.stage, args.index, force=args.force)
+    if marker.get("status") != "ok":
+        print(f"harness: {args.stage} task {args.index} failed: {marker.get('message')}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_farm(args: argparse.Namespace) -> int:
+    from .study.farm import farm
+    return farm(args.study, args.stages.split(","), progress=not args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=(
         "Move Keras networks into the colnn Fortran library and check them."))
@@ -100,10 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert between Keras (.keras/.h5), colnn and FKB files",
                        description="Convert IN to OUT; formats come from the content of IN and "
                                    "the suffix of OUT (.colnn, .keras, .h5, .fkb/.txt).")
-    c.add_argument("input", help="model file to read")
-    c.add_argument("-o", "--output", required=True, help="model file to write")
+    c.add_argument("input", help="model file to read (or a study directory: its convert stage)")
+    c.add_argument("-o", "--output", help="model file to write")
     c.add_argument("--from", dest="src_format", choices=formats, help="format of IN")
     c.add_argument("--to", dest="dst_format", choices=formats, help="format of OUT")
+    c.add_argument("--executor", choices=["local", "slurm", "mpi"],
+                   help="study directory: where the tasks run (default: the study's)")
     c.set_defaults(func=_cmd_convert)
 
     v = sub.add_parser("verify", help="compare the Fortran library with Keras on the same inputs")
@@ -153,6 +210,54 @@ def build_parser() -> argparse.ArgumentParser:
                     help="time between the samples of a window (default 0.05)")
     lc.add_argument("--check", help="an independent truth run: report false-alarm rates on it")
     lc.set_defaults(func=_cmd_l96_calibrate)
+
+    executors = ["local", "slurm", "mpi"]
+    st = sub.add_parser("study", help="run a study: truth data, candidates, coupled runs, report",
+                        description="Validates CONFIG, plans the study into its directory and "
+                                    "runs the stages data, train, convert, couple, collect, "
+                                    "report on the configured executor. Finished tasks are "
+                                    "skipped, so a rerun (or --resume DIR) does only what is "
+                                    "left, and retries tasks that failed for infrastructure "
+                                    "reasons.")
+    st.add_argument("config", nargs="?", help="study TOML file (see examples/study/)")
+    st.add_argument("-o", "--output", help="study directory (default: studies/<name>)")
+    st.add_argument("--resume", metavar="DIR", help="continue the study in DIR")
+    st.add_argument("--executor", choices=executors, help="override executor.kind")
+    st.add_argument("--stages", help="comma-separated subset of the stages, in order")
+    st.add_argument("--no-wait", action="store_true",
+                    help="slurm: return after submitting (follow with `harness status DIR`)")
+    st.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    st.set_defaults(func=_cmd_study)
+
+    helps = {"data": "truth runs of the host", "train": "train the candidates in Keras",
+             "couple": "coupled runs of candidates, baselines and the ensemble",
+             "collect": "build the results table", "report": "Markdown report with figures"}
+    for stage, text in helps.items():
+        sp = sub.add_parser(stage, help=f"study stage: {text}",
+                            description=f"Runs the unfinished '{stage}' tasks of a study "
+                                        f"directory (the convert stage: `harness convert DIR`).")
+        sp.add_argument("study", help="study directory")
+        sp.add_argument("--executor", choices=executors, help="override executor.kind")
+        sp.add_argument("--no-wait", action="store_true", help="slurm: return after submitting")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        sp.set_defaults(func=_cmd_stage, stage=stage)
+
+    ss = sub.add_parser("status", help="progress of a study, from disk and the Slurm queue")
+    ss.add_argument("study", help="study directory")
+    ss.set_defaults(func=_cmd_status)
+
+    tk = sub.add_parser("task", help="run one task of a study (what the executors call)")
+    tk.add_argument("stage", choices=["data", "train", "convert", "couple", "collect", "report"])
+    tk.add_argument("index", type=int)
+    tk.add_argument("--study", required=True, help="study directory")
+    tk.add_argument("--force", action="store_true", help="rerun a finished task")
+    tk.set_defaults(func=_cmd_task)
+
+    fm = sub.add_parser("farm", help="the MPI task farm (run under mpirun/srun)")
+    fm.add_argument("--study", required=True, help="study directory")
+    fm.add_argument("--stages", required=True, help="comma-separated stages, in order")
+    fm.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    fm.set_defaults(func=_cmd_farm)
     return p
 
 

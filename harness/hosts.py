@@ -227,8 +227,14 @@ def namelist_text(run: HostRun) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: what mpirun puts into its ranks' environment; a host started from such a rank (the mpi4py
+#: task farm) would take it for its own and try to join the farm's job instead of starting alone
+_MPI_JOB_ENV = ("OMPI_", "PMIX_", "PRTE_", "ORTE_", "HYDRA_", "PMI_")
+
+
 def _mpi_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(_MPI_JOB_ENV) or k.startswith("OMPI_ALLOW_RUN_AS_ROOT")}
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
     return env

@@ -1,0 +1,236 @@
+"""``harness collect``: the study's results table from what the tasks left on disk.
+
+One row per coupled model (candidate, baseline, ensemble) in ``results/candidates.csv`` and
+``.parquet``; one row per coupled run in ``results/runs.csv``; the bias curves in
+``results/curves.csv``; study facts in ``results/summary.json``; and an Optuna journal
+(``results/optuna.journal``) of the candidates with (validation MSE, steps to failure) for
+Optuna's own tools. Rows are keyed by the planned task, so a task that ran twice (requeued)
+still gives one row; a task with no marker is reported as 'missing', never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .layout import StudyDir, atomic_write_json, atomic_write_text
+
+__all__ = ["collect", "TABLE_COLUMNS", "COMPARABLE_COLUMNS"]
+
+HYPER = ("batch_norm", "dropout", "leaky_relu", "learning_rate", "nodes", "layers", "optimizer")
+TABLE_COLUMNS = ("name", "kind", *HYPER, "n_params", "val_mse", "train_status", "epochs",
+                 "convert_status", "verify_max_abs_err", "n_runs", "n_failed", "n_steps",
+                 "steps_to_failure", "steps_min", "survived", "failure_reason",
+                 "mean_abs_bias", "drift_z_mean", "drift_z_std", "energy_warn_step",
+                 "max_energy", "members", "train_s", "couple_wall_s")
+#: per-run host metrics (result.json "extra") averaged into the table: l96 the final drift
+#: window's z-scores, sw the first step above the energy warning level and the largest energy
+EXTRA_METRICS = {"drift_z_mean": "final_window_z_mean", "drift_z_std": "final_window_z_std",
+                 "energy_warn_step": "energy_warn_step", "max_energy": "max_energy"}
+INT_COLUMNS = ("nodes", "layers", "n_params", "epochs", "n_runs", "n_failed", "n_steps")
+#: the columns that do not depend on where or how fast the study ran
+COMPARABLE_COLUMNS = tuple(c for c in TABLE_COLUMNS if c not in ("train_s", "couple_wall_s"))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _marker(sd: StudyDir, stage: str, index: int) -> dict[str, Any] | None:
+    return _read_json(sd.marker(stage, index))
+
+
+def _bias_curve(path: Path, variable: str, dt: float) -> tuple[np.ndarray, np.ndarray] | None:
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            bias = np.asarray(f[variable][...], dtype=np.float64)
+            steps = np.asarray(f["step"][...], dtype=np.float64) if "step" in f else \
+                np.asarray(f["time"][...], dtype=np.float64) / dt
+    except (OSError, KeyError):
+        return None
+    return steps * dt, bias
+
+
+def collect(sd: StudyDir) -> list[dict[str, Any]]:
+    """Builds and writes the tables; returns the candidates table's rows."""
+    import pandas as pd
+
+    cfg = sd.config
+    n_steps = cfg.couple.steps
+    cal = _read_json(sd.root / "data" / "calibration.json") or {}
+    bias_var = cal.get("bias_variable", "bias" if cfg.host.name == "l96" else "bias_ke")
+    runs: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
+    for index, task in enumerate(sd.plan["couple"]):
+        marker = _marker(sd, "couple", index)
+        rdir = sd.run_dir(task["name"], task["ic"])
+        row: dict[str, Any] = {"name": task["name"], "kind": task["kind"], "ic": task["ic"],
+                               "status": "missing", "steps": np.nan, "failure_step": np.nan,
+                               "reason": "", "variable": "", "wall_s": np.nan, "nn_s": np.nan,
+                               "message": ""}
+        if marker is None:
+            pass
+        elif marker.get("status") != "ok":
+            row.update(status="error", message=marker.get("message", ""))
+        elif marker.get("run_status") == "skipped":
+            row.update(status="skipped", message=marker.get("message", ""))
+        else:
+            result = _read_json(rdir / "result.json") or {}
+            row.update(status=result.get("status", "missing"), steps=result.get("steps", np.nan),
+                       reason=result.get("reason", "") or "",
+                       variable=result.get("variable", "") or "",
+                       wall_s=result.get("wall_time_s", np.nan),
+                       nn_s=result.get("nn_time_s", np.nan),
+                       message=result.get("message", "") or "")
+            for key, value in (result.get("extra") or {}).items():
+                if isinstance(value, (int, float)):
+                    if key == "energy_warn_step" and value < 0:
+                        value = n_steps     # never above the warning level: censored
+                    row[f"extra_{key}"] = value
+            if result.get("status") == "failed":
+                row["failure_step"] = result.get("failure_step", np.nan)
+            curve = _bias_curve(rdir / "diagnostics.h5", bias_var, cfg.couple.dt)
+            if curve is not None:
+                row["mean_abs_bias"] = float(np.nanmean(np.abs(curve[1]))) \
+                    if curve[1].size else np.nan
+                curves += [{"name": task["name"], "ic": task["ic"], "time": t, "bias": b}
+                           for t, b in zip(*curve)]
+        runs.append(row)
+    runs_df = pd.DataFrame(runs)
+    if "mean_abs_bias" not in runs_df:
+        runs_df["mean_abs_bias"] = np.nan
+
+    models: dict[str, dict[str, Any]] = {}
+    for cand in sd.plan["candidates"]:
+        cdir = sd.candidate_dir(cand["name"])
+        train = _read_json(cdir / "train.json")
+        conv = _read_json(cdir / "convert.json")
+        train_marker = _marker(sd, "train", cand["index"])
+        if train is not None:
+            train_status = train.get("status", "error")
+        elif train_marker is not None and train_marker.get("status") == "error":
+            train_status = "error"
+        else:
+            train_status = "missing"
+        models[cand["name"]] = {
+            "name": cand["name"], "kind": "candidate", **{h: cand[h] for h in HYPER},
+            "n_params": (train or {}).get("n_params", np.nan),
+            "val_mse": (train or {}).get("val_mse", np.nan) if train_status == "ok" else np.nan,
+            "train_status": train_status, "epochs": (train or {}).get("epochs", np.nan),
+            "convert_status": (conv or {}).get("status", "missing" if train_status == "ok"
+                                               else ""),
+            "verify_max_abs_err": (conv or {}).get("max_abs_error", np.nan),
+            "train_s": (train or {}).get("train_s", np.nan), "members": ""}
+    for task in sd.plan["couple"]:
+        if task["name"] not in models:
+            models[task["name"]] = {"name": task["name"], "kind": task["kind"],
+                                    **{h: None for h in HYPER}, "n_params": np.nan,
+                                    "val_mse": np.nan, "train_status": "", "epochs": np.nan,
+                                    "convert_status": "", "verify_max_abs_err": np.nan,
+                                    "train_s": np.nan, "members": ""}
+    for index, task in enumerate(sd.plan["couple"]):
+        marker = _marker(sd, "couple", index) or {}
+        if task["kind"] == "ensemble" and marker.get("members"):
+            models[task["name"]]["members"] = " ".join(marker["members"])
+
+    rows = []
+    for name, model in models.items():
+        mine = runs_df[(runs_df["name"] == name) & runs_df["status"].isin(("completed", "failed"))]
+        failed = mine[mine["status"] == "failed"]
+        stf = np.where(mine["status"] == "failed", mine["failure_step"], n_steps).astype(float)
+        reasons = Counter(r for r in failed["reason"] if r)
+        model.update(n_runs=int(len(mine)), n_failed=int(len(failed)), n_steps=n_steps,
+                     steps_to_failure=float(np.median(stf)) if stf.size else np.nan,
+                     steps_min=float(stf.min()) if stf.size else np.nan,
+                     survived=bool(stf.size and len(failed) == 0),
+                     failure_reason=reasons.most_common(1)[0][0] if reasons else "",
+                     mean_abs_bias=float(mine["mean_abs_bias"].mean()) if len(mine) else np.nan,
+                     **{col: float(mine[f"extra_{key}"].mean())
+                        if len(mine) and f"extra_{key}" in mine else np.nan
+                        for col, key in EXTRA_METRICS.items()},
+                     couple_wall_s=float(mine["wall_s"].sum()) if len(mine) else np.nan)
+        rows.append({c: model.get(c) for c in TABLE_COLUMNS})
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    for col in INT_COLUMNS:
+        table[col] = pd.to_numeric(table[col]).round().astype("Int64")
+    out = sd.results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "candidates.csv", table.to_csv(index=False))
+    _write_parquet(table, out / "candidates.parquet")
+    atomic_write_text(out / "runs.csv", runs_df.to_csv(index=False))
+    atomic_write_text(out / "curves.csv", pd.DataFrame(
+        curves, columns=["name", "ic", "time", "bias"]).to_csv(index=False))
+    summary = {"study": cfg.name, "host": cfg.host.name, "n_steps": n_steps, "dt": cfg.couple.dt,
+               "initial_conditions": cfg.couple.initial_conditions,
+               "bias_label": cal.get("bias_label", bias_var), "inputs": cfg.host.inputs
+               if cfg.host.name == "l96" else "u, v, h on the 5-point stencil",
+               "candidates": cfg.training.candidates, "seed": cfg.seed,
+               "failure": {**cfg.host.failure, **cal.get("failure", {})},
+               "calibration": {k: v for k, v in cal.items()
+                               if k not in ("failure", "init_file", "training_truth")},
+               "tasks": {stage: sd.counts(stage) for stage in sd.plan["tasks"]}}
+    atomic_write_json(out / "summary.json", summary)
+    _write_optuna_journal(sd, table, out / "optuna.journal")
+    return rows
+
+
+def _write_parquet(table: Any, path: Path) -> None:
+    import os
+    import tempfile
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".parquet.", suffix=".tmp")
+    os.close(fd)
+    try:
+        frame = table.copy()
+        for col in frame.columns:     # mixed None/str and None/bool columns as strings
+            if frame[col].dtype == object:
+                frame[col] = frame[col].map(lambda v: None if v is None or v != v else str(v))
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_optuna_journal(sd: StudyDir, table: Any, path: Path) -> None:
+    """The candidates as a finished Optuna study (minimize val MSE, maximize steps)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path.unlink(missing_ok=True)
+    s = sd.config.space
+
+    def floats(lo_hi: list[float], log: bool = False) -> Any:
+        return (CategoricalDistribution([lo_hi[0]]) if lo_hi[0] == lo_hi[1]
+                else FloatDistribution(lo_hi[0], lo_hi[1], log=log))
+
+    dists = {"batch_norm": CategoricalDistribution(sorted(set(s.batch_norm))),
+             "dropout": floats(s.dropout), "leaky_relu": floats(s.leaky_relu),
+             "learning_rate": floats(s.learning_rate, log=True),
+             "nodes": CategoricalDistribution(sorted(set(s.nodes))),
+             "layers": IntDistribution(s.layers[0], s.layers[1]),
+             "optimizer": CategoricalDistribution(list(dict.fromkeys(s.optimizer)))}
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    study = optuna.create_study(storage=storage, study_name=sd.config.name,
+                                directions=["minimize", "maximize"])
+    cands = {c["name"]: c for c in sd.plan["candidates"]}
+    for row in table.itertuples(index=False):
+        if row.kind != "candidate":
+            continue
+        params = {h: cands[row.name][h] for h in HYPER}
+        done = np.isfinite(row.val_mse) and np.isfinite(row.steps_to_failure)
+        study.add_trial(create_trial(
+            params=params, distributions=dists,
+            values=[float(row.val_mse), float(row.steps_to_failure)] if done else None,
+            state=TrialState.COMPLETE if done else TrialState.FAIL,
+            user_attrs={"name": row.name, "train_status": row.train_status,
+                        "convert_status": row.convert_status}))

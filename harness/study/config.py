@@ -1,0 +1,415 @@
+"""The study configuration: a TOML file read into dataclasses and checked before anything runs.
+
+Every key has a default here (the paper's Table-1 search space, the prototypes' host set-ups),
+so a study file names only what it changes. Unknown keys, wrong types and impossible values are
+errors that name the key's path (``couple.steps``). The host's own namelist keys
+(``[host.model]``, ``[host.failure]``) are checked against the host program's ``--defaults``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import HarnessError
+
+__all__ = ["StudyError", "StudyConfig", "HostConfig", "DataConfig", "SpaceConfig",
+           "TrainingConfig", "CoupleConfig", "ExecutorConfig", "SlurmConfig", "MpiConfig",
+           "load_config", "config_from_dict", "config_to_dict", "STAGES", "OPTIMIZERS"]
+
+STAGES = ("data", "train", "convert", "couple", "collect", "report")
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+EXECUTORS = ("local", "slurm", "mpi")
+#: baselines each host offers (coarse-mode closures without a network)
+BASELINES = {"l96": ("none", "cubic"), "sw": ("none", "truth")}
+#: host-specific defaults applied where the study file leaves a value out (None)
+HOST_DEFAULTS: dict[str, dict[str, Any]] = {
+    "l96": {"data.dt": 0.001, "data.steps": 200_000, "data.spinup_steps": 2_000,
+            "data.sample_interval": 10, "couple.dt": 0.005, "couple.steps": 20_000,
+            "couple.baselines": ["none", "cubic"]},
+    "sw": {"data.dt": 900.0, "data.steps": 28_800, "data.spinup_steps": 4_800,
+           "data.sample_interval": 48, "couple.dt": 900.0, "couple.steps": 6_000,
+           "couple.baselines": ["none", "truth"]},
+}
+
+
+class StudyError(HarnessError):
+    """A study configuration or study directory is invalid."""
+
+
+@dataclass
+class HostConfig:
+    """The host program and the namelist values shared by its truth and coupled runs."""
+
+    name: str = "l96"
+    #: &<host>_model keys (e.g. k, f for l96; nx, wind_scale is in run for sw)
+    model: dict[str, Any] = field(default_factory=dict)
+    #: &<host>_run keys applied to every run (truth and coupled), e.g. wind_scale for sw
+    run: dict[str, Any] = field(default_factory=dict)
+    #: &<host>_failure keys for coupled runs (e.g. max_abs); calibrated keys are filled in
+    failure: dict[str, Any] = field(default_factory=dict)
+    #: l96: what a network column sees: 'local' (X_k), 'stencil' (X_{k-w}..X_{k+w}), 'full'
+    inputs: str = "stencil"
+    stencil_halfwidth: int = 1
+
+
+@dataclass
+class DataConfig:
+    """Truth runs of the host: the first trains the networks and calibrates the failure test;
+    the last gives the coupled runs' initial states and an independent false-alarm check."""
+
+    runs: int = 2
+    steps: int | None = None
+    dt: float | None = None
+    spinup_steps: int | None = None
+    sample_interval: int | None = None
+
+
+@dataclass
+class SpaceConfig:
+    """The hyperparameter space (default: the paper's Table 1). Ranges are [low, high]."""
+
+    batch_norm: list[bool] = field(default_factory=lambda: [False, True])
+    dropout: list[float] = field(default_factory=lambda: [0.0, 0.25])
+    leaky_relu: list[float] = field(default_factory=lambda: [0.0, 0.4])
+    learning_rate: list[float] = field(default_factory=lambda: [1e-5, 1e-2])   # log-uniform
+    nodes: list[int] = field(default_factory=lambda: [128, 256, 512])
+    layers: list[int] = field(default_factory=lambda: [4, 11])
+    optimizer: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
+
+
+@dataclass
+class TrainingConfig:
+    candidates: int = 100
+    epochs: int = 20
+    #: early stopping: epochs without a better validation loss before training stops
+    patience: int = 3
+    batch_size: int = 1024
+    #: the last fraction of the training truth run (in time) is the validation set
+    validation_fraction: float = 0.2
+    #: at most this many training samples, drawn with the candidate's seed (0: all)
+    max_samples: int = 0
+    #: TensorFlow threads per training task; results are reproducible for a fixed value
+    threads: int = 1
+    #: verification tolerance (relative) of the Fortran model against Keras
+    verify_tol: float = 1e-4
+
+
+@dataclass
+class CoupleConfig:
+    steps: int | None = None
+    dt: float | None = None
+    #: coupled runs per model, from snapshots spread over the last truth run
+    initial_conditions: int = 2
+    baselines: list[str] | None = None
+    #: ensemble of the k candidates with the lowest validation MSE (0: none)
+    ensemble_top_k: int = 3
+    ensemble_noise_sd: float = 0.0
+    #: l96 drift test (calibrated on the first truth run): window and sampling in model time
+    drift: bool = True
+    drift_window_time: float = 5.0
+    drift_sample_time: float = 0.05
+    drift_sigma: float = 5.0
+    #: sw: a run fails when its energy exceeds energy_factor x the truth maximum; the first
+    #: step above warn_factor x the truth maximum is recorded as a graded metric
+    energy_factor: float = 10.0
+    warn_factor: float = 2.0
+    output_interval: int = 0            # 0: the host's default
+    #: wall-clock limit of one coupled run (s)
+    timeout: float = 3600.0
+
+
+@dataclass
+class SlurmConfig:
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    #: the % throttle of every job array: at most this many tasks of a stage run at once
+    throttle: int = 50
+    cpus_per_task: int = 1
+    mem: str = "2G"
+    #: time limit per task for each stage (Slurm's [D-]HH:MM:SS)
+    time: dict[str, str] = field(default_factory=lambda: {
+        "data": "01:00:00", "train": "02:00:00", "convert": "00:20:00", "couple": "02:00:00",
+        "collect": "00:20:00", "report": "00:20:00"})
+    #: seconds before the time limit at which a task is told (USR1) to stop and requeue
+    signal_seconds: int = 60
+    max_requeues: int = 2
+    #: extra '#SBATCH' directives, e.g. ["--constraint=skylake"]
+    extra: list[str] = field(default_factory=list)
+    poll_seconds: float = 5.0
+
+
+@dataclass
+class MpiConfig:
+    #: ranks of the task farm (rank 0 hands out tasks, the others run them)
+    ranks: int = 3
+    #: 'mpirun' (here, now) or 'sbatch' (one Slurm allocation running srun)
+    launcher: str = "mpirun"
+
+
+@dataclass
+class ExecutorConfig:
+    kind: str = "local"
+    #: local: tasks at once (process pool)
+    workers: int = 2
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    mpi: MpiConfig = field(default_factory=MpiConfig)
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    seed: int = 1
+    host: HostConfig = field(default_factory=HostConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    couple: CoupleConfig = field(default_factory=CoupleConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(path: str, value: Any, tp: Any) -> Any:
+    """``value`` as the annotated type ``tp``, or a StudyError naming ``path``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(path, value, args[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise StudyError(f"{path}: expected a table, got {value!r}")
+        return _build(tp, value, path)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise StudyError(f"{path}: expected a list, got {value!r}")
+        return [_coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise StudyError(f"{path}: expected a table, got {value!r}")
+        _, item = typing.get_args(tp)
+        if item is Any:
+            return dict(value)
+        return {k: _coerce(f"{path}.{k}", v, item) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise StudyError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise StudyError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise StudyError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise StudyError(f"{path}: must be finite, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise StudyError(f"{path}: expected a string, got {value!r}")
+        if "\n" in value or "\0" in value:
+            raise StudyError(f"{path}: newlines and NUL are not allowed")
+        return value
+    raise StudyError(f"{path}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise StudyError(f"{path}: unknown key (known here: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(path, value, hints[key])
+    return cls(**kwargs)
+
+
+def _range(path: str, values: list, lo: float, hi: float, ordered: bool = True) -> None:
+    if len(values) != 2:
+        raise StudyError(f"{path}: expected [low, high], got {values!r}")
+    a, b = values
+    if not (lo <= a <= hi and lo <= b <= hi):
+        raise StudyError(f"{path}: values must lie in [{lo}, {hi}], got {values!r}")
+    if ordered and a > b:
+        raise StudyError(f"{path}: low > high in {values!r}")
+
+
+def _positive(path: str, value: float | int | None, zero_ok: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not zero_ok):
+        raise StudyError(f"{path}: must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+
+
+_SLURM_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
+_SLURM_MEM = re.compile(r"^\d+[KMGT]?$")
+_SAFE_DIRECTIVE = re.compile(r"^--[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:=/@+%-]+)?$")
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9_.,-]*$")
+
+
+def _check(cfg: StudyConfig) -> None:
+    """Values each key can take, and the host-specific defaults filled in."""
+    host = cfg.host
+    if host.name not in BASELINES:
+        raise StudyError(f"host.name: must be one of {', '.join(BASELINES)}, got {host.name!r}")
+    for dotted, value in HOST_DEFAULTS[host.name].items():
+        section, key = dotted.split(".")
+        obj = getattr(cfg, section)
+        if getattr(obj, key) is None:
+            setattr(obj, key, value)
+    if not cfg.name.strip():
+        raise StudyError("name: must not be empty")
+    if host.inputs not in ("local", "stencil", "full"):
+        raise StudyError(f"host.inputs: must be 'local', 'stencil' or 'full', got {host.inputs!r}")
+    if host.name != "l96" and (host.inputs != "stencil" or host.stencil_halfwidth != 1):
+        raise StudyError("host.inputs and host.stencil_halfwidth apply to the l96 host only "
+                         "(sw columns always see the 5-point stencil of u, v, h)")
+    _positive("host.stencil_halfwidth", host.stencil_halfwidth)
+    d = cfg.data
+    if d.runs < 2:
+        raise StudyError(f"data.runs: at least 2 truth runs (one to train and calibrate, one "
+                         f"for initial states), got {d.runs}")
+    for key in ("steps", "dt", "sample_interval"):
+        _positive(f"data.{key}", getattr(d, key))
+    _positive("data.spinup_steps", d.spinup_steps, zero_ok=True)
+    if d.steps // d.sample_interval < 10:
+        raise StudyError(f"data.steps / data.sample_interval = {d.steps // d.sample_interval} "
+                         f"snapshots: too few to train on (>= 10)")
+    s = cfg.space
+    if not s.batch_norm or any(not isinstance(v, bool) for v in s.batch_norm):
+        raise StudyError("space.batch_norm: a non-empty list of true/false")
+    _range("space.dropout", s.dropout, 0.0, 0.95)
+    _range("space.leaky_relu", s.leaky_relu, 0.0, 1.0)
+    _range("space.learning_rate", s.learning_rate, 1e-12, 10.0)
+    if not s.nodes or any(n < 1 for n in s.nodes):
+        raise StudyError(f"space.nodes: a non-empty list of positive integers, got {s.nodes!r}")
+    _range("space.layers", s.layers, 1, 64)
+    if not s.optimizer or any(o not in OPTIMIZERS for o in s.optimizer):
+        raise StudyError(f"space.optimizer: a non-empty list of {', '.join(OPTIMIZERS)}, "
+                         f"got {s.optimizer!r}")
+    t = cfg.training
+    for key in ("candidates", "epochs", "batch_size", "threads"):
+        _positive(f"training.{key}", getattr(t, key))
+    _positive("training.patience", t.patience, zero_ok=True)
+    _positive("training.max_samples", t.max_samples, zero_ok=True)
+    _positive("training.verify_tol", t.verify_tol)
+    if not 0 < t.validation_fraction < 1:
+        raise StudyError(f"training.validation_fraction: must lie in (0, 1), got "
+                         f"{t.validation_fraction}")
+    c = cfg.couple
+    for key in ("steps", "dt", "initial_conditions", "drift_window_time", "drift_sample_time",
+                "drift_sigma", "energy_factor", "warn_factor", "timeout"):
+        _positive(f"couple.{key}", getattr(c, key))
+    _positive("couple.ensemble_top_k", c.ensemble_top_k, zero_ok=True)
+    _positive("couple.ensemble_noise_sd", c.ensemble_noise_sd, zero_ok=True)
+    _positive("couple.output_interval", c.output_interval, zero_ok=True)
+    if c.ensemble_top_k > t.candidates:
+        raise StudyError(f"couple.ensemble_top_k: {c.ensemble_top_k} > training.candidates "
+                         f"{t.candidates}")
+    for i, b in enumerate(c.baselines):
+        if b not in BASELINES[host.name]:
+            raise StudyError(f"couple.baselines[{i}]: the {host.name} host's baselines are "
+                             f"{', '.join(BASELINES[host.name])}, got {b!r}")
+    if len(set(c.baselines)) != len(c.baselines):
+        raise StudyError(f"couple.baselines: duplicates in {c.baselines!r}")
+    e = cfg.executor
+    if e.kind not in EXECUTORS:
+        raise StudyError(f"executor.kind: must be one of {', '.join(EXECUTORS)}, got {e.kind!r}")
+    _positive("executor.workers", e.workers)
+    sl = e.slurm
+    _positive("executor.slurm.throttle", sl.throttle)
+    _positive("executor.slurm.cpus_per_task", sl.cpus_per_task)
+    _positive("executor.slurm.signal_seconds", sl.signal_seconds, zero_ok=True)
+    _positive("executor.slurm.max_requeues", sl.max_requeues, zero_ok=True)
+    _positive("executor.slurm.poll_seconds", sl.poll_seconds)
+    if not _SLURM_MEM.match(sl.mem):
+        raise StudyError(f"executor.slurm.mem: a Slurm memory size like 2G or 500M, got "
+                         f"{sl.mem!r}")
+    for key in ("partition", "account", "qos"):
+        if not _SAFE_WORD.match(getattr(sl, key)):
+            raise StudyError(f"executor.slurm.{key}: letters, digits and _ . , - only, got "
+                             f"{getattr(sl, key)!r}")
+    unknown = set(sl.time) - set(STAGES)
+    if unknown:
+        raise StudyError(f"executor.slurm.time: unknown stages {sorted(unknown)} (stages: "
+                         f"{', '.join(STAGES)})")
+    sl.time = {**SlurmConfig().time, **sl.time}
+    for stage, value in sl.time.items():
+        if not _SLURM_TIME.match(value):
+            raise StudyError(f"executor.slurm.time.{stage}: a Slurm time like 01:30:00 or "
+                             f"1-00:00:00, got {value!r}")
+    for i, directive in enumerate(sl.extra):
+        if not _SAFE_DIRECTIVE.match(directive):
+            raise StudyError(f"executor.slurm.extra[{i}]: one '--option[=value]' without "
+                             f"spaces, quotes or shell characters, got {directive!r}")
+    _positive("executor.mpi.ranks", e.mpi.ranks)
+    if e.mpi.launcher not in ("mpirun", "sbatch"):
+        raise StudyError(f"executor.mpi.launcher: 'mpirun' or 'sbatch', got {e.mpi.launcher!r}")
+
+
+def _check_host_keys(cfg: StudyConfig) -> None:
+    """The [host.*] namelist keys against the host program's own list (names and types)."""
+    from ..hosts import HostError, host_run_from_dict
+
+    owned = {"mode", "closure", "n_steps", "dt", "seed", "init_file", "init_index",
+             "output_dir", "inputs", "stencil_halfwidth", "spinup_steps", "sample_interval",
+             "cubic_coeffs", "inject_nan_step", "inject_nan_column"}
+    taken = sorted(owned & set(cfg.host.run))
+    if taken:
+        raise StudyError(f"host.run: {', '.join(taken)} are set by the study (see [data] and "
+                         f"[couple]); remove them from [host.run]")
+    calibrated = {"drift_check", "drift_window", "drift_sample_interval", "drift_sigma",
+                  "clim_mean", "clim_std", "sd_window_mean", "sd_window_std", "energy_max",
+                  "energy_warn", "clim_ke", "clim_pe", "clim_h_std", "clim_speed_mean"}
+    taken = sorted(calibrated & set(cfg.host.failure))
+    if taken:
+        raise StudyError(f"host.failure: {', '.join(taken)} are calibrated on the truth runs "
+                         f"by the study (see [couple]); remove them from [host.failure]")
+    try:
+        host_run_from_dict({"host": cfg.host.name, "model": cfg.host.model,
+                            "run": cfg.host.run, "failure": cfg.host.failure},
+                           Path.cwd(), source="host", output_dir=Path("."))
+    except HostError as exc:
+        raise StudyError(str(exc)) from None
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "config",
+                     check_host: bool = True) -> StudyConfig:
+    """A validated StudyConfig; errors name ``source`` and the key's path."""
+    try:
+        cfg = _build(StudyConfig, data, "")
+        _check(cfg)
+        if check_host:
+            _check_host_keys(cfg)
+    except StudyError as exc:
+        raise StudyError(f"{source}: {exc}") from None
+    return cfg
+
+
+def load_config(path: Path | str, check_host: bool = True) -> StudyConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise StudyError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_dict(data, str(path), check_host)
+
+
+def config_to_dict(cfg: StudyConfig) -> dict[str, Any]:
+    """The complete configuration (every default filled in), as written to the study dir."""
+    return dataclasses.asdict(cfg)

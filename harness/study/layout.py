@@ -1,0 +1,234 @@
+"""The study directory: where every stage reads and writes, and the plan that fixes its tasks.
+
+```
+STUDY/
+  study.toml          the configuration as given          study.json  every value, defaults filled
+  plan.json           candidates' hyperparameters and seeds, the task list of every stage
+  data/truth-N/       truth runs (run.nml, truth.h5, result.json); data/calibration.json
+  candidates/cNNNN/   model.keras, train.json, model.colnn, convert.json
+  runs/NAME-icN/      coupled runs (run.nml, result.json, diagnostics.h5, host.log)
+  ensembles/topK/     the ensemble's member model files
+  tasks/STAGE/N.json  one per finished task (the done marker, written last and atomically)
+  slurm/              generated sbatch scripts, jobs.json, logs/
+  results/            candidates.csv/.parquet, runs.csv, curves.csv, summary.json
+  report/             report.md and figures
+```
+
+A task is finished when its marker exists with status 'ok'; a rerun skips it, so a requeued or
+resumed task never writes a second row. A marker with status 'error' (an infrastructure
+failure: an exception, a host that could not start) is retried by ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import STAGES, StudyConfig, StudyError, config_from_dict, config_to_dict
+
+__all__ = ["StudyDir", "atomic_write_text", "atomic_write_json", "sample_candidates",
+           "couple_tasks", "candidate_name"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def candidate_name(index: int) -> str:
+    return f"c{index:04d}"
+
+
+def candidate_seed(study_seed: int, index: int) -> int:
+    """A seed per candidate that depends only on the study seed and the candidate's index."""
+    return int(np.random.SeedSequence([study_seed, index]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def sample_candidates(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """The random search: ``training.candidates`` points of the space, drawn by Optuna's
+    RandomSampler from the study seed (the same seed gives the same candidates)."""
+    import optuna
+    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                      IntDistribution)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    s = cfg.space
+
+    def floats(lo_hi: list[float], log: bool = False) -> Any:
+        lo, hi = lo_hi
+        return (CategoricalDistribution([lo]) if lo == hi else
+                FloatDistribution(lo, hi, log=log))
+
+    dists = {"batch_norm": CategoricalDistribution(sorted(set(s.batch_norm))),
+             "dropout": floats(s.dropout), "leaky_relu": floats(s.leaky_relu),
+             "learning_rate": floats(s.learning_rate, log=True),
+             "nodes": CategoricalDistribution(sorted(set(s.nodes))),
+             "layers": IntDistribution(s.layers[0], s.layers[1]),
+             "optimizer": CategoricalDistribution(list(dict.fromkeys(s.optimizer)))}
+    search = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed),
+                                 study_name=cfg.name)
+    out = []
+    for i in range(cfg.training.candidates):
+        trial = search.ask(dists)
+        params = dict(trial.params)
+        out.append({"name": candidate_name(i), "index": i,
+                    "seed": candidate_seed(cfg.seed, i),
+                    "batch_norm": bool(params["batch_norm"]),
+                    "dropout": float(params["dropout"]),
+                    "leaky_relu": float(params["leaky_relu"]),
+                    "learning_rate": float(params["learning_rate"]),
+                    "nodes": int(params["nodes"]), "layers": int(params["layers"]),
+                    "optimizer": str(params["optimizer"])})
+    return out
+
+
+def couple_tasks(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """Every coupled run: each candidate, each baseline and the ensemble, from each initial
+    condition. Fixed at planning time, so a Slurm array can be sized before training ends
+    (a candidate that never got a model records its runs as skipped)."""
+    models = [{"name": candidate_name(i), "kind": "candidate"}
+              for i in range(cfg.training.candidates)]
+    models += [{"name": f"baseline-{b}", "kind": "baseline", "closure": b}
+               for b in cfg.couple.baselines]
+    if cfg.couple.ensemble_top_k > 0:
+        models.append({"name": f"ensemble-top{cfg.couple.ensemble_top_k}", "kind": "ensemble"})
+    return [{**m, "ic": ic} for m in models for ic in range(cfg.couple.initial_conditions)]
+
+
+@dataclass
+class StudyDir:
+    """A study directory and what was planned in it."""
+
+    root: Path
+    config: StudyConfig
+    plan: dict[str, Any]
+
+    @classmethod
+    def create(cls, root: Path | str, cfg: StudyConfig, source_text: str | None = None
+               ) -> "StudyDir":
+        """A new study directory, or the existing one if it was planned from the same
+        configuration (a rerun resumes); a different configuration is an error."""
+        root = Path(root).resolve()
+        full = config_to_dict(cfg)
+        if (root / "study.json").exists():
+            old = json.loads((root / "study.json").read_text())
+            if old != json.loads(json.dumps(full)):
+                changed = sorted(_diff(old, full))
+                raise StudyError(f"{root} holds a study with a different configuration "
+                                 f"(changed: {', '.join(changed[:8])}); use a new directory")
+            return cls.open(root)
+        root.mkdir(parents=True, exist_ok=True)
+        plan = {"candidates": sample_candidates(cfg), "couple": couple_tasks(cfg)}
+        plan["tasks"] = {"data": cfg.data.runs, "train": cfg.training.candidates,
+                         "convert": cfg.training.candidates, "couple": len(plan["couple"]),
+                         "collect": 1, "report": 1}
+        if source_text is not None:
+            atomic_write_text(root / "study.toml", source_text)
+        atomic_write_json(root / "plan.json", plan)
+        atomic_write_json(root / "study.json", full)     # last: marks a complete plan
+        return cls(root, cfg, plan)
+
+    @classmethod
+    def open(cls, root: Path | str) -> "StudyDir":
+        root = Path(root).resolve()
+        try:
+            full = json.loads((root / "study.json").read_text())
+            plan = json.loads((root / "plan.json").read_text())
+        except FileNotFoundError:
+            raise StudyError(f"{root} is not a study directory (no study.json/plan.json; "
+                             f"start one with `harness study CONFIG -o {root}`)") from None
+        except json.JSONDecodeError as exc:
+            raise StudyError(f"{root}: damaged study.json or plan.json: {exc}") from None
+        cfg = config_from_dict(full, str(root / "study.json"), check_host=False)
+        return cls(root, cfg, plan)
+
+    # paths
+    def truth_dir(self, index: int) -> Path:
+        return self.root / "data" / f"truth-{index}"
+
+    def candidate_dir(self, name: str) -> Path:
+        return self.root / "candidates" / name
+
+    def run_dir(self, name: str, ic: int) -> Path:
+        return self.root / "runs" / f"{name}-ic{ic}"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results"
+
+    # tasks
+    def n_tasks(self, stage: str) -> int:
+        return int(self.plan["tasks"][stage])
+
+    def marker(self, stage: str, index: int) -> Path:
+        return self.root / "tasks" / stage / f"{index}.json"
+
+    def task_state(self, stage: str, index: int) -> str:
+        """'ok', 'error' (retry on resume) or 'pending'."""
+        try:
+            return str(json.loads(self.marker(stage, index).read_text()).get("status", "error"))
+        except FileNotFoundError:
+            return "pending"
+        except (json.JSONDecodeError, OSError):
+            return "error"
+
+    def pending(self, stage: str, retry_errors: bool = True) -> list[int]:
+        if stage not in STAGES:
+            raise StudyError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
+        states = [self.task_state(stage, i) for i in range(self.n_tasks(stage))]
+        return [i for i, s in enumerate(states)
+                if s == "pending" or (retry_errors and s == "error")]
+
+    def counts(self, stage: str) -> dict[str, int]:
+        out = {"ok": 0, "error": 0, "pending": 0}
+        for i in range(self.n_tasks(stage)):
+            state = self.task_state(stage, i)
+            out[state if state in out else "error"] += 1
+        return out
+
+    def remove(self, path: Path) -> None:
+        """Remove a task's stale partial output (a killed attempt) before it reruns."""
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in set(a) | set(b):
+            out += _diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+        return out
+    return [] if a == b else [prefix or "(root)"]

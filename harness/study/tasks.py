@@ -1,0 +1,446 @@
+"""One task of one stage: what every executor runs (``harness task STAGE INDEX --study DIR``).
+
+Stages: ``data`` (a truth run of the host), ``train`` (one candidate in Keras), ``convert`` (its
+Keras file to a colnn model file, verified against Keras), ``couple`` (one coupled host run of a
+candidate, a baseline or the top-k ensemble from one initial condition), ``collect`` and
+``report`` (one task each). A task's outcome (a diverged training, a failed conversion, a run
+that failed its criteria) is a result, recorded and done; only an infrastructure failure (an
+exception, a host that cannot start) leaves the task in state 'error' for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import HarnessError
+from .config import StudyError
+from .layout import StudyDir, atomic_write_json
+
+__all__ = ["run_task", "calibration", "training_data", "STAGE_TASKS"]
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+def _truth_seed(sd: StudyDir, index: int) -> int:
+    return sd.config.seed * 1000 + index + 1
+
+
+def task_data(sd: StudyDir, index: int) -> dict[str, Any]:
+    from ..hosts import host_run_from_dict, run_host
+    cfg, d = sd.config, sd.config.data
+    out = sd.truth_dir(index)
+    sd.remove(out)
+    run = {**cfg.host.run, "mode": "truth", "dt": d.dt, "n_steps": d.steps,
+           "spinup_steps": d.spinup_steps, "sample_interval": d.sample_interval,
+           "seed": _truth_seed(sd, index)}
+    spec = {"host": cfg.host.name, "model": cfg.host.model, "run": run}
+    result = run_host(host_run_from_dict(spec, sd.root, output_dir=out))
+    if result.get("status") != "completed":
+        raise StudyError(f"truth run {out} did not complete: {result.get('reason')} "
+                         f"{result.get('message', '')}")
+    return {"steps": result.get("steps"), "wall_s": result.get("wall_s")}
+
+
+def _truth_file(sd: StudyDir, index: int) -> Path:
+    path = sd.truth_dir(index) / "truth.h5"
+    if sd.task_state("data", index) != "ok" or not path.is_file():
+        raise StudyError(f"{path}: the truth run is not finished (run the data stage first)")
+    return path
+
+
+def calibration(sd: StudyDir) -> dict[str, Any]:
+    """The failure criteria calibrated on the first truth run, the baselines' fits and the
+    coupled runs' initial states; computed once and cached in data/calibration.json."""
+    path = sd.root / "data" / "calibration.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    cfg, c = sd.config, sd.config.couple
+    first, last = _truth_file(sd, 0), _truth_file(sd, cfg.data.runs - 1)
+    out: dict[str, Any] = {"training_truth": str(first.relative_to(sd.root)),
+                           "init_file": str(last)}
+    if cfg.host.name == "l96":
+        from ..l96 import calibrate_drift, false_alarm_rates, fit_cubic, read_truth
+        x, u, _ = read_truth(first)
+        n_snap = read_truth(last)[0].shape[0]
+        cal = calibrate_drift(first, c.drift_window_time, c.drift_sample_time)
+        window = round(c.drift_window_time / c.dt)
+        sample = round(c.drift_sample_time / c.dt)
+        if abs(window * c.dt - c.drift_window_time) > 1e-9 * c.drift_window_time or \
+                abs(sample * c.dt - c.drift_sample_time) > 1e-9 * c.drift_sample_time:
+            raise StudyError(f"couple.drift_window_time and drift_sample_time must be "
+                             f"multiples of couple.dt = {c.dt}")
+        sigmas = tuple(sorted({3.0, 4.0, 5.0, float(c.drift_sigma)}))
+        rates = false_alarm_rates(last, cal, sigmas)
+        out["drift"] = cal.as_dict()
+        out["false_alarm_rates"] = {str(k): v for k, v in rates.items()}
+        out["cubic_coeffs"] = fit_cubic(x, u)
+        out["failure"] = {"drift_check": bool(c.drift), "drift_window": window,
+                          "drift_sample_interval": sample, "drift_sigma": c.drift_sigma,
+                          "clim_mean": cal.clim_mean, "clim_std": cal.clim_std,
+                          "sd_window_mean": cal.sd_window_mean,
+                          "sd_window_std": cal.sd_window_std}
+        out["bias_variable"] = "bias"
+        out["bias_label"] = "bias of the mean of X vs the truth climatology"
+    else:
+        import h5py
+        try:
+            with h5py.File(first, "r") as f:
+                clim = {name: np.asarray(f[name][...], dtype=np.float64)
+                        for name in ("ke", "pe", "h_std", "mean_speed", "energy")}
+            with h5py.File(last, "r") as f:
+                n_snap = int(f["u"].shape[0])
+        except (OSError, KeyError) as exc:
+            raise StudyError(f"{first}: not a shallow-water truth file ({exc})") from None
+        e_max = float(clim["energy"].max())
+        out["truth_energy_max"] = e_max
+        out["failure"] = {"energy_max": c.energy_factor * e_max,
+                          "energy_warn": c.warn_factor * e_max,
+                          "clim_ke": float(clim["ke"].mean()), "clim_pe": float(clim["pe"].mean()),
+                          "clim_h_std": float(clim["h_std"].mean()),
+                          "clim_speed_mean": float(clim["mean_speed"].mean())}
+        out["bias_variable"] = "bias_ke"
+        out["bias_label"] = "relative bias of kinetic energy vs the truth climatology"
+    n_ic = c.initial_conditions
+    if n_snap < n_ic:
+        raise StudyError(f"{last}: {n_snap} snapshots for {n_ic} initial conditions")
+    # spread over the independent truth run: far apart, so the runs start decorrelated
+    out["init_indices"] = [1 + int((j + 0.5) * n_snap / n_ic) for j in range(n_ic)]
+    atomic_write_json(path, out)
+    return out
+
+
+def training_data(sd: StudyDir) -> dict[str, np.ndarray]:
+    """Training and validation pairs (samples, features) from the first truth run, split in
+    time (the last ``validation_fraction`` of the snapshots validates), so validation samples
+    are not neighbours of training samples."""
+    cfg = sd.config
+    truth = _truth_file(sd, 0)
+    if cfg.host.name == "l96":
+        from ..l96 import read_truth, training_pairs
+        x, u, _ = read_truth(truth)
+        n_t = x.shape[0]
+        cut = int(round(n_t * (1 - cfg.training.validation_fraction)))
+        xt, yt = training_pairs(x[:cut], u[:cut], cfg.host.inputs, cfg.host.stencil_halfwidth)
+        xv, yv = training_pairs(x[cut:], u[cut:], cfg.host.inputs, cfg.host.stencil_halfwidth)
+    else:
+        from ..sw import read_truth, training_pairs
+        data, _ = read_truth(truth)
+        n_t = data["u"].shape[0]
+        cut = int(round(n_t * (1 - cfg.training.validation_fraction)))
+        xt, yt = training_pairs({k: v[:cut] for k, v in data.items()})
+        xv, yv = training_pairs({k: v[cut:] for k, v in data.items()})
+    if cut < 1 or cut >= n_t:
+        raise StudyError(f"{truth}: {n_t} snapshots cannot be split with validation_fraction "
+                         f"{cfg.training.validation_fraction}")
+    return {"x_train": xt, "y_train": yt, "x_val": xv, "y_val": yv}
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+_TF_CONFIGURED: dict[str, int] = {}
+
+
+def _keras(threads: int) -> Any:
+    """Keras with deterministic ops and a fixed thread count (set once per process)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = _quiet_import_tensorflow()
+    if not _TF_CONFIGURED:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:       # already initialised in this process
+            pass
+        tf.config.experimental.enable_op_determinism()
+        _TF_CONFIGURED["threads"] = threads
+    import keras
+    return keras
+
+
+def _quiet_import_tensorflow() -> Any:
+    """TensorFlow, imported with file descriptor 2 muted: its C++ start-up lines (oneDNN,
+    CUDA stubs) ignore TF_CPP_MIN_LOG_LEVEL and would bury the progress bars. Import errors
+    still raise."""
+    import sys
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tf
+
+
+def build_model(keras: Any, cand: dict[str, Any], n_in: int, n_out: int,
+                mean: np.ndarray, var: np.ndarray) -> Any:
+    """The paper's network family: input normalization, then ``layers`` x [Dense(nodes),
+    BatchNormalization if chosen, LeakyReLU(slope), Dropout if > 0], then a linear Dense."""
+    layers = [keras.Input((n_in,)),
+              keras.layers.Normalization(mean=mean, variance=np.maximum(var, 1e-12))]
+    for _ in range(cand["layers"]):
+        layers.append(keras.layers.Dense(cand["nodes"]))
+        if cand["batch_norm"]:
+            layers.append(keras.layers.BatchNormalization())
+        layers.append(keras.layers.LeakyReLU(negative_slope=cand["leaky_relu"]))
+        if cand["dropout"] > 0:
+            layers.append(keras.layers.Dropout(cand["dropout"]))
+    layers.append(keras.layers.Dense(n_out))
+    return keras.Sequential(layers)
+
+
+def _optimizer(keras: Any, name: str, lr: float) -> Any:
+    return {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
+            "sgd": keras.optimizers.SGD}[name](learning_rate=lr)
+
+
+def task_train(sd: StudyDir, index: int) -> dict[str, Any]:
+    cfg, t = sd.config, sd.config.training
+    cand = sd.plan["candidates"][index]
+    cdir = sd.candidate_dir(cand["name"])
+    cdir.mkdir(parents=True, exist_ok=True)
+    for stale in ("model.keras", "train.json", "model.colnn", "convert.json"):
+        (cdir / stale).unlink(missing_ok=True)
+    data = training_data(sd)
+    xt, yt, xv, yv = data["x_train"], data["y_train"], data["x_val"], data["y_val"]
+    rng = np.random.default_rng(cand["seed"])
+    if t.max_samples and xt.shape[0] > t.max_samples:
+        pick = np.sort(rng.choice(xt.shape[0], t.max_samples, replace=False))
+        xt, yt = xt[pick], yt[pick]
+    y_mean, y_std = yt.mean(axis=0), np.maximum(yt.std(axis=0), 1e-30)
+    keras = _keras(t.threads)
+    keras.utils.set_random_seed(cand["seed"])
+    model = build_model(keras, cand, xt.shape[1], yt.shape[1], xt.mean(axis=0), xt.var(axis=0))
+    model.compile(_optimizer(keras, cand["optimizer"], cand["learning_rate"]), loss="mse")
+    callbacks = [keras.callbacks.TerminateOnNaN()]
+    if t.patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=t.patience,
+                                                       restore_best_weights=True))
+    start = time.perf_counter()
+    hist = model.fit(xt.astype(np.float32), ((yt - y_mean) / y_std).astype(np.float32),
+                     validation_data=(xv.astype(np.float32),
+                                      ((yv - y_mean) / y_std).astype(np.float32)),
+                     epochs=t.epochs, batch_size=t.batch_size, callbacks=callbacks, verbose=0)
+    train_s = time.perf_counter() - start
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    record: dict[str, Any] = {"name": cand["name"], "epochs": len(history.get("loss", [])),
+                              "history": history, "train_s": train_s,
+                              "n_params": int(model.count_params()),
+                              "samples": int(xt.shape[0])}
+    losses = history.get("loss", []) + history.get("val_loss", [])
+    if not losses or not np.all(np.isfinite(losses)):
+        bad = next((i for i, v in enumerate(history.get("loss", [])) if not np.isfinite(v)),
+                   len(history.get("loss", [])) - 1)
+        record.update(status="diverged",
+                      message=f"the training loss became non-finite in epoch {bad + 1}")
+        atomic_write_json(cdir / "train.json", record)
+        return {"train_status": "diverged"}
+    # the host passes physical values: fold the target scaling into the last Dense layer
+    last = model.layers[-1]
+    kernel, bias = last.get_weights()
+    last.set_weights([kernel * y_std.astype(kernel.dtype),
+                      (bias * y_std + y_mean).astype(bias.dtype)])
+    pred = np.asarray(model.predict(xv.astype(np.float32), batch_size=8192, verbose=0),
+                      dtype=np.float64)
+    val_mse = float(np.mean(((pred - yv) / y_std) ** 2))
+    if not np.isfinite(val_mse):
+        record.update(status="diverged", message="the validation predictions are not finite")
+        atomic_write_json(cdir / "train.json", record)
+        return {"train_status": "diverged"}
+    tmp = cdir / ".model.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, cdir / "model.keras")
+    record.update(status="ok", val_mse=val_mse, train_mse=history["loss"][-1],
+                  best_val_loss=float(min(history["val_loss"])),
+                  y_mean=y_mean.tolist(), y_std=y_std.tolist())
+    atomic_write_json(cdir / "train.json", record)
+    return {"train_status": "ok", "val_mse": val_mse}
+
+
+# ---------------------------------------------------------------------------------------------
+# convert
+def _verify_inputs(sd: StudyDir) -> Path:
+    """1,024 validation columns (physical units), the same for every candidate."""
+    path = sd.root / "data" / "verify_inputs.npy"
+    if not path.is_file():
+        x = training_data(sd)["x_val"]
+        pick = np.sort(np.random.default_rng(sd.config.seed).choice(
+            x.shape[0], min(1024, x.shape[0]), replace=False))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, x[pick])
+        os.replace(tmp, path)
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def task_convert(sd: StudyDir, index: int) -> dict[str, Any]:
+    from ..convert import convert
+    from ..verify import verify
+    cand = sd.plan["candidates"][index]
+    cdir = sd.candidate_dir(cand["name"])
+    (cdir / "model.colnn").unlink(missing_ok=True)
+    train = _read_json(cdir / "train.json")
+    record: dict[str, Any] = {"name": cand["name"]}
+    if train is None or train.get("status") != "ok":
+        status = "missing" if train is None else train.get("status")
+        record.update(status="skipped", message=f"no trained model (training: {status})")
+    else:
+        try:
+            convert(cdir / "model.keras", cdir / "model.colnn")
+            result = verify(cdir / "model.keras", cdir / "model.colnn",
+                            inputs=_verify_inputs(sd), tol=sd.config.training.verify_tol)
+            record.update(status="ok" if result.passed else "verify_failed",
+                          verify=result.as_dict(), max_abs_error=result.max_abs_error,
+                          rel_error=result.rel_error)
+            if not result.passed:
+                record["message"] = (f"Fortran vs Keras relative error {result.rel_error:.2e} "
+                                     f"> {result.tol:.1e}")
+        except HarnessError as exc:
+            (cdir / "model.colnn").unlink(missing_ok=True)
+            record.update(status="failed", message=str(exc))
+    atomic_write_json(cdir / "convert.json", record)
+    return {"convert_status": record["status"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# couple
+def ensemble_members(sd: StudyDir) -> list[str]:
+    """The top-k converted candidates by validation MSE (ties by name)."""
+    ranked = []
+    for cand in sd.plan["candidates"]:
+        cdir = sd.candidate_dir(cand["name"])
+        train, conv = _read_json(cdir / "train.json"), _read_json(cdir / "convert.json")
+        if train and conv and train.get("status") == "ok" and conv.get("status") == "ok":
+            ranked.append((train["val_mse"], cand["name"]))
+    return [name for _, name in sorted(ranked)[: sd.config.couple.ensemble_top_k]]
+
+
+def _ensemble_dir(sd: StudyDir, members: list[str]) -> Path:
+    path = sd.root / "ensembles" / f"top{sd.config.couple.ensemble_top_k}"
+    current = _read_json(path / "members.json")
+    if current is not None and current.get("members") == members:
+        return path
+    tmp = Path(tempfile.mkdtemp(dir=path.parent if path.parent.exists() else
+                                _mkdir(path.parent), prefix=".top"))
+    for name in members:
+        shutil.copyfile(sd.candidate_dir(name) / "model.colnn", tmp / f"{name}.colnn")
+    (tmp / "members.json").write_text(json.dumps({"members": members}) + "\n")
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+    try:
+        os.rename(tmp, path)
+    except OSError:      # another task made it at the same moment
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
+    from ..hosts import host_run_from_dict, run_host
+    cfg, c = sd.config, sd.config.couple
+    task = sd.plan["couple"][index]
+    name, kind, ic = task["name"], task["kind"], task["ic"]
+    rdir = sd.run_dir(name, ic)
+    sd.remove(rdir)
+    cal = calibration(sd)
+    run: dict[str, Any] = {**cfg.host.run, "mode": "coarse", "dt": c.dt, "n_steps": c.steps,
+                           "seed": _truth_seed(sd, ic), "init_file": cal["init_file"],
+                           "init_index": cal["init_indices"][ic]}
+    if c.output_interval:
+        run["output_interval"] = c.output_interval
+    if cfg.host.name == "l96":
+        run.update(inputs=cfg.host.inputs, stencil_halfwidth=cfg.host.stencil_halfwidth)
+    coupler: dict[str, Any] = {}
+    outcome: dict[str, Any] = {"name": name, "kind": kind, "ic": ic}
+    if kind == "candidate":
+        conv = _read_json(sd.candidate_dir(name) / "convert.json")
+        if conv is None or conv.get("status") != "ok":
+            status = "missing" if conv is None else conv.get("status")
+            return {**outcome, "run_status": "skipped",
+                    "message": f"no converted model (conversion: {status})"}
+        run["closure"] = "nn"
+        coupler["model_file"] = str(sd.candidate_dir(name) / "model.colnn")
+    elif kind == "baseline":
+        run["closure"] = task["closure"]
+        if task["closure"] == "cubic":
+            run["cubic_coeffs"] = cal["cubic_coeffs"]
+    else:
+        members = ensemble_members(sd)
+        if len(members) < 2:
+            return {**outcome, "run_status": "skipped",
+                    "message": f"{len(members)} converted candidate(s): no ensemble"}
+        run["closure"] = "nn"
+        coupler.update(ensemble=str(_ensemble_dir(sd, members)),
+                       noise_sd=c.ensemble_noise_sd, noise_seed=cfg.seed)
+        outcome["members"] = members
+    spec = {"host": cfg.host.name, "model": cfg.host.model, "run": run,
+            "failure": {**cfg.host.failure, **cal["failure"]}, "coupler": coupler}
+    result = run_host(host_run_from_dict(spec, sd.root, output_dir=rdir), timeout=c.timeout)
+    return {**outcome, "run_status": result.get("status"), "steps": result.get("steps"),
+            "failure_step": result.get("failure_step"), "reason": result.get("reason")}
+
+
+# ---------------------------------------------------------------------------------------------
+def task_collect(sd: StudyDir, index: int) -> dict[str, Any]:
+    from .collect import collect
+    table = collect(sd)
+    return {"rows": len(table)}
+
+
+def task_report(sd: StudyDir, index: int) -> dict[str, Any]:
+    from ..report import write_report
+    return {"report": str(write_report(sd.root))}
+
+
+STAGE_TASKS: dict[str, Callable[[StudyDir, int], dict[str, Any]]] = {
+    "data": task_data, "train": task_train, "convert": task_convert, "couple": task_couple,
+    "collect": task_collect, "report": task_report}
+
+
+def run_task(root: Path | str, stage: str, index: int, force: bool = False,
+             study: StudyDir | None = None) -> dict[str, Any]:
+    """Runs one task unless it is finished; writes and returns its marker."""
+    sd = study or StudyDir.open(root)
+    if stage not in STAGE_TASKS:
+        raise StudyError(f"unknown stage {stage!r} (stages: {', '.join(STAGE_TASKS)})")
+    if not 0 <= index < sd.n_tasks(stage):
+        raise StudyError(f"{stage} has tasks 0..{sd.n_tasks(stage) - 1}, got {index}")
+    if not force and sd.task_state(stage, index) == "ok":
+        return {"status": "ok", "skipped": True}
+    start = time.perf_counter()
+    try:
+        marker: dict[str, Any] = {"status": "ok", **STAGE_TASKS[stage](sd, index)}
+    except Exception as exc:    # noqa: BLE001 - recorded for --resume, never lost
+        marker = {"status": "error", "message": f"{type(exc).__name__}: {exc}",
+                  "traceback": traceback.format_exc(limit=8)}
+    marker.update(stage=stage, index=index, wall_s=time.perf_counter() - start,
+                  host=socket.gethostname(), pid=os.getpid(),
+                  slurm_job=os.environ.get("SLURM_JOB_ID", ""),
+                  attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) + 1)
+    atomic_write_json(sd.marker(stage, index), marker)
+    return marker
