@@ -1,0 +1,322 @@
+"""The study end to end on a tiny L96 set-up: the configuration's checks, the local executor
+(tables, report, a rerun that redoes nothing), the same study through real sbatch job arrays on
+the local Slurm and through the mpi4py farm under mpirun (the same results table each time), a
+candidate whose training diverges and one whose conversion fails, and coupled tasks killed by
+scancel or requeued, then resumed without lost or duplicated rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from harness.study.collect import COMPARABLE_COLUMNS
+from harness.study.config import STAGES, StudyError, config_from_dict
+from harness.study.layout import StudyDir, sample_candidates
+from harness.study.runner import run_stages
+
+TINY: dict[str, Any] = {
+    "name": "tiny", "seed": 3,
+    "host": {"name": "l96", "inputs": "stencil", "failure": {"max_abs": 50.0}},
+    "data": {"steps": 30000},
+    "space": {"nodes": [8, 16], "layers": [1, 2]},
+    "training": {"candidates": 3, "epochs": 2, "batch_size": 256},
+    "couple": {"steps": 2000, "drift_window_time": 1.0, "ensemble_top_k": 2},
+    "executor": {"workers": 2, "slurm": {"throttle": 4, "poll_seconds": 1.0}},
+}
+
+
+def toml_text(data: dict[str, Any], prefix: str = "") -> str:
+    """A small TOML writer for the test configurations (tables, scalars, lists)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+    lines = [f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{prefix}{k}]")
+            lines.append(toml_text(v, f"{prefix}{k}."))
+    return "\n".join(lines) + "\n"
+
+
+def merged(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    out = json.loads(json.dumps(base))
+    for dotted, v in changes.items():
+        node = out
+        *path, last = dotted.split("__")
+        for key in path:
+            node = node.setdefault(key, {})
+        node[last] = v
+    return out
+
+
+def make_study(root: Path, data: dict[str, Any]) -> StudyDir:
+    cfg = config_from_dict(data, "test")
+    return StudyDir.create(root, cfg, toml_text(data))
+
+
+def table(sd: StudyDir) -> pd.DataFrame:
+    return pd.read_csv(sd.results_dir / "candidates.csv")[list(COMPARABLE_COLUMNS)]
+
+
+def harness_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def local_study(tmp_path_factory: pytest.TempPathFactory) -> StudyDir:
+    sd = make_study(tmp_path_factory.mktemp("study") / "local", TINY)
+    run_stages(sd, STAGES, "local", progress=False)
+    return sd
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("change, message", [
+    ({"couple__stepz": 5}, "couple.stepz: unknown key"),
+    ({"training__epochs": "ten"}, "training.epochs: expected an integer"),
+    ({"space__dropout": [0.3, 0.1]}, "space.dropout: low > high"),
+    ({"space__learning_rate": [1e-5]}, "space.learning_rate: expected [low, high]"),
+    ({"space__optimizer": ["adamw"]}, "space.optimizer"),
+    ({"data__runs": 1}, "data.runs: at least 2"),
+    ({"couple__baselines": ["truth"]}, "couple.baselines[0]: the l96 host's baselines"),
+    ({"couple__ensemble_top_k": 9}, "couple.ensemble_top_k: 9 > training.candidates"),
+    ({"host__model": {"kk": 8}}, "model.kk: unknown key"),
+    ({"host__model": {"k": 8.5}}, "model.k: expected an integer"),
+    ({"host__failure": {"clim_mean": 1.0}}, "host.failure: clim_mean are calibrated"),
+    ({"host__run": {"n_steps": 3}}, "host.run: n_steps are set by the study"),
+    ({"executor__kind": "pbs"}, "executor.kind: must be one of"),
+    ({"executor__slurm__extra": ["--comment=x; rm -rf /"]}, "executor.slurm.extra[0]"),
+    ({"executor__slurm__time": {"train": "2 hours"}}, "executor.slurm.time.train"),
+    ({"executor__slurm__partition": "a b"}, "executor.slurm.partition"),
+])
+def test_invalid_configurations_name_the_key(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(StudyError) as err:
+        config_from_dict(merged(TINY, **change), "study.toml")
+    assert message in str(err.value) and str(err.value).startswith("study.toml: ")
+
+
+def test_invalid_configuration_writes_and_submits_nothing(tmp_path: Path) -> None:
+    bad = merged(TINY, executor__kind="slurm", training__candidates=0)
+    (tmp_path / "bad.toml").write_text(toml_text(bad))
+    proc = harness_cli("study", "bad.toml", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "training.candidates: must be > 0" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_defaults_are_the_papers_table_1() -> None:
+    cfg = config_from_dict({}, "empty")
+    s = cfg.space
+    assert s.batch_norm == [False, True] and s.dropout == [0.0, 0.25]
+    assert s.leaky_relu == [0.0, 0.4] and s.learning_rate == [1e-5, 1e-2]
+    assert s.nodes == [128, 256, 512] and s.layers == [4, 11]
+    assert s.optimizer == ["adam", "rmsprop", "sgd"]
+    assert cfg.couple.baselines == ["none", "cubic"] and cfg.couple.drift
+    assert config_from_dict({"host": {"name": "sw"}}).couple.baselines == ["none", "truth"]
+
+
+def test_random_search_is_reproducible_from_the_seed() -> None:
+    cfg = config_from_dict(TINY)
+    a, b = sample_candidates(cfg), sample_candidates(cfg)
+    assert a == b and len(a) == 3
+    other = sample_candidates(config_from_dict(merged(TINY, seed=4)))
+    assert [c["learning_rate"] for c in other] != [c["learning_rate"] for c in a]
+    for c in a:
+        assert 1e-5 <= c["learning_rate"] <= 1e-2 and c["nodes"] in (8, 16)
+        assert 1 <= c["layers"] <= 2 and c["optimizer"] in ("adam", "rmsprop", "sgd")
+
+
+def test_a_changed_configuration_needs_a_new_directory(local_study: StudyDir) -> None:
+    with pytest.raises(StudyError, match="different configuration.*couple.steps"):
+        make_study(local_study.root, merged(TINY, couple__steps=4000))
+
+
+# ---------------------------------------------------------------------------------------------
+def test_local_study_tables_and_report(local_study: StudyDir) -> None:
+    sd = local_study
+    t = pd.read_csv(sd.results_dir / "candidates.csv")
+    assert list(t["name"]) == ["c0000", "c0001", "c0002", "baseline-none", "baseline-cubic",
+                               "ensemble-top2"]
+    cands = t[t["kind"] == "candidate"]
+    assert (cands["train_status"] == "ok").all() and (cands["convert_status"] == "ok").all()
+    assert (cands["val_mse"] > 0).all() and (cands["n_params"] > 0).all()
+    assert (t["n_runs"] == 2).all() and (t["n_steps"] == 2000).all()
+    assert ((t["steps_to_failure"] > 0) & (t["steps_to_failure"] <= 2000)).all()
+    # the ensemble holds the two candidates with the lowest validation MSE
+    best = cands.sort_values("val_mse")["name"].head(2).tolist()
+    assert t.loc[t["kind"] == "ensemble", "members"].item().split() == best
+    # no closure at all drifts away from the truth climatology: the drift test catches it
+    none = t[t["name"] == "baseline-none"].iloc[0]
+    assert none["n_failed"] == 2 and none["failure_reason"] == "drift"
+    runs = pd.read_csv(sd.results_dir / "runs.csv")
+    assert len(runs) == 12 and runs[["name", "ic"]].duplicated().sum() == 0
+    assert set(runs["status"]) <= {"completed", "failed"}
+    parquet = pd.read_parquet(sd.results_dir / "candidates.parquet")
+    assert list(parquet["name"]) == list(t["name"])
+    cal = json.loads((sd.root / "data" / "calibration.json").read_text())
+    assert cal["failure"]["drift_window"] == 200 and len(cal["init_indices"]) == 2
+    report = (sd.root / "report" / "report.md").read_text()
+    assert "Spearman" in report and "val_mse" in report
+    for png in ("fig4_mse_vs_steps.png", "fig3_bias_curves.png", "fig4_by_hyperparameter.png"):
+        assert (sd.root / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png in report
+    # the verification of each candidate against Keras is on record
+    conv = json.loads((sd.candidate_dir("c0000") / "convert.json").read_text())
+    assert conv["verify"]["passed"] and conv["rel_error"] < 1e-4
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    storage = JournalStorage(JournalFileBackend(str(sd.results_dir / "optuna.journal")))
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert len(trials) == 3 and all(tr.values is not None for tr in trials)
+
+
+def test_rerun_skips_finished_tasks(local_study: StudyDir) -> None:
+    markers = sorted((local_study.root / "tasks").rglob("*.json"))
+    before = {p: p.stat().st_mtime_ns for p in markers}
+    start = time.perf_counter()
+    run_stages(StudyDir.open(local_study.root), STAGES, "local", progress=False)
+    assert time.perf_counter() - start < 10
+    assert {p: p.stat().st_mtime_ns for p in markers} == before
+
+
+def test_status_from_disk(local_study: StudyDir) -> None:
+    proc = harness_cli("status", str(local_study.root))
+    assert proc.returncode == 0, proc.stderr
+    assert "couple 12/12 done" in proc.stdout and "train ok: 3" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+def test_slurm_study_equals_local(local_slurm: Path, local_study: StudyDir,
+                                  tmp_path: Path) -> None:
+    """Real sbatch arrays chained by dependencies, with a study name and a directory that
+    would break or inject into badly quoted scripts."""
+    canary = tmp_path / "injected"
+    name = f"it's a \"test\" $(touch {canary}) `touch {canary}`"
+    root = tmp_path / "dir with 'quotes' and spaces" / "study"
+    sd = make_study(root, merged(TINY, name=name, executor__kind="slurm"))
+    run_stages(sd, STAGES, progress=False)
+    assert not canary.exists()
+    pd.testing.assert_frame_equal(table(sd), table(local_study))
+    jobs = json.loads((root / "slurm" / "jobs.json").read_text())
+    assert [j["stage"] for j in jobs] == list(STAGES)
+    assert jobs[1]["dependency"] == f"afterok:{jobs[0]['job_id']}"
+    assert jobs[3]["dependency"] == f"afterany:{jobs[2]['job_id']}"
+    assert jobs[3]["array"] == "0-11"
+    script = (root / "slurm" / "couple.sbatch").read_text()
+    for directive in ("#SBATCH --array=0-11%4", "#SBATCH --requeue",
+                      "#SBATCH --signal=B:USR1@60", "#SBATCH --job-name=colnn-it_s_a_test"):
+        assert directive in script
+    markers = [json.loads(p.read_text()) for p in (root / "tasks" / "couple").glob("*.json")]
+    assert len(markers) == 12 and all(m["slurm_job"] for m in markers)
+
+
+def test_mpi_farm_equals_local(local_study: StudyDir, tmp_path: Path) -> None:
+    sd = make_study(tmp_path / "mpi", merged(TINY, executor__kind="mpi"))
+    run_stages(sd, STAGES, progress=False)
+    pd.testing.assert_frame_equal(table(sd), table(local_study))
+    ranks = {json.loads(p.read_text())["pid"] for p in (sd.root / "tasks" / "couple").glob("*")}
+    assert len(ranks) == 2       # two worker ranks ran the coupled runs
+
+
+# ---------------------------------------------------------------------------------------------
+def test_diverged_training_and_failed_conversion_are_recorded(tmp_path: Path) -> None:
+    """Seed 4 draws learning rates 6.3 (SGD diverges to NaN), 0.01 and 0.004; the second
+    candidate's Keras file is then damaged before conversion. The study goes on."""
+    data = merged(TINY, seed=4, space__learning_rate=[1e-3, 8.0], space__optimizer=["sgd"],
+                  space__batch_norm=[False], couple__ensemble_top_k=0)
+    sd = make_study(tmp_path / "faults", data)
+    assert [round(c["learning_rate"], 3) for c in sd.plan["candidates"]] == [6.259, 0.01, 0.004]
+    run_stages(sd, ["data", "train"], "local", progress=False)
+    keras_file = sd.candidate_dir("c0001") / "model.keras"
+    keras_file.write_bytes(keras_file.read_bytes()[:300])
+    run_stages(sd, STAGES, "local", progress=False)
+    t = pd.read_csv(sd.results_dir / "candidates.csv").set_index("name")
+    assert t.loc["c0000", "train_status"] == "diverged" and pd.isna(t.loc["c0000", "val_mse"])
+    assert t.loc["c0001", "train_status"] == "ok" and t.loc["c0001", "convert_status"] == "failed"
+    assert t.loc["c0002", "convert_status"] == "ok" and t.loc["c0002", "n_runs"] == 2
+    assert t.loc["c0000", "n_runs"] == 0 and t.loc["c0001", "n_runs"] == 0
+    conv = json.loads((sd.candidate_dir("c0001") / "convert.json").read_text())
+    assert "model.keras" in conv["message"]
+    train = json.loads((sd.candidate_dir("c0000") / "train.json").read_text())
+    assert "non-finite" in train["message"]
+    runs = pd.read_csv(sd.results_dir / "runs.csv")
+    assert set(runs.loc[runs["name"].isin(["c0000", "c0001"]), "status"]) == {"skipped"}
+    report = (sd.root / "report" / "report.md").read_text()
+    assert "c0000" in report and "diverged" in report and "c0001" in report
+    assert all(sd.counts(s)["error"] == 0 for s in STAGES)
+
+
+# ---------------------------------------------------------------------------------------------
+def _queue(job_id: str) -> list[tuple[str, str]]:
+    out = subprocess.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%i %T"],
+                         capture_output=True, text=True, timeout=60).stdout
+    return [tuple(line.split()) for line in out.splitlines() if line.strip()]
+
+
+def _release(job: str, task: str) -> None:
+    end = time.time() + 30
+    while time.time() < end:
+        if (task, "PENDING") in _queue(job):
+            subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"],
+                           capture_output=True, timeout=60)
+            return
+        time.sleep(0.2)
+
+
+def test_cancelled_and_requeued_tasks_leave_no_gap_or_duplicate(
+        local_slurm: Path, local_study: StudyDir, tmp_path: Path) -> None:
+    """Longer coupled runs of the local study's candidates (training reused): one running task
+    is requeued by Slurm (it runs again by itself), one is killed with scancel; --resume
+    reruns the killed one only. Every run appears exactly once."""
+    data = merged(TINY, couple__steps=300000, executor__kind="slurm",
+                  executor__slurm__throttle=2)
+    sd = make_study(tmp_path / "cancel", data)
+    for part in ("data", "candidates", "tasks"):
+        shutil.copytree(local_study.root / part, sd.root / part, dirs_exist_ok=True)
+    for stage in ("couple", "collect", "report"):
+        shutil.rmtree(sd.root / "tasks" / stage, ignore_errors=True)
+    (sd.root / "data" / "calibration.json").unlink()    # init_file points at the copy
+    from harness.study.executors import SlurmExecutor
+    jobs = SlurmExecutor(progress=False).submit(sd, ["couple"])
+    job = jobs[0]["job_id"]
+    acted: dict[str, str] = {}
+    deadline = time.time() + 240
+    while len(acted) < 2 and time.time() < deadline:
+        running = [j for j, state in _queue(job) if state == "RUNNING" and j not in acted]
+        if running:
+            task = running[0]
+            action = "requeue" if not acted else "cancel"
+            cmd = ["scontrol", "requeue", task] if action == "requeue" else ["scancel", task]
+            if subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0:
+                acted[task] = action
+                if action == "requeue":   # Slurm holds a requeued job back ~2 min: not here
+                    _release(job, task)
+        time.sleep(0.2)
+    assert len(acted) == 2, acted
+    while _queue(job):
+        time.sleep(0.5)
+    cancelled = int(next(t for t, a in acted.items() if a == "cancel").split("_")[1])
+    requeued = int(next(t for t, a in acted.items() if a == "requeue").split("_")[1])
+    assert sd.pending("couple") == [cancelled]
+    assert sd.task_state("couple", requeued) == "ok"
+    run_stages(StudyDir.open(sd.root), STAGES, progress=False)      # --resume
+    assert all(sd.counts(s)["pending"] == 0 and sd.counts(s)["error"] == 0 for s in STAGES)
+    resubmitted = json.loads((sd.root / "slurm" / "jobs.json").read_text())[1:]
+    assert [j["stage"] for j in resubmitted] == ["couple", "collect", "report"]
+    assert resubmitted[0]["array"] == str(cancelled)
+    runs = pd.read_csv(sd.results_dir / "runs.csv")
+    assert len(runs) == 12 and runs[["name", "ic"]].duplicated().sum() == 0
+    assert set(runs["status"]) <= {"completed", "failed"}
