@@ -590,6 +590,10 @@ def ensemble_comparison(df: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+#: mean |bias| values closer than this fraction count as a tie in the ensemble verdict
+BIAS_TIE_FRACTION = 0.05
+
+
 def _verdict(ens: pd.Series, best: pd.Series | None,
              who: str = "the best single candidate") -> tuple[bool | None, str]:
     """Did the ensemble beat ``best``? (more steps, or as many with a lower mean |bias|)."""
@@ -609,6 +613,10 @@ def _verdict(ens: pd.Series, best: pd.Series | None,
     be, bb = ens["mean_abs_bias"], best["mean_abs_bias"]
     if _finite(be) and _finite(bb):
         bias = f"mean |bias| {_num(be)} vs {_num(bb)}"
+        # two initial conditions cannot separate biases a few per cent apart
+        if abs(be - bb) <= BIAS_TIE_FRACTION * max(abs(be), abs(bb)):
+            return None, (f"The ensemble tied with {who}: {cmp}, {bias} (within "
+                          f"{BIAS_TIE_FRACTION:.0%}).")
         if be < bb:
             return True, (f"The ensemble beat {who} on bias at equal steps: {cmp}, {bias}.")
         if be > bb:

@@ -183,6 +183,13 @@ def _quiet_import_tensorflow() -> Any:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    # retracing notices from repeated predict() calls say nothing a study user can act on
+    tf.get_logger().setLevel("ERROR")
+    try:
+        import absl.logging
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
     return tf
 
 
@@ -295,6 +302,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def task_convert(sd: StudyDir, index: int) -> dict[str, Any]:
+    _quiet_import_tensorflow()
     from ..convert import convert
     from ..verify import verify
     cand = sd.plan["candidates"][index]
