@@ -81,6 +81,8 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=100)
     ap.add_argument("--steps", type=int, default=250000, help="coupled steps per task")
     ap.add_argument("--slots", type=int, default=2, help="tasks at once (CPUs given to Slurm)")
+    ap.add_argument("--bundles", default="1,5",
+                    help="tasks per Slurm array task to measure (executor.slurm.bundle)")
     ap.add_argument("--use-running-slurm", action="store_true",
                     help="use the cluster of $SLURM_CONF instead of starting one")
     ap.add_argument("--keep", help="keep the study directories here")
@@ -111,12 +113,14 @@ def main() -> int:
         LocalExecutor(args.slots, progress=False).run(sd, ["couple"])
         results["local"] = measure(sd, start, args.slots)
 
-        sd = fresh_copy(prepared.root, work / "slurm")
-        start = time.time()
-        jobs = SlurmExecutor(progress=False).submit(sd, ["couple"])
-        while queue_state([j["job_name"] for j in jobs]):
-            time.sleep(0.5)
-        results["slurm"] = measure(sd, start, args.slots)
+        for bundle in (int(b) for b in args.bundles.split(",")):
+            sd = fresh_copy(prepared.root, work / f"slurm-bundle{bundle}")
+            sd.config.executor.slurm.bundle = bundle      # submission side only
+            start = time.time()
+            jobs = SlurmExecutor(progress=False).submit(sd, ["couple"])
+            while queue_state([j["job_name"] for j in jobs]):
+                time.sleep(0.5)
+            results[f"slurm-b{bundle}"] = measure(sd, start, args.slots)
     finally:
         if started:
             subprocess.run(["bash", str(ROOT / "scripts" / "local_slurm.sh"), "stop",
@@ -127,14 +131,17 @@ def main() -> int:
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or ''}"
           f" python {platform.python_version()}; {args.tasks} coupled L96 runs of "
           f"{args.steps} steps, {args.slots} slots")
+    print("slurm-bN: N tasks per array task (executor.slurm.bundle)")
     print(f"{'executor':9s} {'makespan s':>11s} {'sum task s':>11s} {'median task s':>14s} "
           f"{'ideal s':>9s} {'makespan/ideal':>15s} {'overhead/task s':>16s}")
     for name, r in results.items():
         print(f"{name:9s} {r['makespan_s']:11.1f} {r['sum_task_s']:11.1f} "
               f"{r['median_task_s']:14.2f} {r['ideal_s']:9.1f} {r['ratio']:15.3f} "
               f"{r['overhead_per_task_s']:16.3f}")
-    print(f"slurm makespan / local makespan: "
-          f"{results['slurm']['makespan_s'] / results['local']['makespan_s']:.3f}")
+    for name, r in results.items():
+        if name != "local":
+            print(f"{name} makespan / local makespan: "
+                  f"{r['makespan_s'] / results['local']['makespan_s']:.3f}")
     print(json.dumps(results))
     return 0
 

@@ -132,13 +132,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_task(args: argparse.Namespace) -> int:
+    from .study.layout import StudyDir
     from .study.tasks import run_task
-    marker = run_task(args.study, args.stage, args.index, force=args.force)
-    if marker.get("status") != "ok":
-        print(f"harness: {args.stage} task {args.index} failed: {marker.get('message')}",
-              file=sys.stderr)
-        return 1
-    return 0
+    if args.count < 1:
+        raise HarnessError(f"--count must be >= 1, got {args.count}")
+    sd = StudyDir.open(args.study)
+    last = min(args.index + args.count, sd.n_tasks(args.stage)) if args.count > 1 \
+        else args.index + 1
+    failed = 0
+    for index in range(args.index, last):
+        marker = run_task(sd.root, args.stage, index, force=args.force, study=sd)
+        if marker.get("status") != "ok":
+            print(f"harness: {args.stage} task {index} failed: {marker.get('message')}",
+                  file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 def _cmd_farm(args: argparse.Namespace) -> int:
@@ -250,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("stage", choices=["data", "train", "convert", "couple", "collect", "report"])
     tk.add_argument("index", type=int)
     tk.add_argument("--study", required=True, help="study directory")
+    tk.add_argument("--count", type=int, default=1,
+                    help="run tasks INDEX..INDEX+COUNT-1 (those that exist), one after another")
     tk.add_argument("--force", action="store_true", help="rerun a finished task")
     tk.set_defaults(func=_cmd_task)
 

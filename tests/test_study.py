@@ -206,7 +206,8 @@ def test_slurm_study_equals_local(local_slurm: Path, local_study: StudyDir,
     canary = tmp_path / "injected"
     name = f"it's a \"test\" $(touch {canary}) `touch {canary}`"
     root = tmp_path / "dir with 'quotes' and spaces" / "study"
-    sd = make_study(root, merged(TINY, name=name, executor__kind="slurm"))
+    sd = make_study(root, merged(TINY, name=name, executor__kind="slurm",
+                                 executor__slurm__bundle=2))
     run_stages(sd, STAGES, progress=False)
     assert not canary.exists()
     pd.testing.assert_frame_equal(table(sd), table(local_study))
@@ -214,9 +215,9 @@ def test_slurm_study_equals_local(local_slurm: Path, local_study: StudyDir,
     assert [j["stage"] for j in jobs] == list(STAGES)
     assert jobs[1]["dependency"] == f"afterok:{jobs[0]['job_id']}"
     assert jobs[3]["dependency"] == f"afterany:{jobs[2]['job_id']}"
-    assert jobs[3]["array"] == "0-11"
+    assert jobs[3]["array"] == "0-5" and jobs[3]["tasks"] == "0-11"   # 2 tasks per array task
     script = (root / "slurm" / "couple.sbatch").read_text()
-    for directive in ("#SBATCH --array=0-11%4", "#SBATCH --requeue",
+    for directive in ("#SBATCH --array=0-5%4", "#SBATCH --requeue",
                       "#SBATCH --signal=B:USR1@60", "#SBATCH --job-name=colnn-it_s_a_test"):
         assert directive in script
     markers = [json.loads(p.read_text()) for p in (root / "tasks" / "couple").glob("*.json")]

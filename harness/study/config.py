@@ -133,6 +133,9 @@ class SlurmConfig:
     qos: str = ""
     #: the % throttle of every job array: at most this many tasks of a stage run at once
     throttle: int = 50
+    #: tasks per array task, run one after the other: Slurm spends about a second starting
+    #: each array task, so bundle tasks that take only seconds (scale time.<stage> with it)
+    bundle: int = 1
     cpus_per_task: int = 1
     mem: str = "2G"
     #: time limit per task for each stage (Slurm's [D-]HH:MM:SS)
@@ -331,6 +334,7 @@ def _check(cfg: StudyConfig) -> None:
     _positive("executor.workers", e.workers)
     sl = e.slurm
     _positive("executor.slurm.throttle", sl.throttle)
+    _positive("executor.slurm.bundle", sl.bundle)
     _positive("executor.slurm.cpus_per_task", sl.cpus_per_task)
     _positive("executor.slurm.signal_seconds", sl.signal_seconds, zero_ok=True)
     _positive("executor.slurm.max_requeues", sl.max_requeues, zero_ok=True)

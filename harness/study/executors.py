@@ -194,10 +194,12 @@ class SlurmExecutor(Executor):
         (sd.root / "slurm" / "logs").mkdir(parents=True, exist_ok=True)
         for stage in STAGES:
             n = sd.n_tasks(stage)
+            bundle = cfg.bundle
             text = render_template("stage.sbatch.in", {
                 "STUDY": _comment_safe(sd.config.name), "STAGE": stage, "UNIT": UNITS[stage],
                 "N_TASKS": str(n), "STUDY_DIR": _comment_safe(shlex.quote(str(sd.root))),
-                "LAST": str(n - 1), "THROTTLE": str(cfg.throttle),
+                "LAST": str((n - 1) // bundle), "THROTTLE": str(cfg.throttle),
+                "BUNDLE": str(bundle), "BUNDLE_LAST": str(bundle - 1),
                 "JOB_NAME": _job_name(sd, stage), "CPUS": str(cfg.cpus_per_task),
                 "MEM": cfg.mem, "TIME": cfg.time[stage],
                 "SIGNAL_SECONDS": str(cfg.signal_seconds),
@@ -213,13 +215,16 @@ class SlurmExecutor(Executor):
         """One array per stage with unfinished tasks, chained; returns the submitted jobs."""
         scripts = self.write_scripts(sd)
         throttle = sd.config.executor.slurm.throttle
+        bundle = sd.config.executor.slurm.bundle
         jobs: list[dict[str, Any]] = []
         previous: str | None = None
         for stage in stages:
             todo = sd.pending(stage)
             if not todo:
                 continue
-            args = ["sbatch", "--parsable", f"--array={array_spec(todo)}%{throttle}"]
+            # array task i runs tasks i*bundle .. i*bundle+bundle-1 (finished ones are skipped)
+            array = array_spec(sorted({i // bundle for i in todo}))
+            args = ["sbatch", "--parsable", f"--array={array}%{throttle}"]
             dependency = None
             if previous is not None:
                 # nothing to train on without the truth runs; later stages record what the
@@ -234,7 +239,8 @@ class SlurmExecutor(Executor):
                 raise StudyError(f"sbatch {' '.join(args[2:])} failed: {proc.stderr.strip()}")
             job_id = proc.stdout.strip().split(";")[0]
             jobs.append({"stage": stage, "job_id": job_id, "job_name": _job_name(sd, stage),
-                         "array": array_spec(todo), "dependency": dependency,
+                         "array": array, "bundle": bundle, "tasks": array_spec(todo),
+                         "dependency": dependency,
                          "command": shlex.join(args), "submitted": time.time()})
             previous = job_id
         path = sd.root / "slurm" / "jobs.json"
