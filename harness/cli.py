@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--to", dest="dst_format", choices=formats, help="format of OUT")
     c.add_argument("--executor", choices=["local", "slurm", "mpi"],
                    help="study directory: where the tasks run (default: the study's)")
+    c.add_argument("--no-wait", action="store_true", help="study directory, slurm: only submit")
+    c.add_argument("-q", "--quiet", action="store_true", help="study directory: no progress bars")
     c.set_defaults(func=_cmd_convert)
 
     v = sub.add_parser("verify", help="compare the Fortran library with Keras on the same inputs")

@@ -196,6 +196,14 @@ def test_status_from_disk(local_study: StudyDir) -> None:
     proc = harness_cli("status", str(local_study.root))
     assert proc.returncode == 0, proc.stderr
     assert "couple 12/12 done" in proc.stdout and "train ok: 3" in proc.stdout
+    for stage_cmd in (["train"], ["convert"], ["couple"]):
+        proc = harness_cli(*stage_cmd, str(local_study.root), "-q")
+        assert proc.returncode == 0, proc.stderr
+        assert "tasks done" in proc.stdout
+    proc = harness_cli("task", "couple", "99", "--study", str(local_study.root))
+    assert proc.returncode == 2 and "couple has tasks 0..11, got 99" in proc.stderr
+    proc = harness_cli("status", str(local_study.root / "candidates"))
+    assert proc.returncode == 2 and "is not a study directory" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,3 +329,30 @@ def test_cancelled_and_requeued_tasks_leave_no_gap_or_duplicate(
     runs = pd.read_csv(sd.results_dir / "runs.csv")
     assert len(runs) == 12 and runs[["name", "ic"]].duplicated().sum() == 0
     assert set(runs["status"]) <= {"completed", "failed"}
+
+
+def test_shallow_water_study_end_to_end(tmp_path: Path) -> None:
+    """The sw host through every stage: 15 stencil inputs -> 3 forcing outputs per cell, the
+    energy criterion calibrated on the truth run, the 'none' and 'truth' baselines."""
+    data = {"name": "sw-tiny", "seed": 2, "host": {"name": "sw", "model": {"nx": 16, "ny": 16},
+                                                   "run": {"wind_scale": 2.0}},
+            "data": {"steps": 1920, "spinup_steps": 480, "sample_interval": 24},
+            "space": {"nodes": [8], "layers": [1, 1]},
+            "training": {"candidates": 2, "epochs": 2, "batch_size": 256},
+            "couple": {"steps": 96, "initial_conditions": 2, "ensemble_top_k": 2},
+            "executor": {"workers": 2}}
+    sd = make_study(tmp_path / "sw", data)
+    run_stages(sd, STAGES, "local", progress=False)
+    assert all(sd.counts(s)["error"] == 0 and sd.counts(s)["pending"] == 0 for s in STAGES)
+    t = pd.read_csv(sd.results_dir / "candidates.csv").set_index("name")
+    assert list(t.index) == ["c0000", "c0001", "baseline-none", "baseline-truth",
+                             "ensemble-top2"]
+    assert (t["n_runs"] == 2).all()
+    assert (t.loc[["c0000", "c0001"], "n_params"] > 0).all()
+    cal = json.loads((sd.root / "data" / "calibration.json").read_text())
+    assert cal["failure"]["energy_max"] == pytest.approx(10 * cal["truth_energy_max"])
+    # the truth forcing as a closure reproduces the truth: it cannot fail the energy test
+    assert t.loc["baseline-truth", "n_failed"] == 0
+    curves = pd.read_csv(sd.results_dir / "curves.csv")
+    assert set(curves["name"]) == set(t.index)
+    assert (sd.root / "report" / "report.md").is_file()
