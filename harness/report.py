@@ -787,8 +787,19 @@ def _budget_text(n_steps: int | None) -> str:
     return "" if n_steps is None else f" of {_steps(n_steps)} steps"
 
 
+def _smoothing_time(summary: dict[str, Any], curves: pd.DataFrame) -> float:
+    """The running-mean window of the bias curves: the drift test's window where there is one
+    (what the failure test sees), else a twentieth of the longest run."""
+    drift = (summary.get("calibration") or {}).get("drift") or {}
+    window = drift.get("window_time")
+    if isinstance(window, (int, float)) and window > 0:
+        return float(window)
+    span = float(curves["time"].max() - curves["time"].min()) if len(curves) else 0.0
+    return span / 20 if span > 0 else 0.0
+
+
 def _fig_bias_curves(curves: pd.DataFrame, cands: pd.DataFrame, label: str,
-                     path: Path) -> dict[str, Any]:
+                     path: Path, smooth_time: float = 0.0) -> dict[str, Any]:
     """Figure 3: bias over model time, one line per model (its first IC), candidates coloured
     by val_mse, baselines grey/black dashed, ensembles magenta. Returns caption facts."""
     from matplotlib import cm, colormaps, colors
@@ -813,8 +824,14 @@ def _fig_bias_curves(curves: pd.DataFrame, cands: pd.DataFrame, label: str,
         norm = colors.LogNorm(lo, hi)
 
     def thin(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        bias = g["bias"]
+        if smooth_time > 0 and len(g) > 1:
+            step = float(np.median(np.diff(g["time"].to_numpy())))
+            points = int(round(smooth_time / step)) if step > 0 else 1
+            if points > 1:    # the instantaneous bias of a chaotic state is mostly weather
+                bias = bias.rolling(points, min_periods=1).mean()
         stride = max(1, math.ceil(len(g) / MAX_CURVE_POINTS))
-        return g["time"].to_numpy()[::stride], g["bias"].to_numpy()[::stride]
+        return g["time"].to_numpy()[::stride], bias.to_numpy()[::stride]
 
     # worst fits first, so the best ones are drawn on top
     for n in sorted(coloured, key=lambda n: -mses[n]):
@@ -849,7 +866,7 @@ def _fig_bias_curves(curves: pd.DataFrame, cands: pd.DataFrame, label: str,
         ax.legend(fontsize=8, loc="best")
     ax.set_title("Bias over time, coloured by offline error", fontsize=10)
     _save(fig, path)
-    return {"n_models": len(groups), "symlog": symlog,
+    return {"n_models": len(groups), "symlog": symlog, "smooth_time": smooth_time,
             "first_ics": sorted({int(v) for v in first_ic.to_numpy() if np.isfinite(v)})}
 
 
@@ -1147,7 +1164,9 @@ def _curves_section(study: Study, fig: str | None, facts: dict[str, Any] | None)
     lines += [f"![bias over time]({fig})", "",
               f"Curves: {label} over model time for {facts['n_models']} models, first initial "
               f"condition of each (IC {ics}). Candidates are coloured by offline validation MSE "
-              "(log scale); baselines dashed black/grey, ensembles magenta dashed."]
+              "(log scale); baselines dashed black/grey, ensembles magenta dashed."
+              + (f" Running mean over {facts['smooth_time']:.3g} model time units (trailing)."
+                 if facts.get("smooth_time") else "")]
     if facts["symlog"]:
         lines.append("Some runs blow up before they fail, so the y axis is symmetric-log "
                      "(linear near zero).")
@@ -1269,7 +1288,8 @@ def write_report(study_dir: Path | str) -> Path:
         label = study.summary.get("bias_label") or "bias"
         finite = np.isfinite(study.curves["time"]) & np.isfinite(study.curves["bias"])
         if finite.any():
-            facts = _fig_bias_curves(study.curves, df, label, out_dir / FIGURES["bias_curves"])
+            facts = _fig_bias_curves(study.curves, df, label, out_dir / FIGURES["bias_curves"],
+                                     _smoothing_time(study.summary, study.curves))
             made["bias_curves"] = FIGURES["bias_curves"]
     for key, name in FIGURES.items():
         if key not in made:

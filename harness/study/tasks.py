@@ -246,7 +246,8 @@ def task_train(sd: StudyDir, index: int) -> dict[str, Any]:
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     record: dict[str, Any] = {"name": cand["name"], "epochs": len(history.get("loss", [])),
                               "history": history, "train_s": train_s,
-                              "n_params": int(model.count_params()),
+                              "n_params": int(sum(np.prod(w.shape)
+                                                  for w in model.trainable_weights)),
                               "samples": int(xt.shape[0])}
     losses = history.get("loss", []) + history.get("val_loss", [])
     if not losses or not np.all(np.isfinite(losses)):
