@@ -43,18 +43,20 @@ def status_text(root: Path | str) -> str:
     """Per stage: finished / failed / pending tasks from disk, running and queued ones from
     Slurm when the study was submitted there; then the candidates' outcomes so far."""
     sd = StudyDir.open(root)
-    lines = [f"study {sd.config.name} in {sd.root} (host {sd.config.host.name}, "
-             f"{sd.config.training.candidates} candidates, executor {sd.config.executor.kind})"]
     jobs_path = sd.root / "slurm" / "jobs.json"
+    jobs = json.loads(jobs_path.read_text()) if jobs_path.is_file() else []
+    submitted = f"; {len(jobs)} Slurm jobs submitted, see slurm/jobs.json" if jobs else ""
+    lines = [f"study {sd.config.name} in {sd.root} (host {sd.config.host.name}, "
+             f"{sd.config.training.candidates} candidates, configured executor "
+             f"{sd.config.executor.kind}{submitted})"]
     queue = []
-    if jobs_path.is_file():
-        jobs = json.loads(jobs_path.read_text())
+    if jobs:
         ids = {j["job_id"] for j in jobs}
         try:
             queue = [q for q in queue_state(sorted({j["job_name"] for j in jobs}))
                      if q["job"].split("_")[0] in ids]
         except StudyError as exc:
-            lines.append(f"  (queue not available: {exc})")
+            lines.append(f"  (Slurm queue not available: {str(exc).splitlines()[-1]})")
     for part in status_line(sd, queue, STAGES).split(" | "):
         lines.append(f"  {part}")
     outcomes: dict[str, int] = {}
