@@ -1,5 +1,6 @@
 """A GCM-style downstream build: install the library, then link it from a Fortran program with
-CMake's find_package(colnn) and from C with pkg-config, and run both."""
+CMake's find_package(colnn), from a Fortran program built with pkg-config only (what a GCM's
+Makefile does) and from C with pkg-config, and run all three."""
 
 from __future__ import annotations
 
@@ -34,6 +35,38 @@ def _model(tmp: Path) -> tuple[Path, ModelSpec]:
     path = tmp / "m.colnn"
     write_model(spec, path)
     return path, spec
+
+
+def _fortran_main(model: Path) -> str:
+    return ("program toy_gcm\n  use colnn\n  implicit none\n  type(network_t) :: net\n"
+            "  integer :: stat\n  character(len=ERRMSG_LEN) :: msg\n  real(wp) :: x(4, 2), y(3, 2)\n"
+            "  call net%load('" + str(model) + "', stat, msg)\n"
+            "  if (stat /= 0) then\n    print '(a)', trim(msg)\n    error stop 1\n  end if\n"
+            "  x(:, 1) = [1.0, 2.0, 3.0, 4.0]\n  x(:, 2) = -x(:, 1)\n"
+            "  call net%forward(x, y, stat, msg)\n  print '(3es16.8)', y\nend program toy_gcm\n")
+
+
+def _check_output(stdout: str, spec: ModelSpec) -> None:
+    y = np.array([float(v) for v in stdout.split()]).reshape(2, 3)
+    x = np.array([[1, 2, 3, 4], [-1, -2, -3, -4]], dtype=np.float64)
+    assert np.allclose(y, reference.forward(spec, x.T).T, rtol=1e-5, atol=1e-6)
+
+
+def test_pkg_config_from_fortran(installed: Path, tmp_path: Path) -> None:
+    """No CMake: gfortran with the flags pkg-config gives, as a GCM's Makefile would."""
+    model, spec = _model(tmp_path)
+    env = dict(os.environ, PKG_CONFIG_PATH=str(installed / "lib/pkgconfig"))
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "colnn"], check=True,
+                           capture_output=True, text=True, env=env).stdout.split()
+    src = tmp_path / "toy_gcm.f90"
+    src.write_text(_fortran_main(model))
+    exe = tmp_path / "toy_gcm"
+    proc = subprocess.run(["gfortran", "-o", str(exe), str(src), *flags,
+                           f"-Wl,-rpath,{installed / 'lib'}"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True)
+    _check_output(out.stdout, spec)
 
 
 def test_find_package_from_fortran(installed: Path, tmp_path: Path) -> None:
