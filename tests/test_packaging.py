@@ -1,0 +1,88 @@
+"""Spack packaging, checked without downloading anything: the environment (spack.yaml) names
+every spec the project needs and develops the project's own package from the tree; the package
+recipe compiles, declares its variants and only passes CMake options the project defines. Where
+`spack` is on PATH, the environment is also concretized."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "spack/repos/spack_repo/colnn/packages/colnn/package.py"
+REQUIRED = ("openmpi", "openblas", "hdf5", "cmake", "python", "py-numpy", "py-h5py",
+            "py-mpi4py", "py-tensorflow", "py-pytest", "colnn")
+
+
+@pytest.fixture(scope="module")
+def env() -> dict:
+    return yaml.safe_load((REPO / "spack.yaml").read_text())["spack"]
+
+
+def test_environment_names_every_spec(env: dict) -> None:
+    names = [re.split(r"[@ +~%=]", s.strip(), maxsplit=1)[0] for s in env["specs"]]
+    assert sorted(names) == sorted(REQUIRED)
+    hdf5 = next(s for s in env["specs"] if s.startswith("hdf5"))
+    assert "+fortran" in hdf5 and "+mpi" in hdf5 and "+hl" in hdf5
+    assert env["view"] is True and env["concretizer"]["unify"] is True
+    assert not any("%" in s for s in env["specs"]), "compilers are the site's choice"
+
+
+def test_environment_develops_the_project_from_its_repository(env: dict) -> None:
+    repo_dir = REPO / env["repos"]["colnn"]
+    meta = yaml.safe_load((repo_dir / "repo.yaml").read_text())["repo"]
+    assert meta["namespace"] == "colnn" and repo_dir.name == "colnn"
+    assert repo_dir.parent.name == "spack_repo"          # Spack >= 1.0 repository layout
+    assert re.fullmatch(r"v2\.\d+", meta["api"])
+    assert (repo_dir / "packages/colnn/package.py") == PACKAGE
+    assert env["develop"]["colnn"]["path"] == "."
+    assert env["develop"]["colnn"]["spec"] == "colnn@=main"
+
+
+def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Name) and n.func.id == name]
+
+
+def test_package_recipe_compiles_and_declares_its_variants() -> None:
+    source = PACKAGE.read_text()
+    compile(source, str(PACKAGE), "exec")
+    tree = ast.parse(source)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef))
+    assert cls.name == "Colnn" and [b.id for b in cls.bases] == ["CMakePackage"]
+    variants = {c.args[0].value: c for c in _calls(tree, "variant")}
+    assert {"precision", "openmp", "mpi"} <= set(variants)
+    precision = {k.arg: k.value for k in variants["precision"].keywords}
+    assert ast.literal_eval(precision["values"]) == ("single", "double")
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "cmake_args" for n in cls.body)
+    deps = {c.args[0].value for c in _calls(tree, "depends_on")}
+    assert {"mpi", "blas", "cmake@3.20:"} <= {d.split("+")[0] if d.startswith("hdf5") else d
+                                            for d in deps}
+
+
+def test_package_passes_only_options_the_project_defines() -> None:
+    tree = ast.parse(PACKAGE.read_text())
+    used = {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call)
+            and isinstance(c.func, ast.Attribute)
+            and c.func.attr in ("define", "define_from_variant")}
+    cmake = "\n".join(p.read_text() for p in REPO.glob("**/CMakeLists.txt")
+                      if "build" not in p.relative_to(REPO).parts[:1])
+    defined = set(re.findall(r"option\((\w+)", cmake)) | set(re.findall(r"set\((\w+) .*CACHE", cmake))
+    assert used and used <= defined, used - defined
+
+
+def test_spack_concretizes_the_environment(tmp_path: Path) -> None:
+    spack = shutil.which("spack")
+    if spack is None:
+        pytest.skip("spack is not on PATH: concretization is checked where Spack is installed "
+                    "(see the README's Spack section)")
+    proc = subprocess.run([spack, "-e", str(REPO), "concretize", "-f"], capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "colnn@main" in proc.stdout
