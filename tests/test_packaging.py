@@ -86,3 +86,60 @@ def test_spack_concretizes_the_environment(tmp_path: Path) -> None:
                           text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "colnn@main" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+DEFINITION = REPO / "containers/colnn.def"
+
+
+def _stages(text: str) -> list[dict]:
+    """[{'header': {...}, 'sections': {'%post': body, ...}}] of a multi-stage definition."""
+    stages: list[dict] = []
+    section = None
+    for line in text.splitlines():
+        if line.startswith("Bootstrap:"):
+            stages.append({"header": {}, "sections": {}})
+            section = None
+        if not stages or line.lstrip().startswith("#") and section is None:
+            continue
+        m = re.match(r"^(Bootstrap|From|Stage):\s*(\S+)", line)
+        if m and section is None:
+            stages[-1]["header"][m.group(1)] = m.group(2)
+        elif line.startswith("%"):
+            section = line.split()[0] + (" from " + line.split()[2] if " from " in line else "")
+            stages[-1]["sections"][section] = ""
+        elif section is not None:
+            stages[-1]["sections"][section] += line + "\n"
+    return stages
+
+
+def test_apptainer_definition_is_multi_stage_and_complete() -> None:
+    build, runtime = _stages(DEFINITION.read_text())
+    assert build["header"]["Stage"] == "build" and runtime["header"]["Stage"] == "runtime"
+    assert {"%files", "%post"} <= set(build["sections"])
+    assert {"%files from build", "%post", "%environment", "%runscript", "%test", "%labels",
+            "%help"} <= set(runtime["sections"])
+    assert "spack -e . install" in build["sections"]["%post"]
+    assert "/opt/view" in runtime["sections"]["%files from build"]
+    assert re.search(r"exec harness \"\$@\"", runtime["sections"]["%runscript"])
+
+
+@pytest.mark.parametrize("stage, section", [(0, "%post"), (1, "%post"), (1, "%environment"),
+                                            (1, "%runscript"), (1, "%test")])
+def test_apptainer_scripts_parse_as_shell(stage: int, section: str, tmp_path: Path) -> None:
+    body = _stages(DEFINITION.read_text())[stage]["sections"][section]
+    script = tmp_path / "s.sh"
+    script.write_text(body)
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    if shutil.which("shellcheck"):
+        proc = subprocess.run(["shellcheck", "-s", "sh", "-S", "error", str(script)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout
+
+
+def test_no_machine_paths_in_the_recipes() -> None:
+    for path in (DEFINITION, REPO / "spack.yaml", PACKAGE):
+        text = path.read_text()
+        for bad in ("/work/", "/tmp/", "/root/", "/home/"):
+            assert bad not in text, f"{path}: {bad}"

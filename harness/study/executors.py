@@ -36,7 +36,9 @@ from .tasks import run_task
 __all__ = ["Executor", "LocalExecutor", "SlurmExecutor", "MpiExecutor", "make_executor",
            "array_spec", "render_template", "queue_state", "TEMPLATE_DIR"]
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "slurm"
+#: the sbatch templates: the repository's slurm/ (or $COLNN_SLURM_TEMPLATES, e.g. in the image)
+TEMPLATE_DIR = Path(os.environ.get("COLNN_SLURM_TEMPLATES")
+                    or Path(__file__).resolve().parents[2] / "slurm")
 UNITS = {"data": "truth run", "train": "candidate", "convert": "candidate",
          "couple": "coupled run", "collect": "study", "report": "study"}
 
