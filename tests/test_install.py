@@ -46,6 +46,12 @@ def _fortran_main(model: Path) -> str:
             "  call net%forward(x, y, stat, msg)\n  print '(3es16.8)', y\nend program toy_gcm\n")
 
 
+def _pkg_config_flags(prefix: Path) -> list[str]:
+    env = dict(os.environ, PKG_CONFIG_PATH=str(prefix / "lib/pkgconfig"))
+    return subprocess.run(["pkg-config", "--cflags", "--libs", "colnn"], check=True,
+                          capture_output=True, text=True, env=env).stdout.split()
+
+
 def _check_output(stdout: str, spec: ModelSpec) -> None:
     y = np.array([float(v) for v in stdout.split()]).reshape(2, 3)
     x = np.array([[1, 2, 3, 4], [-1, -2, -3, -4]], dtype=np.float64)
@@ -55,9 +61,7 @@ def _check_output(stdout: str, spec: ModelSpec) -> None:
 def test_pkg_config_from_fortran(installed: Path, tmp_path: Path) -> None:
     """No CMake: gfortran with the flags pkg-config gives, as a GCM's Makefile would."""
     model, spec = _model(tmp_path)
-    env = dict(os.environ, PKG_CONFIG_PATH=str(installed / "lib/pkgconfig"))
-    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "colnn"], check=True,
-                           capture_output=True, text=True, env=env).stdout.split()
+    flags = _pkg_config_flags(installed)
     src = tmp_path / "toy_gcm.f90"
     src.write_text(_fortran_main(model))
     exe = tmp_path / "toy_gcm"
@@ -77,29 +81,19 @@ def test_find_package_from_fortran(installed: Path, tmp_path: Path) -> None:
         "cmake_minimum_required(VERSION 3.20)\nproject(toy_gcm LANGUAGES Fortran)\n"
         "find_package(colnn 0.1 REQUIRED)\nadd_executable(toy_gcm main.f90)\n"
         "target_link_libraries(toy_gcm PRIVATE colnn::colnn)\n")
-    (src / "main.f90").write_text(
-        "program toy_gcm\n  use colnn\n  implicit none\n  type(network_t) :: net\n"
-        "  integer :: stat\n  character(len=ERRMSG_LEN) :: msg\n  real(wp) :: x(4, 2), y(3, 2)\n"
-        "  call net%load('" + str(model) + "', stat, msg)\n"
-        "  if (stat /= 0) then\n    print '(a)', trim(msg)\n    error stop 1\n  end if\n"
-        "  x(:, 1) = [1.0, 2.0, 3.0, 4.0]\n  x(:, 2) = -x(:, 1)\n"
-        "  call net%forward(x, y, stat, msg)\n  print '(3es16.8)', y\nend program toy_gcm\n")
+    (src / "main.f90").write_text(_fortran_main(model))
     build = tmp_path / "gcm-build"
     env = dict(os.environ, CMAKE_PREFIX_PATH=str(installed))
     subprocess.run(["cmake", "-S", str(src), "-B", str(build)], check=True, capture_output=True,
                    env=env)
     subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True)
     out = subprocess.run([str(build / "toy_gcm")], check=True, capture_output=True, text=True)
-    y = np.array([float(v) for v in out.stdout.split()]).reshape(2, 3)
-    x = np.array([[1, 2, 3, 4], [-1, -2, -3, -4]], dtype=np.float64)
-    assert np.allclose(y, reference.forward(spec, x.T).T, rtol=1e-5, atol=1e-6)
+    _check_output(out.stdout, spec)
 
 
 def test_pkg_config_from_c(installed: Path, tmp_path: Path) -> None:
     model, spec = _model(tmp_path)
-    env = dict(os.environ, PKG_CONFIG_PATH=str(installed / "lib/pkgconfig"))
-    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "colnn"], check=True,
-                           capture_output=True, text=True, env=env).stdout.split()
+    flags = _pkg_config_flags(installed)
     assert any(f.startswith("-I") and f.endswith("include/colnn") for f in flags), flags
     src = tmp_path / "host.c"
     src.write_text('#include <stdio.h>\n#include "colnn.h"\n'

@@ -10,14 +10,14 @@ still gives one row; a task with no marker is reported as 'missing', never dropp
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .layout import StudyDir, atomic_write_json, atomic_write_text
+from .layout import (StudyDir, atomic_write_json, atomic_write_text, read_json,
+                     search_distributions)
 
 __all__ = ["collect", "TABLE_COLUMNS", "COMPARABLE_COLUMNS"]
 
@@ -36,15 +36,8 @@ INT_COLUMNS = ("nodes", "layers", "n_params", "epochs", "n_runs", "n_failed", "n
 COMPARABLE_COLUMNS = tuple(c for c in TABLE_COLUMNS if c not in ("train_s", "couple_wall_s"))
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def _marker(sd: StudyDir, stage: str, index: int) -> dict[str, Any] | None:
-    return _read_json(sd.marker(stage, index))
+    return read_json(sd.marker(stage, index))
 
 
 def _bias_curve(path: Path, variable: str, dt: float) -> tuple[np.ndarray, np.ndarray] | None:
@@ -65,7 +58,7 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
 
     cfg = sd.config
     n_steps = cfg.couple.steps
-    cal = _read_json(sd.root / "data" / "calibration.json") or {}
+    cal = read_json(sd.root / "data" / "calibration.json") or {}
     bias_var = cal.get("bias_variable", "bias" if cfg.host.name == "l96" else "bias_ke")
     runs: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
@@ -83,7 +76,7 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
         elif marker.get("run_status") == "skipped":
             row.update(status="skipped", message=marker.get("message", ""))
         else:
-            result = _read_json(rdir / "result.json") or {}
+            result = read_json(rdir / "result.json") or {}
             row.update(status=result.get("status", "missing"), steps=result.get("steps", np.nan),
                        reason=result.get("reason", "") or "",
                        variable=result.get("variable", "") or "",
@@ -111,8 +104,8 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
     models: dict[str, dict[str, Any]] = {}
     for cand in sd.plan["candidates"]:
         cdir = sd.candidate_dir(cand["name"])
-        train = _read_json(cdir / "train.json")
-        conv = _read_json(cdir / "convert.json")
+        train = read_json(cdir / "train.json")
+        conv = read_json(cdir / "convert.json")
         train_marker = _marker(sd, "train", cand["index"])
         if train is not None:
             train_status = train.get("status", "error")
@@ -201,24 +194,12 @@ def _write_parquet(table: Any, path: Path) -> None:
 def _write_optuna_journal(sd: StudyDir, table: Any, path: Path) -> None:
     """The candidates as a finished Optuna study (minimize val MSE, maximize steps)."""
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
     from optuna.storages.journal import JournalFileBackend, JournalStorage
     from optuna.trial import TrialState, create_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path.unlink(missing_ok=True)
-    s = sd.config.space
-
-    def floats(lo_hi: list[float], log: bool = False) -> Any:
-        return (CategoricalDistribution([lo_hi[0]]) if lo_hi[0] == lo_hi[1]
-                else FloatDistribution(lo_hi[0], lo_hi[1], log=log))
-
-    dists = {"batch_norm": CategoricalDistribution(sorted(set(s.batch_norm))),
-             "dropout": floats(s.dropout), "leaky_relu": floats(s.leaky_relu),
-             "learning_rate": floats(s.learning_rate, log=True),
-             "nodes": CategoricalDistribution(sorted(set(s.nodes))),
-             "layers": IntDistribution(s.layers[0], s.layers[1]),
-             "optimizer": CategoricalDistribution(list(dict.fromkeys(s.optimizer)))}
+    dists = search_distributions(sd.config)
     storage = JournalStorage(JournalFileBackend(str(path)))
     study = optuna.create_study(storage=storage, study_name=sd.config.name,
                                 directions=["minimize", "maximize"])

@@ -156,6 +156,21 @@ def _comment_safe(text: str) -> str:
     return re.sub(r"[^\x20-\x7e]", "?", text)
 
 
+def _directives(cfg: Any) -> str:
+    """The site's #SBATCH lines (executor.slurm: partition, account, qos, extra)."""
+    lines = [f"#SBATCH {d}" for d in cfg.extra]
+    lines += [f"#SBATCH --{key}={getattr(cfg, key)}" for key in ("partition", "account", "qos")
+              if getattr(cfg, key)]
+    return "\n".join(lines)
+
+
+def _record_jobs(sd: StudyDir, jobs: list[dict[str, Any]]) -> None:
+    """Appends submissions to slurm/jobs.json (what `harness status` asks squeue about)."""
+    path = sd.root / "slurm" / "jobs.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+    atomic_write_json(path, history + jobs)
+
+
 def _slurm_cmd(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(args, capture_output=True, text=True, cwd=cwd, timeout=120)
@@ -188,10 +203,6 @@ class SlurmExecutor(Executor):
 
     def write_scripts(self, sd: StudyDir) -> dict[str, Path]:
         cfg = sd.config.executor.slurm
-        directives = [f"#SBATCH {d}" for d in cfg.extra]
-        for key in ("partition", "account", "qos"):
-            if getattr(cfg, key):
-                directives.append(f"#SBATCH --{key}={getattr(cfg, key)}")
         out = {}
         (sd.root / "slurm" / "logs").mkdir(parents=True, exist_ok=True)
         for stage in STAGES:
@@ -205,7 +216,7 @@ class SlurmExecutor(Executor):
                 "JOB_NAME": _job_name(sd, stage), "CPUS": str(cfg.cpus_per_task),
                 "MEM": cfg.mem, "TIME": cfg.time[stage],
                 "SIGNAL_SECONDS": str(cfg.signal_seconds),
-                "MAX_REQUEUES": str(cfg.max_requeues), "DIRECTIVES": "\n".join(directives),
+                "MAX_REQUEUES": str(cfg.max_requeues), "DIRECTIVES": _directives(cfg),
                 "PYTHON": shlex.quote(sys.executable)})
             path = sd.root / "slurm" / f"{stage}.sbatch"
             path.write_text(text)
@@ -245,9 +256,7 @@ class SlurmExecutor(Executor):
                          "dependency": dependency,
                          "command": shlex.join(args), "submitted": time.time()})
             previous = job_id
-        path = sd.root / "slurm" / "jobs.json"
-        history = json.loads(path.read_text()) if path.is_file() else []
-        atomic_write_json(path, history + jobs)
+        _record_jobs(sd, jobs)
         return jobs
 
     def run(self, sd: StudyDir, stages: Sequence[str], wait: bool = True) -> None:
@@ -341,10 +350,6 @@ class MpiExecutor(Executor):
 
     def _sbatch(self, sd: StudyDir, stages: Sequence[str], wait: bool) -> None:
         cfg = sd.config.executor.slurm
-        directives = [f"#SBATCH {d}" for d in cfg.extra]
-        for key in ("partition", "account", "qos"):
-            if getattr(cfg, key):
-                directives.append(f"#SBATCH --{key}={getattr(cfg, key)}")
         (sd.root / "slurm" / "logs").mkdir(parents=True, exist_ok=True)
         longest = max(cfg.time[s] for s in stages)
         text = render_template("farm.sbatch.in", {
@@ -352,7 +357,7 @@ class MpiExecutor(Executor):
             "LAST_RANK": str(self.ranks - 1), "STUDY_DIR": _comment_safe(shlex.quote(str(sd.root))),
             "JOB_NAME": _job_name(sd, "farm"), "RANKS": str(self.ranks),
             "CPUS": str(cfg.cpus_per_task), "MEM": cfg.mem, "TIME": longest,
-            "DIRECTIVES": "\n".join(directives), "PYTHON": shlex.quote(sys.executable)})
+            "DIRECTIVES": _directives(cfg), "PYTHON": shlex.quote(sys.executable)})
         path = sd.root / "slurm" / "farm.sbatch"
         path.write_text(text)
         proc = _slurm_cmd(["sbatch", "--parsable", "slurm/farm.sbatch"], cwd=sd.root)
@@ -361,9 +366,7 @@ class MpiExecutor(Executor):
         job = {"stage": "farm", "job_id": proc.stdout.strip().split(";")[0],
                "job_name": _job_name(sd, "farm"), "array": "", "dependency": None,
                "command": "sbatch --parsable slurm/farm.sbatch", "submitted": time.time()}
-        jobs_path = sd.root / "slurm" / "jobs.json"
-        history = json.loads(jobs_path.read_text()) if jobs_path.is_file() else []
-        atomic_write_json(jobs_path, history + [job])
+        _record_jobs(sd, [job])
         print(f"submitted the task farm: job {job['job_id']} ({self.ranks} ranks)",
               file=sys.stderr)
         if wait:

@@ -33,7 +33,8 @@ import numpy as np
 
 from .config import STAGES, StudyConfig, StudyError, config_from_dict, config_to_dict
 
-__all__ = ["StudyDir", "atomic_write_text", "atomic_write_json", "sample_candidates",
+__all__ = ["StudyDir", "atomic_write_text", "atomic_write_json", "read_json",
+           "search_distributions", "sample_candidates",
            "couple_tasks", "candidate_name"]
 
 
@@ -56,6 +57,14 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A task's JSON output, or None when it is missing or damaged (a killed attempt)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, (np.integer,)):
         return int(value)
@@ -75,14 +84,10 @@ def candidate_seed(study_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([study_seed, index]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def sample_candidates(cfg: StudyConfig) -> list[dict[str, Any]]:
-    """The random search: ``training.candidates`` points of the space, drawn by Optuna's
-    RandomSampler from the study seed (the same seed gives the same candidates)."""
-    import optuna
+def search_distributions(cfg: StudyConfig) -> dict[str, Any]:
+    """The space as Optuna distributions (a [low, high] range with low == high is fixed)."""
     from optuna.distributions import (CategoricalDistribution, FloatDistribution,
                                       IntDistribution)
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = cfg.space
 
     def floats(lo_hi: list[float], log: bool = False) -> Any:
@@ -90,12 +95,21 @@ def sample_candidates(cfg: StudyConfig) -> list[dict[str, Any]]:
         return (CategoricalDistribution([lo]) if lo == hi else
                 FloatDistribution(lo, hi, log=log))
 
-    dists = {"batch_norm": CategoricalDistribution(sorted(set(s.batch_norm))),
-             "dropout": floats(s.dropout), "leaky_relu": floats(s.leaky_relu),
-             "learning_rate": floats(s.learning_rate, log=True),
-             "nodes": CategoricalDistribution(sorted(set(s.nodes))),
-             "layers": IntDistribution(s.layers[0], s.layers[1]),
-             "optimizer": CategoricalDistribution(list(dict.fromkeys(s.optimizer)))}
+    return {"batch_norm": CategoricalDistribution(sorted(set(s.batch_norm))),
+            "dropout": floats(s.dropout), "leaky_relu": floats(s.leaky_relu),
+            "learning_rate": floats(s.learning_rate, log=True),
+            "nodes": CategoricalDistribution(sorted(set(s.nodes))),
+            "layers": IntDistribution(s.layers[0], s.layers[1]),
+            "optimizer": CategoricalDistribution(list(dict.fromkeys(s.optimizer)))}
+
+
+def sample_candidates(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """The random search: ``training.candidates`` points of the space, drawn by Optuna's
+    RandomSampler from the study seed (the same seed gives the same candidates)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = search_distributions(cfg)
     search = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed),
                                  study_name=cfg.name)
     out = []

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import HarnessError
 from .config import StudyError
-from .layout import StudyDir, atomic_write_json
+from .layout import StudyDir, atomic_write_json, read_json
 
 __all__ = ["run_task", "calibration", "training_data", "STAGE_TASKS"]
 
@@ -295,13 +295,6 @@ def _verify_inputs(sd: StudyDir) -> Path:
     return path
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def task_convert(sd: StudyDir, index: int) -> dict[str, Any]:
     _quiet_import_tensorflow()
     from ..convert import convert
@@ -309,7 +302,7 @@ def task_convert(sd: StudyDir, index: int) -> dict[str, Any]:
     cand = sd.plan["candidates"][index]
     cdir = sd.candidate_dir(cand["name"])
     (cdir / "model.colnn").unlink(missing_ok=True)
-    train = _read_json(cdir / "train.json")
+    train = read_json(cdir / "train.json")
     record: dict[str, Any] = {"name": cand["name"]}
     if train is None or train.get("status") != "ok":
         status = "missing" if train is None else train.get("status")
@@ -339,7 +332,7 @@ def ensemble_members(sd: StudyDir) -> list[str]:
     ranked = []
     for cand in sd.plan["candidates"]:
         cdir = sd.candidate_dir(cand["name"])
-        train, conv = _read_json(cdir / "train.json"), _read_json(cdir / "convert.json")
+        train, conv = read_json(cdir / "train.json"), read_json(cdir / "convert.json")
         if train and conv and train.get("status") == "ok" and conv.get("status") == "ok":
             ranked.append((train["val_mse"], cand["name"]))
     return [name for _, name in sorted(ranked)[: sd.config.couple.ensemble_top_k]]
@@ -347,7 +340,7 @@ def ensemble_members(sd: StudyDir) -> list[str]:
 
 def _ensemble_dir(sd: StudyDir, members: list[str]) -> Path:
     path = sd.root / "ensembles" / f"top{sd.config.couple.ensemble_top_k}"
-    current = _read_json(path / "members.json")
+    current = read_json(path / "members.json")
     if current is not None and current.get("members") == members:
         return path
     tmp = Path(tempfile.mkdtemp(dir=path.parent if path.parent.exists() else
@@ -387,7 +380,7 @@ def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
     coupler: dict[str, Any] = {}
     outcome: dict[str, Any] = {"name": name, "kind": kind, "ic": ic}
     if kind == "candidate":
-        conv = _read_json(sd.candidate_dir(name) / "convert.json")
+        conv = read_json(sd.candidate_dir(name) / "convert.json")
         if conv is None or conv.get("status") != "ok":
             status = "missing" if conv is None else conv.get("status")
             return {**outcome, "run_status": "skipped",
