@@ -227,9 +227,12 @@ def namelist_text(run: HostRun) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: what mpirun puts into its ranks' environment; a host started from such a rank (the mpi4py
-#: task farm) would take it for its own and try to join the farm's job instead of starting alone
-_MPI_JOB_ENV = ("OMPI_", "PMIX_", "PRTE_", "ORTE_", "HYDRA_", "PMI_")
+#: what mpirun (or srun, for a job step) puts into its ranks' environment; a host started from
+#: such a rank (the mpi4py task farm, a task under `srun apptainer exec`) would take it for its
+#: own: Open MPI's singleton start sees SLURM_STEP_ID and waits for srun's PMI as if it had been
+#: launched directly, and under mpirun it tries to join the farm's job instead of starting alone
+_MPI_JOB_ENV = ("OMPI_", "PMIX_", "PRTE_", "ORTE_", "HYDRA_", "PMI_", "SLURM_STEP",
+                "SLURM_PROCID", "SLURM_LOCALID")
 
 
 def _mpi_env(threads: int) -> dict[str, str]:

@@ -11,6 +11,7 @@ APT_PACKAGES=(
   gcc gfortran cmake make pkg-config git ca-certificates
   libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin libpmix-dev libhdf5-dev
   slurm-wlm munge
+  shellcheck
   python3 python3-venv python3-dev
 )
 
@@ -46,7 +47,7 @@ setup_venv() {
   if [[ "$want" != "$have" ]]; then
     log "installing Python packages (TensorFlow, h5py, numpy, pytest, ...) into the venv"
     "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[keras,test]"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "${ROOT}[keras,test]"
     echo "$want" > "$VENV/.colnn-installed"
   fi
 }
@@ -57,7 +58,9 @@ build_library() {
   local dir="$ROOT/build/$precision"
   # the OpenMP build of OpenBLAS: libcolnn runs column blocks on OpenMP threads and calls BLAS
   # inside them, which this build then runs serially instead of starting threads of its own
-  local blas=/usr/lib/$(gcc -print-multiarch)/openblas-openmp/libopenblas.so.0
+  local blas multiarch
+  multiarch=$(gcc -print-multiarch)
+  blas=/usr/lib/$multiarch/openblas-openmp/libopenblas.so.0
   [[ -f $blas ]] || blas=""
   if [[ ! -f "$dir/CMakeCache.txt" ]]; then
     log "configuring the $precision-precision build in $dir"

@@ -1,6 +1,7 @@
 """A GCM-style downstream build: install the library, then link it from a Fortran program with
 CMake's find_package(colnn), from a Fortran program built with pkg-config only (what a GCM's
-Makefile does) and from C with pkg-config, and run all three."""
+Makefile does), a host calling the coupler scheme linked with pkg-config only, and from C with
+pkg-config, and run them all."""
 
 from __future__ import annotations
 
@@ -46,9 +47,9 @@ def _fortran_main(model: Path) -> str:
             "  call net%forward(x, y, stat, msg)\n  print '(3es16.8)', y\nend program toy_gcm\n")
 
 
-def _pkg_config_flags(prefix: Path) -> list[str]:
+def _pkg_config_flags(prefix: Path, package: str = "colnn") -> list[str]:
     env = dict(os.environ, PKG_CONFIG_PATH=str(prefix / "lib/pkgconfig"))
-    return subprocess.run(["pkg-config", "--cflags", "--libs", "colnn"], check=True,
+    return subprocess.run(["pkg-config", "--cflags", "--libs", package], check=True,
                           capture_output=True, text=True, env=env).stdout.split()
 
 
@@ -70,6 +71,35 @@ def test_pkg_config_from_fortran(installed: Path, tmp_path: Path) -> None:
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True)
+    _check_output(out.stdout, spec)
+
+
+def test_pkg_config_coupler_scheme_from_fortran(installed: Path, tmp_path: Path) -> None:
+    """A host that calls the coupler's init/run/finalize, linked with `pkg-config colnn_coupler`
+    only (which brings libcolnn with it), on one chunk of columns; errflg is checked."""
+    model, spec = _model(tmp_path)
+    (tmp_path / "colnn.nml").write_text(f"&colnn_coupler\n  model_file = '{model}'\n/\n")
+    flags = _pkg_config_flags(installed, "colnn_coupler")
+    assert flags.index("-lcolnn_coupler") < flags.index("-lcolnn"), flags
+    src = tmp_path / "toy_host.f90"
+    src.write_text(
+        "program toy_host\n  use colnn_kinds, only: wp\n"
+        "  use colnn_coupler, only: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize\n"
+        "  implicit none\n  character(len=512) :: errmsg\n  integer :: errflg\n"
+        "  real(wp) :: x(4, 2), y(3, 2)\n"
+        "  call colnn_coupler_init('colnn.nml', 4, 3, errmsg, errflg)\n"
+        "  if (errflg /= 0) then\n    print '(a)', trim(errmsg)\n    error stop 1\n  end if\n"
+        "  x(:, 1) = [1.0, 2.0, 3.0, 4.0]\n  x(:, 2) = -x(:, 1)\n"
+        "  call colnn_coupler_run(x, y, errmsg, errflg)\n"
+        "  if (errflg /= 0) error stop 2\n"
+        "  call colnn_coupler_finalize(errmsg, errflg)\n  print '(3es16.8)', y\n"
+        "end program toy_host\n")
+    exe = tmp_path / "toy_host"
+    proc = subprocess.run(["gfortran", "-o", str(exe), str(src), *flags,
+                           f"-Wl,-rpath,{installed / 'lib'}"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, cwd=tmp_path)
     _check_output(out.stdout, spec)
 
 

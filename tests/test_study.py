@@ -7,6 +7,7 @@ scancel or requeued, then resumed without lost or duplicated rows."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -229,6 +230,10 @@ def test_slurm_study_equals_local(local_slurm: Path, local_study: StudyDir,
     for directive in ("#SBATCH --array=0-5%4", "#SBATCH --requeue",
                       "#SBATCH --signal=B:USR1@60", "#SBATCH --job-name=colnn-it_s_a_test"):
         assert directive in script
+    for path in (root / "slurm").glob("*.sbatch"):
+        proc = subprocess.run(["shellcheck", "-S", "warning", str(path)], capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stdout
     markers = [json.loads(p.read_text()) for p in (root / "tasks" / "couple").glob("*.json")]
     assert len(markers) == 12 and all(m["slurm_job"] for m in markers)
 
@@ -357,3 +362,86 @@ def test_shallow_water_study_end_to_end(tmp_path: Path) -> None:
     curves = pd.read_csv(sd.results_dir / "curves.csv")
     assert set(curves["name"]) == set(t.index)
     assert (sd.root / "report" / "report.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+STANDIN_RUNTIME = """#!/bin/bash
+# Stand-in for `apptainer exec [OPTIONS] IMAGE COMMAND...`: Apptainer cannot be installed where
+# these tests run. It records its arguments and the job step it runs in, checks that the image
+# and every bound path exist, and runs COMMAND with the harness of the tests ("the image's").
+set -eu
+[ "$1" = exec ] || {{ echo "stand-in: only 'exec'" >&2; exit 64; }}
+printf '%s\\0' "$@" "step=${{SLURM_STEP_ID:-none}}" > "{log}/call.$$"
+shift
+while [ $# -gt 0 ]; do
+  case $1 in
+    --bind) [ -e "${{2%%:*}}" ] || {{ echo "stand-in: no $2" >&2; exit 65; }}; shift 2 ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+[ -f "$1" ] || {{ echo "stand-in: no image $1" >&2; exit 66; }}
+shift
+PATH={bin}:$PATH exec "$@"
+"""
+
+
+def test_slurm_tasks_run_inside_the_container_image(local_slurm: Path, local_study: StudyDir,
+                                                   tmp_path: Path) -> None:
+    """executor.slurm.container: every array task is `srun RUNTIME exec --bind STUDY ... IMAGE
+    harness task ...`, quoted; RUNTIME here is a recording stand-in for apptainer (see above),
+    so this checks the generated command and the job steps, not Apptainer itself."""
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    runtime = tmp_path / "bin" / "apptainer"
+    runtime.parent.mkdir()
+    runtime.write_text(STANDIN_RUNTIME.format(log=calls, bin=Path(sys.executable).parent))
+    runtime.chmod(0o755)
+    image = tmp_path / "images dir" / "colnn 'v1'.sif"
+    image.parent.mkdir()
+    image.write_bytes(b"SIF stand-in")
+    data_dir = tmp_path / "shared data"
+    data_dir.mkdir()
+    container = {"image": str(image), "runtime": str(runtime), "options": ["--cleanenv"],
+                 "bind": [f"{data_dir}:/data:ro"]}
+    sd = make_study(tmp_path / "study $(x)", merged(TINY, executor__kind="slurm",
+                                                    executor__slurm__bundle=4,
+                                                    executor__slurm__container=container))
+    run_stages(sd, STAGES, progress=False)
+    pd.testing.assert_frame_equal(table(sd), table(local_study))
+    recorded = [p.read_bytes().split(b"\0")[:-1] for p in calls.iterdir()]
+    n_array_tasks = sum(-(-sd.n_tasks(s) // 4) for s in STAGES)
+    assert len(recorded) == n_array_tasks
+    for call in recorded:
+        words = [w.decode() for w in call]
+        assert words[:3] == ["exec", "--bind", str(sd.root)]
+        assert words[3:8] == ["--bind", f"{data_dir}:/data:ro", "--cleanenv", str(image),
+                              "harness"]
+        assert words[8] == "task" and words[-1] != "step=none"   # a job step of srun
+    script = (sd.root / "slurm" / "couple.sbatch").read_text()
+    assert "srun --ntasks=1 --cpus-per-task=1 " in script
+    for path in (sd.root / "slurm").glob("*.sbatch"):    # shellcheck: installed by setup.sh
+        proc = subprocess.run(["shellcheck", "-S", "warning", str(path)], capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stdout
+    assert "'" + str(image).replace("'", "'\"'\"'") + "' harness task couple" in script
+
+
+@pytest.mark.parametrize("container, message", [
+    ({"image": "colnn.sif"}, "executor.slurm.container.image: an absolute path"),
+    ({"image": "/x.sif", "options": ["--bind x; rm"]}, "executor.slurm.container.options[0]"),
+    ({"image": "/x.sif", "bind": ["/a,/b"]}, "executor.slurm.container.bind[0]"),
+    ({"image": "/x.sif", "runtime": "apptainer exec"}, "executor.slurm.container.runtime"),
+    ({"image": "/x.sif", "imagee": 1}, "executor.slurm.container.imagee: unknown key"),
+])
+def test_invalid_container_settings_name_the_key(container: dict, message: str) -> None:
+    with pytest.raises(StudyError, match=re.escape(message)):
+        config_from_dict(merged(TINY, executor__slurm__container=container), "test")
+
+
+def test_a_missing_image_stops_the_submission(local_slurm: Path, tmp_path: Path) -> None:
+    sd = make_study(tmp_path / "s", merged(TINY, executor__kind="slurm",
+                                           executor__slurm__container={"image": "/nonexistent.sif"}))
+    with pytest.raises(StudyError, match="/nonexistent.sif: no such file here"):
+        run_stages(sd, ["data"], progress=False)
+    assert not (sd.root / "slurm" / "jobs.json").exists()

@@ -21,7 +21,8 @@ from typing import Any, Mapping
 from ..errors import HarnessError
 
 __all__ = ["StudyError", "StudyConfig", "HostConfig", "DataConfig", "SpaceConfig",
-           "TrainingConfig", "CoupleConfig", "ExecutorConfig", "SlurmConfig", "MpiConfig",
+           "TrainingConfig", "CoupleConfig", "ExecutorConfig", "SlurmConfig", "ContainerConfig",
+           "MpiConfig",
            "load_config", "config_from_dict", "config_to_dict", "STAGES", "OPTIMIZERS"]
 
 STAGES = ("data", "train", "convert", "couple", "collect", "report")
@@ -127,6 +128,23 @@ class CoupleConfig:
 
 
 @dataclass
+class ContainerConfig:
+    """Run every Slurm task inside an Apptainer image (containers/colnn.def):
+    ``srun RUNTIME exec --bind STUDY_DIR [--bind ..] [OPTIONS] IMAGE harness task ...``."""
+    #: absolute path of the image (.sif) on a file system the compute nodes see; empty: tasks
+    #: run with the Python of the harness that submits them
+    image: str = ""
+    #: the container runtime on the compute nodes: apptainer, singularity, or a path
+    runtime: str = "apptainer"
+    #: further host paths to bind, as the runtime's --bind takes them (SRC[:DST[:ro]])
+    bind: list[str] = field(default_factory=list)
+    #: further options of `RUNTIME exec`, e.g. ["--cleanenv"] or ["--nv"]
+    options: list[str] = field(default_factory=list)
+    #: start the task as a job step (srun): its own accounting, signals and cgroup
+    srun: bool = True
+
+
+@dataclass
 class SlurmConfig:
     partition: str = ""
     account: str = ""
@@ -148,6 +166,7 @@ class SlurmConfig:
     #: extra '#SBATCH' directives, e.g. ["--constraint=skylake"]
     extra: list[str] = field(default_factory=list)
     poll_seconds: float = 5.0
+    container: ContainerConfig = field(default_factory=ContainerConfig)
 
 
 @dataclass
@@ -355,13 +374,40 @@ def _check(cfg: StudyConfig) -> None:
         if not _SLURM_TIME.match(value):
             raise StudyError(f"executor.slurm.time.{stage}: a Slurm time like 01:30:00 or "
                              f"1-00:00:00, got {value!r}")
-    for i, directive in enumerate(sl.extra):
-        if not _SAFE_DIRECTIVE.match(directive):
-            raise StudyError(f"executor.slurm.extra[{i}]: one '--option[=value]' without "
-                             f"spaces, quotes or shell characters, got {directive!r}")
+    _check_options("executor.slurm.extra", sl.extra, _SAFE_DIRECTIVE)
+    _check_container(sl.container)
     _positive("executor.mpi.ranks", e.mpi.ranks)
     if e.mpi.launcher not in ("mpirun", "sbatch"):
         raise StudyError(f"executor.mpi.launcher: 'mpirun' or 'sbatch', got {e.mpi.launcher!r}")
+
+
+_EXEC_OPTION = re.compile(r"^--?[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:=/@+%-]+)?$")
+
+
+def _check_container(ct: ContainerConfig) -> None:
+    """Values that end up in every array task's command line (quoted there as well)."""
+    path = "executor.slurm.container"
+    if not ct.image:
+        return
+    if not ct.image.startswith("/"):
+        raise StudyError(f"{path}.image: an absolute path (compute nodes start elsewhere), "
+                         f"got {ct.image!r}")
+    if not (_SAFE_WORD.match(ct.runtime) and ct.runtime) and not ct.runtime.startswith("/"):
+        raise StudyError(f"{path}.runtime: a command name (apptainer, singularity) or an "
+                         f"absolute path, got {ct.runtime!r}")
+    for i, bind in enumerate(ct.bind):
+        if not bind.startswith("/") or "," in bind:
+            raise StudyError(f"{path}.bind[{i}]: one absolute SRC[:DST[:OPTS]] without commas "
+                             f"(one entry per path), got {bind!r}")
+    _check_options(f"{path}.options", ct.options, _EXEC_OPTION)
+
+
+def _check_options(path: str, options: list[str], pattern: re.Pattern[str]) -> None:
+    """Command-line options written into scripts: one option each, nothing a shell acts on."""
+    for i, option in enumerate(options):
+        if not pattern.match(option):
+            raise StudyError(f"{path}[{i}]: one '--option[=value]' without spaces, quotes or "
+                             f"shell characters, got {option!r}")
 
 
 def _check_host_keys(cfg: StudyConfig) -> None:

@@ -195,6 +195,32 @@ def queue_state(job_names: Sequence[str]) -> list[dict[str, str]]:
     return out
 
 
+def _task_command(sd: StudyDir) -> tuple[str, str]:
+    """The shell words that start `harness` in an array task, and a comment line explaining
+    them: this Python, or (executor.slurm.container) the image under srun + apptainer exec."""
+    ct = sd.config.executor.slurm.container
+    if not ct.image:
+        return shlex.quote(sys.executable) + " -m harness", ""
+    if not Path(ct.image).is_file():
+        raise StudyError(f"executor.slurm.container.image: {ct.image}: no such file here (the "
+                         f"image must be on a file system that this host and the compute nodes "
+                         f"share)")
+    root = str(sd.root)
+    if ":" in root or "," in root:
+        raise StudyError(f"{root}: a study directory whose path has ':' or ',' cannot be bound "
+                         f"into the container (--bind separates paths with them); move it")
+    words = ([] if not ct.srun else ["srun", "--ntasks=1", "--cpus-per-task={}".format(
+                 sd.config.executor.slurm.cpus_per_task)])
+    words += [ct.runtime, "exec", "--bind", root]
+    for bind in ct.bind:
+        words += ["--bind", bind]
+    words += [*ct.options, ct.image, "harness"]
+    note = ("\n# It runs inside the Apptainer image executor.slurm.container.image, with the "
+            "study directory\n# bound at the same path (the image's own harness, library and "
+            "hosts).")
+    return " ".join(shlex.quote(w) for w in words), note
+
+
 class SlurmExecutor(Executor):
     kind = "slurm"
 
@@ -203,6 +229,7 @@ class SlurmExecutor(Executor):
 
     def write_scripts(self, sd: StudyDir) -> dict[str, Path]:
         cfg = sd.config.executor.slurm
+        harness, note = _task_command(sd)
         out = {}
         (sd.root / "slurm" / "logs").mkdir(parents=True, exist_ok=True)
         for stage in STAGES:
@@ -217,7 +244,7 @@ class SlurmExecutor(Executor):
                 "MEM": cfg.mem, "TIME": cfg.time[stage],
                 "SIGNAL_SECONDS": str(cfg.signal_seconds),
                 "MAX_REQUEUES": str(cfg.max_requeues), "DIRECTIVES": _directives(cfg),
-                "PYTHON": shlex.quote(sys.executable)})
+                "HARNESS": harness, "CONTAINER_NOTE": note})
             path = sd.root / "slurm" / f"{stage}.sbatch"
             path.write_text(text)
             path.chmod(0o755)

@@ -1,0 +1,61 @@
+# The colnn harness (the `harness` CLI: conversion, verification, studies, reports), the Python
+# side of the project. It drives the Fortran library through its C binding (ctypes) and runs the
+# toy hosts, so it depends on the colnn package and points the harness at it at run time.
+from spack_repo.builtin.build_systems.python import PythonPackage
+
+from spack.package import *
+
+
+class PyColnnHarness(PythonPackage):
+    """Keras <-> Fortran model conversion, verification against Keras, random-search studies of
+    coupled neural-network parameterizations (local, Slurm, mpi4py executors), statistics and
+    reports, for the colnn library."""
+
+    homepage = "https://example.invalid/colnn"
+    git = "https://example.invalid/colnn.git"
+
+    license("Apache-2.0")
+    maintainers("colnn-team")
+
+    # developed from the source tree by the environment (spack.yaml `develop:`)
+    version("main", branch="main")
+
+    variant("keras", default=True,
+            description="TensorFlow/Keras: training candidates and verifying against Keras")
+
+    depends_on("python@3.10:", type=("build", "run"))
+    depends_on("py-setuptools@64:", type="build")
+
+    with default_args(type=("build", "run")):
+        depends_on("py-numpy@1.24:")
+        depends_on("py-h5py@3.8:")
+        depends_on("py-tqdm@4.60:")
+        depends_on("py-xarray@2023.1:")
+        depends_on("py-h5netcdf@1.8: +h5py")  # xarray reads the hosts' diagnostics.h5
+        depends_on("py-pandas@2:")
+        depends_on("py-pyarrow@14:")
+        depends_on("py-scipy@1.10:")
+        depends_on("py-matplotlib@3.7:")
+        depends_on("py-optuna@3.5:")
+        depends_on("py-mpi4py@3.1:")
+        depends_on("py-tensorflow@2.16:", when="+keras")
+        depends_on("py-keras@3:", when="+keras")
+
+    # the library is loaded at run time (ctypes) and the hosts are run as programs
+    depends_on("colnn+shared", type="run")
+
+    def setup_run_environment(self, env: EnvironmentModifications) -> None:
+        colnn = self.spec["colnn"]
+        # lib or lib64, as GNUInstallDirs chose on this system
+        library = find_libraries("libcolnn", root=colnn.prefix, recursive=True, shared=True)
+        precision = colnn.variants["precision"].value
+        env.set("COLNN_LIB_DOUBLE" if precision == "double" else "COLNN_LIB", library[0])
+        env.set("COLNN_HOST_BIN", colnn.prefix.bin)
+        env.set("COLNN_SLURM_TEMPLATES", join_path(self.prefix.share, "colnn", "slurm"))
+
+    @run_after("install")
+    def install_slurm_templates(self) -> None:
+        # the Slurm executor fills in these sbatch templates; they are not Python package data
+        install_tree("slurm", join_path(self.prefix.share, "colnn", "slurm"))
+        install_tree(join_path("examples", "study"),
+                     join_path(self.prefix.share, "colnn", "examples", "study"))
