@@ -185,20 +185,40 @@ def test_network_returning_non_finite_values_fails_at_that_step(truth: dict, net
     assert "finite" in r["message"]
 
 
-@pytest.mark.parametrize("step", [1, 37, 200])
+@pytest.mark.parametrize("step, value", [(1, "nan"), (37, "nan"), (200, "nan"), (37, "inf"),
+                                         (200, "-inf")])
 def test_nan_injected_at_step_n_is_reported_at_step_n(truth: dict, network: Path,
-                                                      step: int) -> None:
+                                                      step: int, value: str) -> None:
     base = truth["base"]
-    r = run(base, f"nan{step}", run={**truth["init"], "closure": "nn", "n_steps": 300,
-                                     "output_interval": 50, "inject_nan_step": step,
-                                     "inject_nan_column": 3},
+    name = f"nan{step}{value}"
+    r = run(base, name, run={**truth["init"], "closure": "nn", "n_steps": 300,
+                             "output_interval": 50, "inject_nan_step": step,
+                             "inject_nan_column": 3, "inject_value": value},
             failure=truth["failure"], coupler={"model_file": str(network)})
     assert (r["status"], r["failure_step"], r["steps"], r["reason"], r["variable"]) == \
         ("failed", step, step, "nonfinite", "x")
-    ds = diagnostics(base, f"nan{step}")
+    ds = diagnostics(base, name)      # flushed, up to and including the failing step
     assert float(ds["time"][-1]) == pytest.approx(step * 0.005)
-    assert np.isnan(float(ds["x_mean"][-1]))
-    assert not list((base / f"nan{step}").glob("*.tmp"))
+    assert not np.isfinite(float(ds["x_mean"][-1]))
+    assert sorted(p.name for p in (base / name).iterdir()) == \
+        ["diagnostics.h5", "host.log", "result.json", "run.nml"]      # nothing half-written
+
+
+def test_unwritable_output_is_an_error_that_keeps_the_run(truth: dict, network: Path,
+                                                          tmp_path: Path) -> None:
+    """diagnostics.h5 cannot be created (its temporary name is taken by a directory, which
+    also stops root, unlike permissions): the run is an error naming the file, result.json
+    keeps what happened up to then, and no other file appears."""
+    out = tmp_path / "blocked"
+    (out / "diagnostics.h5.tmp").mkdir(parents=True)
+    with pytest.raises(HostError, match=r"diagnostics\.h5\.tmp"):
+        run(out.parent, "blocked", run={**truth["init"], "closure": "nn", "n_steps": 120,
+                                        "inject_nan_step": 60},
+            coupler={"model_file": str(network)})
+    r = read_result(out)
+    assert (r["status"], r["steps"], r["failure_step"]) == ("error", 60, 60)
+    assert sorted(p.name for p in out.iterdir()) == \
+        ["diagnostics.h5.tmp", "host.log", "result.json", "run.nml"]
 
 
 def raw_run(tmp_path: Path, text: str) -> tuple[subprocess.CompletedProcess, dict]:

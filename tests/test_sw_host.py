@@ -127,6 +127,13 @@ def test_nan_injection_and_bad_network(truth: dict, network: Path) -> None:
     assert (r["status"], r["failure_step"], r["reason"], r["variable"]) == \
         ("failed", 77, "nonfinite", "h")
     assert float(diagnostics(base, "nan")["step"][-1]) == 77
+    for value, step in (("inf", 31), ("-inf", 120)):
+        r = run(base, f"inject{value}", run={**truth["init"], "closure": "nn", "n_steps": 200,
+                                             "inject_nan_step": step, "inject_nan_column": 9,
+                                             "inject_value": value},
+                coupler={"model_file": str(network)})
+        assert (r["status"], r["failure_step"], r["reason"]) == ("failed", step, "nonfinite")
+        assert not list((base / f"inject{value}").glob("*.tmp"))
     from harness.modelfile import read_model, write_model
     spec = read_model(network)
     spec.layers[-1].tensors["variance"] = spec.layers[-1].tensors["variance"] * 1e12

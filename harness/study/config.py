@@ -416,7 +416,8 @@ def _check_host_keys(cfg: StudyConfig) -> None:
 
     owned = {"mode", "closure", "n_steps", "dt", "seed", "init_file", "init_index",
              "output_dir", "inputs", "stencil_halfwidth", "spinup_steps", "sample_interval",
-             "cubic_coeffs", "inject_nan_step", "inject_nan_column"}
+             "cubic_coeffs", "inject_nan_step", "inject_nan_column",
+             "inject_value"}
     taken = sorted(owned & set(cfg.host.run))
     if taken:
         raise StudyError(f"host.run: {', '.join(taken)} are set by the study (see [data] and "

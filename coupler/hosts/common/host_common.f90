@@ -6,6 +6,7 @@ module host_common
   implicit none
   private
 
+  public :: injected_value, is_injectable
   public :: dp, i8, run_result_t, write_result, finish_run, hash_file, wall_clock, check_groups, itoa, &
             rtoa, ftoa, atomic_rename, MAX_EXTRA, host_uniform, host_normal
 
@@ -173,6 +174,26 @@ contains
 
   !> Writes result.json through a temporary file and rename(2): a reader sees the old file or
   !> the complete new one, never a partial one.
+  !> The value a fault-injection test writes into the state: 'nan', 'inf' or '-inf'.
+  real(dp) function injected_value(kind)
+    use, intrinsic :: ieee_arithmetic, only: ieee_value, ieee_quiet_nan, ieee_positive_inf, &
+                                             ieee_negative_inf
+    character(len=*), intent(in) :: kind
+    select case (trim(kind))
+    case ('inf')
+      injected_value = ieee_value(1.0_dp, ieee_positive_inf)
+    case ('-inf')
+      injected_value = ieee_value(1.0_dp, ieee_negative_inf)
+    case default
+      injected_value = ieee_value(1.0_dp, ieee_quiet_nan)
+    end select
+  end function injected_value
+
+  pure logical function is_injectable(kind)
+    character(len=*), intent(in) :: kind
+    is_injectable = any(trim(kind) == [character(len=4) :: 'nan', 'inf', '-inf'])
+  end function is_injectable
+
   subroutine write_result(path, r, stat, errmsg)
     character(len=*), intent(in) :: path
     type(run_result_t), intent(in) :: r

@@ -34,6 +34,7 @@ module host_h5
     character(len=512) :: errmsg = ''
     character(len=1024) :: path = ''     !< the file being written: final_path.tmp
     character(len=1024) :: final_path = ''
+    logical :: created = .false.         !< path was created by this writer (so it may remove it)
   contains
     procedure :: create => out_create
     procedure :: dim => out_dim
@@ -58,6 +59,7 @@ contains
     call h5open_f(err)
     if (err == 0) call h5eset_auto_f(0, err)
     if (err == 0) call h5fcreate_f(trim(self%path), H5F_ACC_TRUNC_F, self%file, err)
+    self%created = err == 0
     call fail(self, err, 'cannot create')
   end subroutine out_create
 
@@ -185,12 +187,19 @@ contains
     class(h5_out_t), intent(inout) :: self
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
+    integer :: u, ios
     call self%close()
     stat = self%stat
     errmsg = self%errmsg
-    if (stat /= 0) return
-    call atomic_rename(self%path, self%final_path, stat)
-    if (stat /= 0) errmsg = 'cannot rename '//trim(self%path)//' to '//trim(self%final_path)
+    if (stat == 0) then
+      call atomic_rename(self%path, self%final_path, stat)
+      if (stat /= 0) errmsg = 'cannot rename '//trim(self%path)//' to '//trim(self%final_path)
+    end if
+    ! a file that could not be written whole (disk full, quota) is removed, not left behind
+    if (stat /= 0 .and. self%created) then
+      open (newunit=u, file=trim(self%path), status='old', action='read', iostat=ios)
+      if (ios == 0) close (u, status='delete', iostat=ios)
+    end if
   end subroutine out_commit
 
   !> Shape (Fortran order) of a double dataset; rank 0 with stat /= 0 when it is not there.

@@ -39,6 +39,7 @@ module l96_host
     integer :: output_interval = 10, sample_interval = 10
     real(dp) :: cubic_coeffs(4) = 0                !< U = c1 + c2 X + c3 X^2 + c4 X^3
     integer :: inject_nan_step = -1, inject_nan_column = 1
+    character(len=8) :: inject_value = 'nan'        !< what is injected: nan, inf or -inf
     ! &l96_failure
     real(dp) :: max_abs = 50
     logical :: drift_check = .false.
@@ -144,13 +145,14 @@ contains
     real(dp) :: f, h, b, c, dt, cubic_coeffs(4), max_abs, drift_sigma, clim_mean, clim_std, &
                 sd_window_mean, sd_window_std
     character(len=16) :: mode, closure, inputs
+    character(len=8) :: inject_value
     character(len=1024) :: init_file, output_dir
     integer(i8) :: seed
     logical :: drift_check, found(size(GROUPS))
     namelist /l96_model/ k, j, f, h, b, c
     namelist /l96_run/ mode, closure, inputs, stencil_halfwidth, dt, n_steps, spinup_steps, &
       seed, init_file, init_index, output_dir, output_interval, sample_interval, cubic_coeffs, &
-      inject_nan_step, inject_nan_column
+      inject_nan_step, inject_nan_column, inject_value
     namelist /l96_failure/ max_abs, drift_check, drift_window, drift_sample_interval, &
       drift_sigma, clim_mean, clim_std, sd_window_mean, sd_window_std
 
@@ -166,7 +168,7 @@ contains
     init_index = cfg%init_index; output_dir = cfg%output_dir
     output_interval = cfg%output_interval; sample_interval = cfg%sample_interval
     cubic_coeffs = cfg%cubic_coeffs; inject_nan_step = cfg%inject_nan_step
-    inject_nan_column = cfg%inject_nan_column
+    inject_nan_column = cfg%inject_nan_column; inject_value = cfg%inject_value
     call read_group('l96_run')
     if (stat /= 0) return
     max_abs = cfg%max_abs; drift_check = cfg%drift_check; drift_window = cfg%drift_window
@@ -178,7 +180,7 @@ contains
     cfg = l96_config_t(k, j, f, h, b, c, mode, closure, inputs, stencil_halfwidth, dt, &
                        n_steps, spinup_steps, seed, init_file, output_dir, init_index, &
                        output_interval, sample_interval, cubic_coeffs, inject_nan_step, &
-                       inject_nan_column, max_abs, drift_check, drift_window, &
+                       inject_nan_column, inject_value, max_abs, drift_check, drift_window, &
                        drift_sample_interval, drift_sigma, clim_mean, clim_std, &
                        sd_window_mean, sd_window_std)
     call validate(cfg, path, stat, errmsg)
@@ -264,6 +266,8 @@ contains
     else if (cfg%inject_nan_step /= -1 .and. (cfg%inject_nan_column < 1 .or. &
                                               cfg%inject_nan_column > cfg%k)) then
       errmsg = bad('l96_run', 'inject_nan_column', 'must be in 1 .. k')
+    else if (.not. is_injectable(cfg%inject_value)) then
+      errmsg = bad('l96_run', 'inject_value', "must be 'nan', 'inf' or '-inf'")
     else if (.not. (cfg%max_abs > 0)) then
       errmsg = bad('l96_failure', 'max_abs', 'must be > 0')
     else if (cfg%drift_check .and. (cfg%drift_window < 1 .or. cfg%drift_sample_interval < 1 &
@@ -525,7 +529,7 @@ contains
       end if
       if (step == cfg%inject_nan_step) then
         kk = cfg%inject_nan_column - s%first + 1
-        if (kk >= 1 .and. kk <= s%n) s%x(1, kk) = ieee_nan()
+        if (kk >= 1 .and. kk <= s%n) s%x(1, kk) = injected_value(cfg%inject_value)
       end if
       ! non-finite or out of bounds: max |x| (NaN-aware), an exact reduction
       local_fail = 0

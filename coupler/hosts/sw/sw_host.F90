@@ -68,6 +68,7 @@ module sw_host
     integer :: init_index = 1
     integer :: output_interval = 24, sample_interval = 48
     integer :: inject_nan_step = -1, inject_nan_column = 1
+    character(len=8) :: inject_value = 'nan'        !< what is injected: nan, inf or -inf
     real(dp) :: wind_scale = 1
     logical :: relaxation = .true.
     ! &sw_failure
@@ -181,6 +182,7 @@ contains
                 h_eq_amplitude, dt, wind_scale, max_speed, energy_max, energy_warn, clim_ke, &
                 clim_pe, clim_h_std, clim_speed_mean
     character(len=16) :: mode, closure
+    character(len=8) :: inject_value
     character(len=1024) :: init_file, output_dir
     integer(i8) :: seed
     logical :: relaxation, found(size(GROUPS))
@@ -190,7 +192,7 @@ contains
       wind_days, relax_days, h_eq_amplitude
     namelist /sw_run/ mode, closure, dt, n_steps, spinup_steps, seed, init_file, init_index, &
       output_dir, output_interval, sample_interval, inject_nan_step, inject_nan_column, &
-      wind_scale, relaxation
+      inject_value, wind_scale, relaxation
     namelist /sw_failure/ max_speed, energy_max, energy_warn, energy_check_interval, clim_ke, &
       clim_pe, clim_h_std, clim_speed_mean
 
@@ -206,6 +208,7 @@ contains
     init_index = cfg%init_index; output_dir = cfg%output_dir
     output_interval = cfg%output_interval; sample_interval = cfg%sample_interval
     inject_nan_step = cfg%inject_nan_step; inject_nan_column = cfg%inject_nan_column
+    inject_value = cfg%inject_value
     wind_scale = cfg%wind_scale; relaxation = cfg%relaxation
     call read_group('sw_run')
     ! best effort: an error later in &sw_run keeps an output_dir read before it, so that the
@@ -217,6 +220,7 @@ contains
     cfg%init_index = init_index; cfg%output_dir = output_dir
     cfg%output_interval = output_interval; cfg%sample_interval = sample_interval
     cfg%inject_nan_step = inject_nan_step; cfg%inject_nan_column = inject_nan_column
+    cfg%inject_value = inject_value
     cfg%wind_scale = wind_scale; cfg%relaxation = relaxation
     if (gstat /= 0) then
       stat = gstat
@@ -344,6 +348,8 @@ contains
     else if (cfg%inject_nan_step /= -1 .and. (cfg%inject_nan_column < 1 .or. &
                                               cfg%inject_nan_column > cfg%nx * cfg%ny)) then
       errmsg = bad('sw_run', 'inject_nan_column', 'must be in 1 .. nx*ny')
+    else if (.not. is_injectable(cfg%inject_value)) then
+      errmsg = bad('sw_run', 'inject_value', "must be 'nan', 'inf' or '-inf'")
     else if (.not. finite(cfg%wind_scale)) then
       errmsg = bad('sw_run', 'wind_scale', 'must be finite')
     else if (.not. (cfg%max_speed > 0)) then
@@ -868,7 +874,7 @@ contains
       if (step == cfg%inject_nan_step) then
         j = (cfg%inject_nan_column - 1) / cfg%nx + 1 - s%first + 1
         i = modulo(cfg%inject_nan_column - 1, cfg%nx) + 1
-        if (j >= 1 .and. j <= s%n) s%h(i, j) = ieee_nan()
+        if (j >= 1 .and. j <= s%n) s%h(i, j) = injected_value(cfg%inject_value)
       end if
       call check_state(cfg, s, failed, reason, variable, msg)
       if (failed) then
