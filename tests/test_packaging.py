@@ -9,6 +9,7 @@ import ast
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,6 @@ def test_harness_package_matches_pyproject() -> None:
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef))
     assert cls.name == "PyColnnHarness" and [b.id for b in cls.bases] == ["PythonPackage"]
     deps = {re.split(r"[@ +~]", c.args[0].value)[0] for c in _calls(tree, "depends_on")}
-    import tomllib
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = [re.split(r"[<>=!~ \[]", d)[0].lower() for d in
               project["dependencies"] + project["optional-dependencies"]["keras"]]

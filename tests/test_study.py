@@ -72,6 +72,14 @@ def table(sd: StudyDir) -> pd.DataFrame:
     return pd.read_csv(sd.results_dir / "candidates.csv")[list(COMPARABLE_COLUMNS)]
 
 
+def assert_scripts_pass_shellcheck(study_root: Path) -> None:
+    """Every generated sbatch script is shellcheck-clean (shellcheck: installed by setup.sh)."""
+    for path in (study_root / "slurm").glob("*.sbatch"):
+        proc = subprocess.run(["shellcheck", "-S", "warning", str(path)], capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stdout
+
+
 def harness_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=600)
@@ -230,10 +238,7 @@ def test_slurm_study_equals_local(local_slurm: Path, local_study: StudyDir,
     for directive in ("#SBATCH --array=0-5%4", "#SBATCH --requeue",
                       "#SBATCH --signal=B:USR1@60", "#SBATCH --job-name=colnn-it_s_a_test"):
         assert directive in script
-    for path in (root / "slurm").glob("*.sbatch"):
-        proc = subprocess.run(["shellcheck", "-S", "warning", str(path)], capture_output=True,
-                              text=True)
-        assert proc.returncode == 0, proc.stdout
+    assert_scripts_pass_shellcheck(root)
     markers = [json.loads(p.read_text()) for p in (root / "tasks" / "couple").glob("*.json")]
     assert len(markers) == 12 and all(m["slurm_job"] for m in markers)
 
@@ -420,10 +425,7 @@ def test_slurm_tasks_run_inside_the_container_image(local_slurm: Path, local_stu
         assert words[8] == "task" and words[-1] != "step=none"   # a job step of srun
     script = (sd.root / "slurm" / "couple.sbatch").read_text()
     assert "srun --ntasks=1 --cpus-per-task=1 " in script
-    for path in (sd.root / "slurm").glob("*.sbatch"):    # shellcheck: installed by setup.sh
-        proc = subprocess.run(["shellcheck", "-S", "warning", str(path)], capture_output=True,
-                              text=True)
-        assert proc.returncode == 0, proc.stdout
+    assert_scripts_pass_shellcheck(sd.root)
     assert "'" + str(image).replace("'", "'\"'\"'") + "' harness task couple" in script
 
 

@@ -209,8 +209,8 @@ def _task_command(sd: StudyDir) -> tuple[str, str]:
     if ":" in root or "," in root:
         raise StudyError(f"{root}: a study directory whose path has ':' or ',' cannot be bound "
                          f"into the container (--bind separates paths with them); move it")
-    words = ([] if not ct.srun else ["srun", "--ntasks=1", "--cpus-per-task={}".format(
-                 sd.config.executor.slurm.cpus_per_task)])
+    cpus = sd.config.executor.slurm.cpus_per_task
+    words = ["srun", "--ntasks=1", f"--cpus-per-task={cpus}"] if ct.srun else []
     words += [ct.runtime, "exec", "--bind", root]
     for bind in ct.bind:
         words += ["--bind", bind]
