@@ -4,7 +4,7 @@
 module colnn_fkb
   use colnn_kinds, only: wp, dp, i8
   use colnn_status
-  use colnn_strings, only: str, next_token, parse_int, parse_real_dp, real_to_str
+  use colnn_strings, only: str, next_token, count_tokens, parse_int, parse_real_dp, real_to_str
   use colnn_textio, only: text_reader_t
   use colnn_spec, only: layer_spec_t
   use colnn_model_file, only: model_header_t, parse_number_row
@@ -59,7 +59,7 @@ contains
     integer, allocatable :: widths(:), n_ins(:)
     real(wp), allocatable :: values(:), flat(:)
     real(dp) :: rv
-    logical :: ok
+    logical :: ok, eof
 
     call next_data_line(r, 'the number of layer lines', stat, errmsg)
     if (stat /= 0) return
@@ -89,6 +89,12 @@ contains
         errmsg = r%where()//": FKB layer line '"//lkind//"' has no value"
         return
       end if
+      if (count_tokens(r%buf(1:r%n)) /= 2) then
+        stat = COLNN_ERR_FORMAT
+        errmsg = r%where()//": an FKB layer line is 'KIND VALUE', found '"// &
+                 r%buf(1:min(r%n, 60))//"'"
+        return
+      end if
       if (k == 1) then
         call parse_int(val, ival, ok)
         if (lkind /= 'input' .or. .not. ok .or. ival < 1 .or. ival > huge(1)) then
@@ -115,6 +121,13 @@ contains
             errmsg = r%where()//": bad unit count '"//val//"'"
             return
           end if
+          ! its biases alone need ival values: refuse before anything is allocated
+          if (ival > r%file_size / 2 + 1) then
+            stat = COLNN_ERR_FORMAT
+            errmsg = r%where()//': '//str(ival)//' units need more biases than a file of '// &
+                     str(r%file_size)//' bytes holds'
+            return
+          end if
           s%type_name = 'dense'
           call s%set_text('name', 'dense_'//str(n_layers))
           call s%set_int('units', int(ival))
@@ -126,13 +139,19 @@ contains
           call s%set_text('name', 'dropout_'//str(n_layers))
           call s%set_text('rate', val)
         case ('batchnormalization')
+          call parse_real_dp(val, rv, ok, allow_d=.true.)
+          if (.not. ok) then
+            stat = COLNN_ERR_FORMAT
+            errmsg = r%where()//": bad value '"//val//"' for FKB layer '"//lkind//"'"
+            return
+          end if
           s%type_name = 'batch_normalization'
           call s%set_text('name', 'batch_normalization_'//str(n_layers))
           call s%set_text('epsilon', FKB_BN_EPSILON)
           call s%set_logical('center', .true.)
           call s%set_logical('scale', .true.)
         case default
-          call parse_real_dp(val, rv, ok)
+          call parse_real_dp(val, rv, ok, allow_d=.true.)
           if (.not. ok) then
             stat = COLNN_ERR_FORMAT
             errmsg = r%where()//": bad value '"//val//"' for FKB layer '"//lkind//"'"
@@ -167,7 +186,7 @@ contains
 
     call next_data_line(r, 'the learning rate', stat, errmsg)
     if (stat /= 0) return
-    call parse_real_dp(trim(adjustl(r%buf(1:r%n))), rv, ok)
+    call parse_real_dp(r%buf(1:r%n), rv, ok, allow_d=.true.)
     if (.not. ok) then
       stat = COLNN_ERR_FORMAT
       errmsg = r%where()//": expected the learning rate, found '"//r%buf(1:min(r%n, 40))//"'"
@@ -184,7 +203,8 @@ contains
       if (stat /= 0) return
       allocate (values(widths(i)))
       call parse_number_row(r%buf(1:r%n), widths(i), 'float64', values, &
-                            r%where()//': biases of FKB dense layer '//str(i), stat, errmsg)
+                            r%where()//': biases of FKB dense layer '//str(i), stat, errmsg, &
+                            allow_d=.true.)
       if (stat /= 0) return
       call specs(i)%add_tensor('bias', 1, [widths(i), 1], values, r%line_no)
     end do
@@ -201,7 +221,8 @@ contains
       end if
       allocate (values(n_ins(i) * widths(i)))
       call parse_number_row(r%buf(1:r%n), n_ins(i) * widths(i), 'float64', values, &
-                            r%where()//': weights of FKB dense layer '//str(i), stat, errmsg)
+                            r%where()//': weights of FKB dense layer '//str(i), stat, errmsg, &
+                            allow_d=.true.)
       if (stat /= 0) return
       flat = reshape(transpose(reshape(values, [n_ins(i), widths(i)])), [size(values)])
       deallocate (values)
@@ -214,9 +235,17 @@ contains
       do k = 1, 4
         call next_data_line(r, 'batch normalization parameters of layer '//str(i), stat, errmsg)
         if (stat /= 0) return
+        ! the width comes from 'input N' or a dense layer: check it against the file first
+        if (widths(i) > r%file_size / 2 + 1) then
+          stat = COLNN_ERR_FORMAT
+          errmsg = r%where()//': batch normalization layer '//str(i)//' needs '// &
+                   str(widths(i))//' values a line, more than the file holds'
+          return
+        end if
         allocate (values(widths(i)))
         call parse_number_row(r%buf(1:r%n), widths(i), 'float64', values, &
-                              r%where()//': batch normalization layer '//str(i), stat, errmsg)
+                              r%where()//': batch normalization layer '//str(i), stat, errmsg, &
+                              allow_d=.true.)
         if (stat /= 0) return
         select case (k)
         case (1); call specs(i)%add_tensor('beta', 1, [widths(i), 1], values, r%line_no)
@@ -226,6 +255,14 @@ contains
         end select
       end do
     end do
+    call r%next_line(eof, stat, errmsg, skip_blank=.true.)
+    if (stat /= 0) return
+    if (.not. eof) then
+      stat = COLNN_ERR_FORMAT
+      errmsg = r%where()//": unexpected content after the last parameter vector: '"// &
+               r%buf(1:min(r%n, 40))//"'"
+      return
+    end if
     specs = specs(1:n_layers)
   end subroutine read_body
 end module colnn_fkb

@@ -3,7 +3,8 @@
 module colnn_model_file
   use colnn_kinds, only: wp, sp, dp, i8, wp_name
   use colnn_status
-  use colnn_strings, only: str, next_token, count_tokens, is_number_text, parse_int
+  use colnn_strings, only: str, next_token, count_tokens, is_number_text, is_decimal, &
+                           parse_int
   use colnn_textio, only: text_reader_t
   use colnn_spec, only: layer_spec_t
   use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
@@ -36,7 +37,8 @@ contains
 
   !> Parses exactly `n` numbers from `text` into `values`, reading them in `precision` (so that a
   !> float32 file gives the exact float32 values in a double build). Errors name `where`.
-  subroutine parse_number_row(text, n, precision, values, where, stat, errmsg)
+  !> `allow_d` accepts Fortran D exponents (FKB files); colnn files use E only.
+  subroutine parse_number_row(text, n, precision, values, where, stat, errmsg, allow_d)
     character(len=*), intent(in) :: text
     integer, intent(in) :: n
     character(len=*), intent(in) :: precision
@@ -44,25 +46,29 @@ contains
     character(len=*), intent(in) :: where
     integer, intent(out) :: stat
     character(len=:), allocatable, intent(out) :: errmsg
+    logical, intent(in), optional :: allow_d
     integer(i8) :: found
     integer :: ios, i, pos, first, last
+    logical :: d
     real(sp), allocatable :: v32(:)
     real(dp), allocatable :: v64(:)
 
     stat = COLNN_OK
     errmsg = ''
+    d = .false.
+    if (present(allow_d)) d = allow_d
     found = count_tokens(text)
     if (found /= n) then
       stat = COLNN_ERR_FORMAT
       errmsg = where//': expected '//str(n)//' values, found '//str(found)
       return
     end if
-    if (.not. is_number_text(text)) then
+    if (.not. is_number_text(text, d)) then
       stat = COLNN_ERR_FORMAT
       pos = 1
       do i = 1, n
         call next_token(text, pos, first, last)
-        if (.not. is_number_text(text(first:last))) exit
+        if (.not. is_decimal(text(first:last), d)) exit
       end do
       errmsg = where//': value '//str(i)//" is not a number: '"//text(first:min(last, first + 40))//"'"
       return
@@ -315,6 +321,10 @@ contains
       call split_key(r%buf(1:r%n), key, rest)
       select case (key)
       case ('end')
+        if (len(rest) > 0) then
+          call fail(stat, errmsg, COLNN_ERR_FORMAT, r%where()//": 'end' takes no value, found '"// &
+                    rest(1:min(len(rest), 40))//"'")
+        end if
         return
       case ('layer')
         call fail(stat, errmsg, COLNN_ERR_FORMAT, r%where()//": 'layer' before the 'end' of "// &
@@ -436,6 +446,11 @@ contains
     a = specs(k)%find_attr('name')
     if (a == 0) then
       call fail(stat, errmsg, COLNN_ERR_FORMAT, specs(k)%where()//": lacks attribute 'name'")
+      return
+    end if
+    if (len(specs(k)%attrs(a)%value) == 0) then
+      call fail(stat, errmsg, COLNN_ERR_FORMAT, specs(k)%where(specs(k)%attrs(a)%line)// &
+                ": attribute 'name' needs a value")
       return
     end if
     do i = 1, k - 1

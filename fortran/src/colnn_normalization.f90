@@ -41,6 +41,11 @@ contains
     self%n_in = n_in
     self%n_out = n_in
     call spec%get_real('epsilon', self%epsilon, stat, errmsg); if (stat /= 0) return
+    if (self%epsilon < 0) then
+      stat = COLNN_ERR_FORMAT
+      errmsg = spec%where()//': epsilon must be >= 0'
+      return
+    end if
     call spec%get_logical('invert', self%invert, stat, errmsg); if (stat /= 0) return
     call spec%get_vector('mean', n_in, self%mean, stat, errmsg); if (stat /= 0) return
     call spec%get_vector('variance', n_in, self%variance, stat, errmsg); if (stat /= 0) return

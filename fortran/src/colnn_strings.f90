@@ -5,7 +5,7 @@ module colnn_strings
   implicit none
   private
 
-  public :: str, real_to_str, lower, next_token, count_tokens, is_number_text
+  public :: str, real_to_str, lower, next_token, count_tokens, is_number_text, is_decimal
   public :: parse_int, parse_real_dp, parse_logical
 
   interface str
@@ -96,22 +96,83 @@ contains
     end do
   end function count_tokens
 
-  !> True when `s` has only the characters of a decimal number (digits, sign, point, exponent).
-  !> Used before list-directed reads, which would otherwise accept '/', ',', 'r*x' and names.
-  pure logical function is_number_text(s)
+  !> True when `s` is one decimal number: [+-] digits [. [digits]] or [+-] . digits, then an
+  !> optional exponent [eE] [+-] digits ([dD] too with `allow_d`, for Fortran-written files).
+  !> Stricter than a list-directed read, which takes '1+5' as 1e5, '1-2' as 0.01 and '/', ','
+  !> or 'r*x' as separators and repeat counts.
+  pure logical function is_decimal(s, allow_d)
     character(len=*), intent(in) :: s
-    integer :: i
-    logical :: has_digit
-    is_number_text = .false.
-    has_digit = .false.
-    do i = 1, len(s)
-      select case (s(i:i))
-      case ('0':'9'); has_digit = .true.
-      case ('+', '-', '.', 'e', 'E', 'd', 'D', ' ', achar(9), achar(13))
-      case default; return
-      end select
+    logical, intent(in) :: allow_d
+    integer :: i, n, n_int, n_frac
+    is_decimal = .false.
+    n = len(s)
+    i = 1
+    if (n == 0) return
+    if (s(1:1) == '+' .or. s(1:1) == '-') i = 2
+    n_int = 0
+    do while (i <= n)
+      if (.not. is_digit(s(i:i))) exit
+      n_int = n_int + 1
+      i = i + 1
     end do
-    is_number_text = has_digit
+    n_frac = 0
+    if (i <= n) then
+      if (s(i:i) == '.') then
+        i = i + 1
+        do while (i <= n)
+          if (.not. is_digit(s(i:i))) exit
+          n_frac = n_frac + 1
+          i = i + 1
+        end do
+      end if
+    end if
+    if (n_int + n_frac == 0) return
+    if (i <= n) then
+      select case (s(i:i))
+      case ('e', 'E')
+      case ('d', 'D')
+        if (.not. allow_d) return
+      case default
+        return
+      end select
+      i = i + 1
+      if (i <= n) then
+        if (s(i:i) == '+' .or. s(i:i) == '-') i = i + 1
+      end if
+      if (i > n) return
+      do while (i <= n)
+        if (.not. is_digit(s(i:i))) return
+        i = i + 1
+      end do
+    end if
+    is_decimal = .true.
+  end function is_decimal
+
+  pure logical function is_digit(c)
+    character, intent(in) :: c
+    is_digit = c >= '0' .and. c <= '9'
+  end function is_digit
+
+  !> True when `s` holds one or more blank-separated decimal numbers (see is_decimal) and
+  !> nothing else. Used before list-directed reads.
+  pure logical function is_number_text(s, allow_d)
+    character(len=*), intent(in) :: s
+    logical, intent(in), optional :: allow_d
+    integer :: pos, first, last
+    logical :: d
+    d = .false.
+    if (present(allow_d)) d = allow_d
+    is_number_text = .false.
+    pos = 1
+    do
+      call next_token(s, pos, first, last)
+      if (last < first) exit
+      if (.not. is_decimal(s(first:last), d)) then
+        is_number_text = .false.
+        return
+      end if
+      is_number_text = .true.
+    end do
   end function is_number_text
 
   subroutine parse_int(s, val, ok)
@@ -133,16 +194,24 @@ contains
     ok = ios == 0
   end subroutine parse_int
 
-  subroutine parse_real_dp(s, val, ok)
+  !> One decimal number (see is_decimal), blanks around it allowed, nothing else, finite in
+  !> working precision.
+  subroutine parse_real_dp(s, val, ok, allow_d)
     character(len=*), intent(in) :: s
     real(dp), intent(out) :: val
     logical, intent(out) :: ok
+    logical, intent(in), optional :: allow_d
     integer :: ios
+    logical :: d
     ok = .false.
     val = 0
-    if (.not. is_number_text(s)) return
+    d = .false.
+    if (present(allow_d)) d = allow_d
+    if (.not. is_decimal(trim(adjustl(s)), d)) return
     read (s, *, iostat=ios) val
+    ! callers keep the value in working precision: it must stay finite there too
     ok = ios == 0 .and. ieee_is_finite(val)
+    if (ok) ok = abs(val) <= huge(1.0_wp)
   end subroutine parse_real_dp
 
   subroutine parse_logical(s, val, ok)

@@ -111,6 +111,13 @@ contains
         end if
       end do
       self%line_no = self%line_no + 1
+      pos = utf8_error(self%buf(1:self%n))
+      if (pos > 0) then
+        stat = COLNN_ERR_FORMAT
+        errmsg = self%where()//': not UTF-8 text (byte '//str(pos)//' of the line): not a '// &
+                 'model file?'
+        return
+      end if
       if (.not. skip_blank) return
       pos = 1
       call next_token(self%buf(1:self%n), pos, first, last)
@@ -119,6 +126,46 @@ contains
       return
     end do
   end subroutine reader_next_line
+
+  !> Position of the first byte of `s` that is not part of well-formed UTF-8, or 0.
+  pure integer function utf8_error(s) result(bad)
+    character(len=*), intent(in) :: s
+    integer :: i, k, c, n_cont, lo, hi
+    bad = 0
+    i = 1
+    do while (i <= len(s))
+      c = iachar(s(i:i))
+      lo = 128
+      hi = 191
+      select case (c)
+      case (0:127); n_cont = 0
+      case (194:223); n_cont = 1
+      case (224); n_cont = 2; lo = 160
+      case (225:236, 238:239); n_cont = 2
+      case (237); n_cont = 2; hi = 159
+      case (240); n_cont = 3; lo = 144
+      case (241:243); n_cont = 3
+      case (244); n_cont = 3; hi = 143
+      case default
+        bad = i
+        return
+      end select
+      do k = 1, n_cont
+        if (i + k > len(s)) then
+          bad = i
+          return
+        end if
+        c = iachar(s(i + k:i + k))
+        if (c < lo .or. c > hi) then
+          bad = i
+          return
+        end if
+        lo = 128
+        hi = 191
+      end do
+      i = i + n_cont + 1
+    end do
+  end function utf8_error
 
   function reader_line(self) result(s)
     class(text_reader_t), intent(in) :: self

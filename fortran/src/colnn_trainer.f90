@@ -101,7 +101,11 @@ contains
     end if
     if (loss_text == 'custom') loss_text = 'mse'
     call self%configure(opt_text, loss_text, stat, errmsg)
-    if (stat /= 0) return
+    if (stat /= 0) then
+      ! configure's message names the optimizer or loss: add the file and line
+      errmsg = spec%where()//': '//trim(errmsg)
+      return
+    end if
     self%opt%iterations = it
     self%steps = it
     if (spec%find_tensor('slot_1') > 0) then
