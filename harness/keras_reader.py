@@ -22,7 +22,9 @@ import io
 import json
 import os
 import re
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -55,6 +57,8 @@ _SUPPORTED = ("InputLayer", "Dense", "Dropout", "BatchNormalization", "Normaliza
               *_ACTIVATION_CLASSES)
 _KERAS_EPSILON = 1e-7  # keras.backend.epsilon(), used by Normalization (measured: 1e-07)
 _MAX_EXPANSION = 100  # largest accepted ratio of unpacked to stored bytes (zip member, dataset)
+_MAX_BROADCAST = 1 << 24  # most features a config-only number may be broadcast to
+_MAX_JSON_DEPTH = 100  # Keras configs nest ~15 deep; deeper is refused before it is walked
 
 # Where TensorFlow-backed Keras uses a float32 value in a float64 model (measured):
 # * tf.nn.leaky_relu takes its slope as a float32 attribute: LeakyReLU layers, the
@@ -66,6 +70,13 @@ _MAX_EXPANSION = 100  # largest accepted ratio of unpacked to stored bytes (zip 
 # Keras 2 (tf_keras) stores ReLU/ELU/LeakyReLU parameters already rounded to float32 in the
 # config, so rounding them again changes nothing. ELU alpha, BatchNormalization epsilon and the
 # Normalization epsilon are used in float64 (measured exact).
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters: messages echo file content (layer
+    names, values), which may be huge or hold line breaks."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _f32(value: float) -> float:
@@ -90,10 +101,11 @@ class _Context:
     notes: list[tuple[str, str]] = field(default_factory=list)
 
     def fail(self, message: str) -> ConversionError:
-        return ConversionError(f"{self.path}: {message}")
+        return ConversionError(f"{self.path}: {_clip(message, 800)}")
 
     def layer_fail(self, name: str, cls: str, message: str) -> ConversionError:
-        return ConversionError(f"{self.path}: layer '{name}' ({cls}): {message}")
+        return ConversionError(f"{self.path}: layer '{_clip(name, 100)}' ({_clip(cls, 100)}): "
+                               f"{_clip(message, 800)}")
 
     def rounded(self, value: float) -> float:
         """A parameter Keras uses as float32: rounded in float64 models (notes above _f32)."""
@@ -160,7 +172,16 @@ class _Weights:
         names: list[str] = []
         if group is not None:
             raw = group.attrs.get("weight_names", [])
-            names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in raw]
+            if isinstance(raw, (str, bytes)) or getattr(raw, "ndim", 1) != 1:
+                raise self.ctx.layer_fail(name, cls, "weights file: 'weight_names' is not a "
+                                          "list of names")
+            try:
+                names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in raw]
+                for n in names:
+                    n.encode("utf-8")  # h5py hands undecodable bytes over as surrogates
+            except UnicodeError:
+                raise self.ctx.layer_fail(name, cls, "weights file: 'weight_names' holds "
+                                          "names that are not UTF-8") from None
         if len(names) != len(expected):
             raise self.ctx.layer_fail(
                 name, cls, f"weights file has {len(names)} weight(s) for this layer, expected "
@@ -246,8 +267,10 @@ def _axis_is_last(axis: Any) -> bool:
 
 
 def _number(ctx: _Context, name: str, cls: str, cfg: dict, key: str, default: Any) -> Any:
+    """A finite number from the config (``default`` when absent); None only where the default
+    is None (an optional parameter such as ReLU's max_value)."""
     value = cfg.get(key, default)
-    if value is None:
+    if value is None and default is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ctx.layer_fail(name, cls, f"'{key}' must be a number, got {value!r}")
@@ -287,8 +310,8 @@ def _activation_from_layer_config(ctx: _Context, name: str, cls: str, cfg: dict,
     if kind == "Activation":
         return _activation_value(ctx, name, cls, cfg.get("activation", "linear"))
     if kind == "LeakyReLU":
-        slope = cfg.get("negative_slope", cfg.get("alpha", 0.3))
-        slope = _number(ctx, name, cls, {"s": slope}, "s", 0.3)
+        key = "negative_slope" if "negative_slope" in cfg else "alpha"  # Keras 3 / Keras 2
+        slope = _number(ctx, name, cls, cfg, key, 0.3)
         return Activation.make("leaky_relu", negative_slope=ctx.rounded(slope))
     if kind == "ReLU":
         slope = _number(ctx, name, cls, cfg, "negative_slope", 0.0)
@@ -419,6 +442,9 @@ def _chain(ctx: _Context, cls: str, cfg: dict) -> tuple[list[dict], Optional[dic
         if not isinstance(layer, dict):
             raise ctx.fail("malformed layer entry in the model config")
         _check_builtin(ctx, layer, _layer_name(layer))
+        if not isinstance(layer.get("config"), dict):
+            raise ctx.layer_fail(_layer_name(layer), str(layer.get("class_name")),
+                                 "layer has no config")
     if cls == "Sequential":
         input_layer = None
         body = []
@@ -526,6 +552,16 @@ def _precision(ctx: _Context, body: list[dict], input_layer: Optional[dict]) -> 
     for layer in body:
         cfg = layer.get("config", {})
         name = _layer_name(layer)
+        dtype = cfg.get("dtype")
+        if isinstance(dtype, dict):  # a policy object: never of a foreign or custom class
+            module, registered = dtype.get("module"), dtype.get("registered_name")
+            if (module is not None and not (isinstance(module, str) and (
+                    module == "keras" or module.startswith(("keras.", "tf_keras"))))) \
+                    or registered not in (None, dtype.get("class_name")):
+                raise ctx.layer_fail(name, str(layer.get("class_name")),
+                                     f"dtype policy of custom class "
+                                     f"'{str(dtype.get('class_name'))[:80]}' (module "
+                                     f"'{str(module)[:80]}') is not supported")
         for policy in [_policy_name(cfg.get("dtype")), *_nested_policies(cfg)]:
             if policy not in ("float32", "float64"):
                 raise ctx.layer_fail(name, str(layer.get("class_name")),
@@ -608,19 +644,38 @@ def _convert_layer(ctx: _Context, layer: dict, n_in: int, weights: _Weights) -> 
 
 def _config_stat(ctx: _Context, name: str, cls: str, cfg: dict, key: str,
                  n_in: int) -> np.ndarray:
+    """Normalization mean/variance given in the config: one number (broadcast) or n_in
+    numbers in a (possibly nested) list."""
     value = cfg.get(key)
-    arr = np.asarray(value, dtype=object)
-    if arr.ndim == 0:
-        arr = np.full(n_in, value, dtype=object)
-    flat = arr.reshape(-1)
-    if flat.size != n_in or any(isinstance(v, bool) or not isinstance(v, (int, float))
-                                for v in flat):
+    if isinstance(value, list):
+        flat: list[Any] = []
+        stack: list[Any] = [value]
+        while stack and len(flat) <= n_in:
+            item = stack.pop()
+            if isinstance(item, list):
+                stack.extend(reversed(item))
+            else:
+                flat.append(item)
+        if stack or len(flat) != n_in:
+            raise ctx.layer_fail(name, cls, f"'{key}' in the config must be a number or "
+                                 f"{n_in} numbers")
+    else:
+        if n_in > _MAX_BROADCAST:
+            # a few bytes of JSON must not become gigabytes (the model has no weights to
+            # vouch for the input width)
+            raise ctx.layer_fail(name, cls, f"refusing to broadcast '{key}' to {n_in} "
+                                 f"features (more than {_MAX_BROADCAST})")
+        flat = [value]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in flat):
         raise ctx.layer_fail(name, cls, f"'{key}' in the config must be a number or {n_in} "
                              "numbers")
-    out = flat.astype(np.float64)
+    try:
+        out = np.array(flat, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        raise ctx.layer_fail(name, cls, f"'{key}' holds numbers beyond float64") from None
     if not np.all(np.isfinite(out)):
         raise ctx.layer_fail(name, cls, f"'{key}' holds NaN or Inf values")
-    return out
+    return np.broadcast_to(out, (n_in,)).copy() if out.size == 1 else out
 
 
 def _convert_normalization(ctx: _Context, name: str, cls: str, cfg: dict, n_in: int,
@@ -654,11 +709,70 @@ def _convert_normalization(ctx: _Context, name: str, cls: str, cfg: dict, n_in: 
 # containers
 
 
-def _keras_major(version: Any, config: Any) -> int:
-    if isinstance(version, bytes):
-        version = version.decode("utf-8", "replace")
-    if isinstance(version, str):
-        match = re.match(r"\s*(\d+)", version)
+def _version_text(path: str, raw: Any, where: str) -> Optional[str]:
+    """The Keras version recorded in a file (None when absent), checked to be a short string."""
+    if raw is None:
+        return None
+    if isinstance(raw, np.ndarray) and raw.shape == ():
+        raw = raw[()]
+    if isinstance(raw, (bytes, np.bytes_)):
+        raw = bytes(raw).decode("utf-8", "replace")
+    if not isinstance(raw, str) or len(raw) > 64 or not raw.isprintable() \
+            or not raw.isascii():
+        shown = repr(raw)
+        raise ConversionError(f"{path}: {where} {shown[:60]}{'...' if len(shown) > 60 else ''} "
+                              "is not a Keras version string")
+    return str(raw)
+
+
+def _load_json(path: str, what: str, raw: Any) -> Any:
+    """Parse a JSON document of the file (``what`` names it in messages).
+
+    Refuses text that is not UTF-8, invalid JSON, numbers Python will not convert, and
+    nesting deeper than _MAX_JSON_DEPTH (the converter walks configs recursively).
+    """
+    try:
+        if isinstance(raw, np.ndarray) and raw.shape == ():
+            raw = raw[()]
+        if isinstance(raw, (bytes, np.bytes_)):
+            text = bytes(raw).decode("utf-8")
+        elif isinstance(raw, str):
+            text = raw
+            text.encode("utf-8")  # h5py decodes undecodable bytes to lone surrogates
+        else:
+            raise ValueError(f"a {type(raw).__name__}, not text")
+        value = json.loads(text)
+    except UnicodeError:
+        raise ConversionError(f"{path}: {what} is not UTF-8 text") from None
+    except RecursionError:
+        raise ConversionError(f"{path}: {what} is nested too deeply") from None
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        detail = str(exc)
+        detail = detail if len(detail) <= 160 else detail[:160] + "..."
+        raise ConversionError(f"{path}: {what} is not valid JSON ({detail})") from None
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > _MAX_JSON_DEPTH:
+            raise ConversionError(f"{path}: {what} is nested more than {_MAX_JSON_DEPTH} levels "
+                                  "deep (not a Keras model config)")
+        if isinstance(node, dict):
+            for key, item in node.items():
+                if any(0xD800 <= ord(c) <= 0xDFFF for c in key):
+                    raise ConversionError(f"{path}: {what} holds a lone surrogate (\\udXXX) "
+                                          "in a key")
+                stack.append((item, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1) for item in node)
+        elif isinstance(node, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in node):
+            raise ConversionError(f"{path}: {what} holds a string with a lone surrogate "
+                                  "(\\udXXX escape), which is not text")
+    return value
+
+
+def _keras_major(version: Optional[str], config: Any) -> int:
+    if version is not None:
+        match = re.match(r"\s*(\d{1,4})(?!\d)", version)
         if match:
             return int(match.group(1))
     # No version recorded: Keras 2 configs carry 'batch_input_shape', Keras 3 'batch_shape'.
@@ -666,7 +780,7 @@ def _keras_major(version: Any, config: Any) -> int:
 
 
 def _build_spec(ctx: _Context, config: Any, weights_root: Any, layout: str,
-                source_format: str, version: Any) -> ModelSpec:
+                source_format: str, version: Optional[str]) -> ModelSpec:
     cls, cfg = _model_config(ctx, config)
     body, input_layer = _chain(ctx, cls, cfg)
     if not body:
@@ -685,9 +799,10 @@ def _build_spec(ctx: _Context, config: Any, weights_root: Any, layout: str,
     for spec_layer in layers:
         spec_layer.tensors = {k: np.asarray(v, dtype=np.float64).astype(dtype)
                               for k, v in spec_layer.tensors.items()}
-    meta = [("source", Path(ctx.path).name), ("source_format", source_format)]
-    if isinstance(version, bytes):
-        version = version.decode("utf-8", "replace")
+    # a file name that is not UTF-8 reaches Python as surrogates: keep it printable
+    source = os.fsencode(Path(ctx.path).name).decode("utf-8", "backslashreplace")
+    meta = [("source", source.replace("\n", " ").replace("\r", " ")),
+            ("source_format", source_format)]
     if version:
         meta.append(("keras_version", str(version)))
     meta.append(("keras_model", f"{cls} {cfg.get('name', '')}".strip()))
@@ -714,12 +829,13 @@ def _read_zip(path: str) -> ModelSpec:
         if "config.json" not in names:
             raise ConversionError(f"{path}: zip archive without config.json (not a .keras "
                                   "model file)")
-        config = json.loads(archive.read("config.json").decode("utf-8"))
+        config = _load_json(path, "config.json", archive.read("config.json"))
         version = None
         if "metadata.json" in names:
-            metadata = json.loads(archive.read("metadata.json").decode("utf-8"))
+            metadata = _load_json(path, "metadata.json", archive.read("metadata.json"))
             if isinstance(metadata, dict):
-                version = metadata.get("keras_version")
+                version = _version_text(path, metadata.get("keras_version"),
+                                        "metadata.json keras_version")
         ctx = _Context(path, _keras_major(version, config))
         if "model.weights.h5" not in names:
             raise ConversionError(f"{path}: .keras archive without model.weights.h5")
@@ -736,10 +852,9 @@ def _read_h5(path: str) -> ModelSpec:
         if raw is None:
             raise ConversionError(f"{path}: HDF5 file without 'model_config' (a weights-only "
                                   "file, or not a Keras model)")
-        if isinstance(raw, bytes):
-            raw = raw.decode("utf-8")
-        config = json.loads(str(raw))
-        version = handle.attrs.get("keras_version")
+        config = _load_json(path, "the 'model_config' attribute", raw)
+        version = _version_text(path, handle.attrs.get("keras_version"),
+                                "the 'keras_version' attribute")
         ctx = _Context(path, _keras_major(version, config))
         if "model_weights" not in handle:
             raise ConversionError(f"{path}: HDF5 model file without 'model_weights'")
@@ -765,9 +880,12 @@ def read_keras(path: PathLike) -> ModelSpec:
             return _read_h5(name)
     except ConversionError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError,
-            zipfile.BadZipFile, RuntimeError, EOFError) as exc:
-        detail = str(exc) or type(exc).__name__
+    except (OSError, LookupError, ValueError, TypeError, AttributeError, ArithmeticError,
+            zipfile.BadZipFile, zlib.error, struct.error, RuntimeError, EOFError) as exc:
+        # Last resort for what zipfile, zlib and h5py raise on damaged containers (h5py alone
+        # raises OSError, KeyError, RuntimeError, ValueError and OverflowError): the file is
+        # unreadable; it never reaches the user as a traceback.
+        detail = _clip(str(exc) or type(exc).__name__, 300)
         raise ConversionError(f"{name}: not a readable Keras model file ({detail})") from None
     raise ConversionError(f"{name}: not a Keras model file (neither a .keras zip archive nor "
                           "an HDF5 file)")

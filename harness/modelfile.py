@@ -239,6 +239,15 @@ class _Invalid(Exception):
     """A consistency problem in one layer; validate() adds the location."""
 
 
+def _is_utf8(text: str) -> bool:
+    """False for strings that cannot be written as UTF-8 (lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeError:
+        return False
+    return True
+
+
 def _check_tensor(layer: LayerSpec, tname: str, shape: tuple[int, ...]) -> None:
     if tname not in layer.tensors:
         raise _Invalid(f"tensor '{tname}' is missing")
@@ -288,7 +297,7 @@ def _check_layer(layer: LayerSpec, n_in: int) -> int:
         raise _Invalid(f"unknown layer type '{layer.type}' "
                        f"(known: {', '.join(LAYER_ATTRS)})")
     if not isinstance(layer.name, str) or not layer.name or layer.name != layer.name.strip() \
-            or any(c in layer.name for c in "\r\n"):
+            or any(c in layer.name for c in "\r\n") or not _is_utf8(layer.name):
         raise _Invalid(f"layer name {layer.name!r} must be non-empty, one line, "
                        "without leading or trailing blanks")
     kinds = LAYER_ATTRS[layer.type]
@@ -361,7 +370,8 @@ def validate(spec: ModelSpec, source: str = "<model>",
     for key, value in spec.meta:
         if not isinstance(key, str) or not _KEY_RE.match(key):
             raise ModelFileError(f"{source}: meta key {key!r} must be lower-case [a-z0-9_]")
-        if not isinstance(value, str) or any(c in value for c in "\r\n"):
+        if not isinstance(value, str) or any(c in value for c in "\r\n") \
+                or not _is_utf8(value):
             raise ModelFileError(f"{source}: meta value {value!r} must be one line of text")
     seen: dict[str, int] = {}
     n = int(spec.n_inputs)

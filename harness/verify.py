@@ -102,7 +102,17 @@ def load_inputs(path: Path | str, n_inputs: int, dataset: str | None = None) -> 
 
 
 def _load_keras_model(path: str):
-    """Keras 3 first; Keras 2 (tf_keras) files that Keras 3 cannot read go to tf_keras."""
+    """Keras 3 first; Keras 2 (tf_keras) files that Keras 3 cannot read go to tf_keras.
+
+    Loading a Keras file can run code from it (a Lambda layer's marshalled bytecode, a
+    custom class), so Keras only sees files the converter's static reader accepts (it refuses
+    Lambda and custom classes without importing anything), and both loaders run in safe mode.
+    tf_keras' ``load_model`` ignores ``safe_mode`` for legacy .h5 files (it would unmarshal a
+    Lambda's bytecode), hence the explicit SafeModeScope.
+    """
+    from .keras_reader import read_keras
+
+    read_keras(path)  # raises ConversionError (a HarnessError) for anything it refuses
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     try:
@@ -110,11 +120,19 @@ def _load_keras_model(path: str):
     except Exception as first:  # noqa: BLE001 - Keras raises many types; we retry once
         if path.endswith(".h5"):
             try:
-                import tf_keras
-                return tf_keras.models.load_model(path, compile=False)
+                return _load_tf_keras_h5(path)
             except Exception:  # noqa: BLE001
                 pass
         raise HarnessError(f"{path}: Keras cannot load the model: {first}") from None
+
+
+def _load_tf_keras_h5(path: str):
+    """A legacy .h5 file through tf_keras, with Lambda bytecode refused (safe mode)."""
+    import tf_keras
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    with SafeModeScope(True):
+        return tf_keras.models.load_model(path, compile=False, safe_mode=True)
 
 
 def keras_predict(path: Path | str, x: np.ndarray) -> np.ndarray:
