@@ -119,7 +119,9 @@ def _cmd_stage(args: argparse.Namespace) -> int:
                wait=not getattr(args, "no_wait", False), progress=not getattr(args, "quiet", False))
     counts = sd.counts(args.stage)
     print(f"{args.stage}: {counts['ok']}/{sd.n_tasks(args.stage)} tasks done"
-          + (f", {counts['error']} failed (rerun to retry)" if counts["error"] else ""))
+          + (f", {counts['error']} failed (rerun to retry)" if counts["error"] else "")
+          + (f", {counts['waiting']} waiting for unfinished earlier tasks (--resume)"
+             if counts["waiting"] else ""))
     if args.stage == "report":
         print(f"report: {sd.root / 'report' / 'report.md'}")
     return 0

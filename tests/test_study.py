@@ -342,6 +342,41 @@ def test_cancelled_and_requeued_tasks_leave_no_gap_or_duplicate(
     assert set(runs["status"]) <= {"completed", "failed"}
 
 
+def _copy_finished(src: StudyDir, dst: StudyDir, stages: tuple[str, ...]) -> None:
+    """The finished stages of one study into another of the same configuration."""
+    for part in ("data", "candidates", *(f"tasks/{s}" for s in stages)):
+        shutil.copytree(src.root / part, dst.root / part, dirs_exist_ok=True)
+    (dst.root / "data" / "calibration.json").unlink()    # init_file points at the copy
+
+
+def test_tasks_after_a_cancelled_training_wait_for_it(local_study: StudyDir,
+                                                      tmp_path: Path) -> None:
+    """A training task killed before it wrote anything: the later stages still run (as after
+    Slurm's afterany), but what needs that candidate records 'waiting', not a result;
+    --resume then trains it and reruns exactly those tasks, and the table is the undisturbed
+    one."""
+    sd = make_study(tmp_path / "waiting", TINY)
+    _copy_finished(local_study, sd, ("data", "train"))
+    shutil.rmtree(sd.candidate_dir("c0001"))
+    (sd.root / "tasks" / "train" / "1.json").unlink()
+    run_stages(sd, ["convert", "couple", "collect", "report"], "local", progress=False)
+    waiting = {stage: [i for i in range(sd.n_tasks(stage))
+                       if sd.task_state(stage, i) == "waiting"] for stage in STAGES}
+    blocked = [i for i, t in enumerate(sd.plan["couple"])
+               if t["name"] in ("c0001", "ensemble-top2")]
+    assert waiting == {"data": [], "train": [], "convert": [1], "couple": blocked,
+                       "collect": [0], "report": [0]}
+    assert sd.pending("train") == [1] and sd.counts("couple")["waiting"] == len(blocked)
+    marker = json.loads(sd.marker("convert", 1).read_text())
+    assert marker["message"] == "waiting for train task(s) 1 (not finished)"
+    proc = harness_cli("status", str(sd.root))
+    assert f"couple {12 - len(blocked)}/12 done, {len(blocked)} waiting" in proc.stdout
+    proc = harness_cli("study", "--resume", str(sd.root), "--executor", "local", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert all(sd.counts(s)["ok"] == sd.n_tasks(s) for s in STAGES)
+    pd.testing.assert_frame_equal(table(sd), table(local_study))
+
+
 def test_shallow_water_study_end_to_end(tmp_path: Path) -> None:
     """The sw host through every stage: 15 stencil inputs -> 3 forcing outputs per cell, the
     energy criterion calibrated on the truth run, the 'none' and 'truth' baselines."""

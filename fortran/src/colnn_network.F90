@@ -316,6 +316,7 @@ contains
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
     integer :: nc, i, j, block, cache_block, n_threads, n_blocks, ib, j0, m, t
+    logical :: resize
 
     stat = COLNN_OK
     errmsg = ''
@@ -366,7 +367,10 @@ contains
     cache_block = max(MIN_BLOCK, min(MAX_BLOCK, BLOCK_BYTES / (2 * self%max_width * (storage_size(x) / 8))))
     n_threads = 1
     !$ n_threads = omp_get_max_threads()
-    if (.not. allocated(ws%a) .or. ws%block /= cache_block .or. size(ws%a, 2) < n_threads) then
+    ! Fortran does not short-circuit .or., so size() must not see an unallocated array
+    resize = .not. allocated(ws%a)
+    if (.not. resize) resize = ws%block /= cache_block .or. size(ws%a, 2) < n_threads
+    if (resize) then
       if (allocated(ws%a)) deallocate (ws%a, ws%b)
       allocate (ws%a(self%max_width * cache_block, n_threads), &
                 ws%b(self%max_width * cache_block, n_threads), stat=stat)

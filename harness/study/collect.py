@@ -10,6 +10,8 @@ still gives one row; a task with no marker is reported as 'missing', never dropp
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -176,8 +178,6 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
 
 
 def _write_parquet(table: Any, path: Path) -> None:
-    import os
-    import tempfile
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".parquet.", suffix=".tmp")
     os.close(fd)
     try:
@@ -194,13 +194,26 @@ def _write_parquet(table: Any, path: Path) -> None:
 def _write_optuna_journal(sd: StudyDir, table: Any, path: Path) -> None:
     """The candidates as a finished Optuna study (minimize val MSE, maximize steps)."""
     import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = search_distributions(sd.config)
+    # built beside the journal and renamed into place: a reader (or a second collect) never
+    # sees a journal half written or two studies' trials interleaved
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        _fill_optuna_journal(sd, table, tmp, dists)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        Path(f"{tmp}.lock").unlink(missing_ok=True)
+
+
+def _fill_optuna_journal(sd: StudyDir, table: Any, tmp: str, dists: dict[str, Any]) -> None:
+    import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
     from optuna.trial import TrialState, create_trial
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    path.unlink(missing_ok=True)
-    dists = search_distributions(sd.config)
-    storage = JournalStorage(JournalFileBackend(str(path)))
+    storage = JournalStorage(JournalFileBackend(tmp))
     study = optuna.create_study(storage=storage, study_name=sd.config.name,
                                 directions=["minimize", "maximize"])
     cands = {c["name"]: c for c in sd.plan["candidates"]}

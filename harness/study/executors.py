@@ -335,6 +335,7 @@ def status_line(sd: StudyDir, queue: list[dict[str, str]], stages: Sequence[str]
         pending = sum(q["state"] in ("PENDING", "REQUEUED", "CONFIGURING") for q in mine)
         parts.append(f"{stage} {counts['ok']}/{sd.n_tasks(stage)} done"
                      + (f", {counts['error']} failed" if counts["error"] else "")
+                     + (f", {counts['waiting']} waiting" if counts["waiting"] else "")
                      + (f", {running} running" if running else "")
                      + (f", {pending} pending" if pending else ""))
     return " | ".join(parts)

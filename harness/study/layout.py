@@ -209,7 +209,8 @@ class StudyDir:
         return self.root / "tasks" / stage / f"{index}.json"
 
     def task_state(self, stage: str, index: int) -> str:
-        """'ok', 'error' (retry on resume) or 'pending'."""
+        """'ok', 'error' (retry on resume), 'waiting' (for an unfinished earlier task: rerun
+        after it) or 'pending' (never finished)."""
         try:
             return str(json.loads(self.marker(stage, index).read_text()).get("status", "error"))
         except FileNotFoundError:
@@ -222,10 +223,10 @@ class StudyDir:
             raise StudyError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
         states = [self.task_state(stage, i) for i in range(self.n_tasks(stage))]
         return [i for i, s in enumerate(states)
-                if s == "pending" or (retry_errors and s == "error")]
+                if s in ("pending", "waiting") or (retry_errors and s == "error")]
 
     def counts(self, stage: str) -> dict[str, int]:
-        out = {"ok": 0, "error": 0, "pending": 0}
+        out = {"ok": 0, "error": 0, "waiting": 0, "pending": 0}
         for i in range(self.n_tasks(stage)):
             state = self.task_state(stage, i)
             out[state if state in out else "error"] += 1

@@ -5,7 +5,10 @@ Keras file to a colnn model file, verified against Keras), ``couple`` (one coupl
 candidate, a baseline or the top-k ensemble from one initial condition), ``collect`` and
 ``report`` (one task each). A task's outcome (a diverged training, a failed conversion, a run
 that failed its criteria) is a result, recorded and done; only an infrastructure failure (an
-exception, a host that cannot start) leaves the task in state 'error' for ``--resume``.
+exception, a host that cannot start) leaves the task in state 'error' for ``--resume``. A task
+whose input comes from a task that has not finished (killed, cancelled, failed) records state
+'waiting' instead of a result: ``--resume`` reruns it after the earlier task, so a cancelled
+training never turns into a 'skipped' candidate.
 """
 
 from __future__ import annotations
@@ -26,7 +29,18 @@ from ..errors import HarnessError
 from .config import StudyError
 from .layout import StudyDir, atomic_write_json, read_json
 
-__all__ = ["run_task", "calibration", "training_data", "STAGE_TASKS"]
+__all__ = ["run_task", "calibration", "training_data", "STAGE_TASKS", "UpstreamUnfinished"]
+
+
+class UpstreamUnfinished(StudyError):
+    """The task's input is not there yet because an earlier task has not finished."""
+
+
+def _require(sd: StudyDir, stage: str, indices: Any) -> None:
+    unfinished = [i for i in indices if sd.task_state(stage, i) != "ok"]
+    if unfinished:
+        shown = ", ".join(map(str, unfinished[:8])) + (", ..." if len(unfinished) > 8 else "")
+        raise UpstreamUnfinished(f"waiting for {stage} task(s) {shown} (not finished)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,7 +68,7 @@ def task_data(sd: StudyDir, index: int) -> dict[str, Any]:
 def _truth_file(sd: StudyDir, index: int) -> Path:
     path = sd.truth_dir(index) / "truth.h5"
     if sd.task_state("data", index) != "ok" or not path.is_file():
-        raise StudyError(f"{path}: the truth run is not finished (run the data stage first)")
+        raise UpstreamUnfinished(f"{path}: the truth run is not finished (run the data stage first)")
     return path
 
 
@@ -301,6 +315,7 @@ def task_convert(sd: StudyDir, index: int) -> dict[str, Any]:
     from ..verify import verify
     cand = sd.plan["candidates"][index]
     cdir = sd.candidate_dir(cand["name"])
+    _require(sd, "train", [index])
     (cdir / "model.colnn").unlink(missing_ok=True)
     train = read_json(cdir / "train.json")
     record: dict[str, Any] = {"name": cand["name"]}
@@ -362,12 +377,20 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+def _candidate_index(sd: StudyDir, name: str) -> int:
+    return next(c["index"] for c in sd.plan["candidates"] if c["name"] == name)
+
+
 def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
     from ..hosts import host_run_from_dict, run_host
     cfg, c = sd.config, sd.config.couple
     task = sd.plan["couple"][index]
     name, kind, ic = task["name"], task["kind"], task["ic"]
     rdir = sd.run_dir(name, ic)
+    if kind == "candidate":
+        _require(sd, "convert", [_candidate_index(sd, name)])
+    elif kind == "ensemble":      # the members are the best of all candidates
+        _require(sd, "convert", range(sd.n_tasks("convert")))
     sd.remove(rdir)
     cal = calibration(sd)
     run: dict[str, Any] = {**cfg.host.run, "mode": "coarse", "dt": c.dt, "n_steps": c.steps,
@@ -410,13 +433,17 @@ def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 def task_collect(sd: StudyDir, index: int) -> dict[str, Any]:
     from .collect import collect
-    table = collect(sd)
+    table = collect(sd)     # partial tables are worth writing; the marker says they are partial
+    for stage in ("data", "train", "convert", "couple"):
+        _require(sd, stage, range(sd.n_tasks(stage)))
     return {"rows": len(table)}
 
 
 def task_report(sd: StudyDir, index: int) -> dict[str, Any]:
     from ..report import write_report
-    return {"report": str(write_report(sd.root))}
+    report = write_report(sd.root)
+    _require(sd, "collect", [0])
+    return {"report": str(report)}
 
 
 STAGE_TASKS: dict[str, Callable[[StudyDir, int], dict[str, Any]]] = {
@@ -437,6 +464,8 @@ def run_task(root: Path | str, stage: str, index: int, force: bool = False,
     start = time.perf_counter()
     try:
         marker: dict[str, Any] = {"status": "ok", **STAGE_TASKS[stage](sd, index)}
+    except UpstreamUnfinished as exc:
+        marker = {"status": "waiting", "message": str(exc)}
     except Exception as exc:    # noqa: BLE001 - recorded for --resume, never lost
         marker = {"status": "error", "message": f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc(limit=8)}
