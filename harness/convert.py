@@ -13,7 +13,7 @@ from typing import Optional, Union
 
 from .errors import ConversionError
 from .fkb import is_fkb_file, read_fkb, write_fkb
-from .keras_reader import HDF5_MAGIC, ZIP_MAGIC, read_keras
+from .keras_reader import HDF5_MAGIC, READ_TIMEOUT_S, ZIP_MAGIC, read_keras, read_keras_isolated
 from .modelfile import ModelSpec, read_model, write_model
 
 __all__ = ["FORMATS", "detect_format", "format_for_suffix", "load_any", "save_any", "convert"]
@@ -62,11 +62,17 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
-def load_any(path: PathLike, fmt: Optional[str] = None) -> ModelSpec:
-    """Read a model in any supported format (detected from the content unless ``fmt``)."""
+def load_any(path: PathLike, fmt: Optional[str] = None,
+             read_timeout: Optional[float] = READ_TIMEOUT_S) -> ModelSpec:
+    """Read a model in any supported format (detected from the content unless ``fmt``).
+
+    Keras files are read in a child process limited to ``read_timeout`` seconds (libhdf5 can
+    hang or crash on a damaged file); ``None`` reads in this process (for callers that isolate
+    the read themselves, like the fuzzer)."""
     fmt = _check_format(fmt) if fmt is not None else detect_format(path)
     if fmt in ("keras", "h5"):
-        return read_keras(path)
+        return read_keras(path) if read_timeout is None else \
+            read_keras_isolated(path, read_timeout)
     if fmt == "colnn":
         return read_model(path)
     return read_fkb(path)
@@ -91,8 +97,9 @@ def save_any(spec: ModelSpec, path: PathLike, fmt: Optional[str] = None) -> None
 
 
 def convert(src: PathLike, dst: PathLike, src_format: Optional[str] = None,
-            dst_format: Optional[str] = None) -> ModelSpec:
+            dst_format: Optional[str] = None,
+            read_timeout: Optional[float] = READ_TIMEOUT_S) -> ModelSpec:
     """Convert ``src`` into ``dst``; returns the ModelSpec that was written."""
-    spec = load_any(src, src_format)
+    spec = load_any(src, src_format, read_timeout)
     save_any(spec, dst, dst_format)
     return spec

@@ -34,7 +34,11 @@ import numpy as np
 from .errors import ConversionError, ModelFileError
 from .modelfile import Activation, LayerSpec, ModelSpec, validate
 
-__all__ = ["read_keras", "KERAS_ACTIVATIONS", "HDF5_MAGIC", "ZIP_MAGIC"]
+__all__ = ["read_keras", "read_keras_isolated", "READ_TIMEOUT_S", "KERAS_ACTIVATIONS",
+           "HDF5_MAGIC", "ZIP_MAGIC"]
+
+#: a healthy model file of any size this project meets reads in well under a second
+READ_TIMEOUT_S = 120.0
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -889,3 +893,56 @@ def read_keras(path: PathLike) -> ModelSpec:
         raise ConversionError(f"{name}: not a readable Keras model file ({detail})") from None
     raise ConversionError(f"{name}: not a Keras model file (neither a .keras zip archive nor "
                           "an HDF5 file)")
+
+
+def _read_in_child(path: str, conn: Any) -> None:
+    try:
+        conn.send((True, read_keras(path)))
+    except ConversionError as exc:
+        conn.send((False, str(exc)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, never a traceback
+        conn.send((False, f"{path}: not a readable Keras model file "
+                          f"({type(exc).__name__}: {_clip(str(exc), 300)})"))
+    finally:
+        conn.close()
+
+
+def read_keras_isolated(path: PathLike, timeout: float = READ_TIMEOUT_S) -> ModelSpec:
+    """``read_keras`` in a child process with a time limit.
+
+    A damaged HDF5 file can make libhdf5 loop forever (seen in H5Aread on bit-flipped
+    attribute headers) or crash, and a path can name a FIFO or a stalled file system: the
+    caller (a study's convert task, a GCM group's CLI run) gets a ConversionError naming the
+    file instead of a hung or killed process.
+    """
+    import multiprocessing
+
+    name = str(path)
+    if timeout <= 0:
+        raise ConversionError(f"{name}: the read time limit must be > 0 s, got {timeout}")
+    ctx = multiprocessing.get_context("spawn")    # no inherited HDF5 or TensorFlow state
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_read_in_child, args=(name, send), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not recv.poll(timeout):
+            raise ConversionError(f"{name}: reading the file did not finish within {timeout:g} s "
+                                  "(a damaged HDF5 file can hang libhdf5; or the path is a "
+                                  "FIFO or on a stalled file system); not converted")
+        try:
+            ok, payload = recv.recv()
+        except EOFError:
+            child.join(5)
+            code = child.exitcode
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            raise ConversionError(f"{name}: the reader process died ({how}) on this file; "
+                                  "it is damaged or not a Keras model file") from None
+    finally:
+        recv.close()
+        if child.is_alive():
+            child.kill()
+        child.join()
+    if not ok:
+        raise ConversionError(payload)
+    return payload

@@ -110,9 +110,10 @@ def _load_keras_model(path: str):
     tf_keras' ``load_model`` ignores ``safe_mode`` for legacy .h5 files (it would unmarshal a
     Lambda's bytecode), hence the explicit SafeModeScope.
     """
-    from .keras_reader import read_keras
+    from .keras_reader import read_keras_isolated
 
-    read_keras(path)  # raises ConversionError (a HarnessError) for anything it refuses
+    # raises ConversionError (a HarnessError) for anything it refuses, or a read that hangs
+    read_keras_isolated(path)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     try:

@@ -6,10 +6,11 @@
 #   scripts/local_slurm.sh start DIR [CPUS]   # prints the SLURM_CONF to export
 #   scripts/local_slurm.sh stop DIR
 #   scripts/local_slurm.sh status DIR
+#   scripts/local_slurm.sh restart-slurmd DIR # running jobs go on (fault-injection tests)
 # CPUS (optional) advertises more CPUs than the machine has (to see array throttles at work).
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop|status DIR [CPUS]" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|status|restart-slurmd DIR [CPUS]" >&2; exit 2; }
 [[ $# -ge 2 ]] || usage
 action=$1
 dir=$(realpath -m "$2")
@@ -97,6 +98,20 @@ EOF
   exit 1
 }
 
+restart_slurmd() {
+  [[ -f $conf ]] || { echo "no cluster in $dir (start it first)" >&2; exit 1; }
+  stop_pid "$dir/slurmd.pid"
+  slurmd -N "$(hostname -s)"
+  for _ in $(seq 100); do
+    if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "slurmd did not come back; logs in $dir/log" >&2
+  exit 1
+}
+
 case $action in
   start) start ;;
   stop)
@@ -105,5 +120,6 @@ case $action in
     stop_pid "$dir/munged.pid"
     ;;
   status) sinfo ;;
+  restart-slurmd) restart_slurmd ;;
   *) usage ;;
 esac

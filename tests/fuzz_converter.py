@@ -782,7 +782,7 @@ def convert_one(path: str, output: str) -> Result:
     from harness.convert import convert
 
     try:
-        convert(path, output)
+        convert(path, output, read_timeout=None)     # the worker is the isolation here
     except BaseException as exc:  # noqa: BLE001 - classify everything, even SystemExit
         if isinstance(exc, KeyboardInterrupt):
             raise

@@ -7,6 +7,7 @@ scancel or requeued, then resumed without lost or duplicated rows."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -124,6 +125,17 @@ def test_invalid_configuration_writes_and_submits_nothing(tmp_path: Path) -> Non
     assert proc.returncode == 2
     assert "training.candidates: must be > 0" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad", ["with\nnewline", "tab\there", "bell\x07"])
+def test_a_study_directory_with_control_characters_is_refused(tmp_path: Path, bad: str) -> None:
+    """Quotes, spaces, $() and backticks are quoted safely (test_slurm_study_equals_local);
+    a newline cannot be, in line-based scripts, logs and namelists: refused, nothing written."""
+    with pytest.raises(StudyError, match="must not contain newlines or other control"):
+        make_study(tmp_path / bad / "study", TINY)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(StudyError, match="newlines and NUL are not allowed"):
+        config_from_dict(merged(TINY, name="two\nlines"), "study.toml")
 
 
 def test_defaults_are_the_papers_table_1() -> None:
@@ -375,6 +387,29 @@ def test_tasks_after_a_cancelled_training_wait_for_it(local_study: StudyDir,
     assert proc.returncode == 0, proc.stderr
     assert all(sd.counts(s)["ok"] == sd.n_tasks(s) for s in STAGES)
     pd.testing.assert_frame_equal(table(sd), table(local_study))
+
+
+def test_sweep_with_cancelled_requeued_tasks_and_a_slurmd_restart_resumes_to_the_same_table(
+        local_slurm: Path, local_study: StudyDir, tmp_path: Path) -> None:
+    """tests/sweep_faults.py on the tiny study: 20% of the array tasks seen running are
+    cancelled, one coupled run is requeued, slurmd restarts once, two collects run at once
+    over and over while a reader checks every results file it sees; --resume completes."""
+    import sweep_faults
+    config = tmp_path / "tiny.toml"
+    config.write_text(toml_text(TINY))
+    report = sweep_faults.run_with_faults(config, tmp_path / "disturbed", local_slurm,
+                                          local_study.root)
+    summary = json.dumps(sweep_faults.asdict(report), indent=1)
+    assert report.array_tasks == 18 and report.seen_running >= 12, summary
+    assert len(report.cancelled) == math.ceil(0.2 * report.seen_running), summary
+    assert report.cancelled_lost_work >= 1 and report.waiting_after_sweep >= 1, summary
+    assert len(report.requeued) == 1 and report.requeued_attempt == 2, summary
+    assert report.slurmd_restarts == 1 and report.running_at_restart >= 1, summary
+    assert report.collect_calls >= 2 and not report.collect_failures, summary
+    assert report.reads > 0 and not report.partial_reads, summary
+    assert report.resume_rc == 0 and report.lost == 0 and report.duplicated == 0, summary
+    assert not report.stray_temp_files, summary
+    assert report.table_equal, report.table_difference
 
 
 def test_shallow_water_study_end_to_end(tmp_path: Path) -> None:

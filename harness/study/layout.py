@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -154,6 +155,10 @@ class StudyDir:
         """A new study directory, or the existing one if it was planned from the same
         configuration (a rerun resumes); a different configuration is an error."""
         root = Path(root).resolve()
+        if re.search(r"[\x00-\x1f\x7f]", str(root)):
+            raise StudyError(f"{str(root)!r}: a study directory's path must not contain "
+                             "newlines or other control characters (job scripts, Slurm log "
+                             "names and the hosts' namelists are line-based)")
         full = config_to_dict(cfg)
         if (root / "study.json").exists():
             old = json.loads((root / "study.json").read_text())
