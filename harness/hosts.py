@@ -259,11 +259,15 @@ def run_host(run: HostRun, timeout: float | None = None) -> dict[str, Any]:
     A run that fails its criteria is a result (status 'failed'), not an exception; a host that
     cannot start (status 'error') raises HostError with the host's message."""
     exe = host_executable(run.host, run.precision)
-    run.output_dir.mkdir(parents=True, exist_ok=True)
     nml = run.output_dir / "run.nml"
-    nml.write_text(namelist_text(run))
     stale = run.output_dir / "result.json"
-    stale.unlink(missing_ok=True)
+    try:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        stale.unlink(missing_ok=True)
+        nml.write_text(namelist_text(run))
+    except OSError as exc:
+        raise HostError(f"cannot write {exc.filename or nml}: {exc.strerror or exc}"
+                        f"{_space_note(run.output_dir)}") from None
     cmd = [str(exe), str(nml)]
     if run.ranks > 1:
         mpirun = shutil.which("mpirun")
@@ -277,11 +281,31 @@ def run_host(run: HostRun, timeout: float | None = None) -> dict[str, Any]:
                               timeout=timeout, cwd=run.output_dir)
     except subprocess.TimeoutExpired:
         raise HostError(f"colnn_{run.host} ran past {timeout} s ({nml})") from None
-    (run.output_dir / "host.log").write_text(proc.stdout + proc.stderr)
+    log = run.output_dir / "host.log"
+    try:
+        log.write_text(proc.stdout + proc.stderr)
+    except OSError as exc:
+        log.unlink(missing_ok=True)
+        raise HostError(f"cannot write {log}: {exc.strerror or exc}"
+                        f"{_space_note(run.output_dir)}; the host said: "
+                        f"{proc.stderr.strip()[-2000:]}") from None
     if not stale.exists():
         raise HostError(f"colnn_{run.host} {nml} wrote no result.json (exit {proc.returncode}):"
-                        f" {proc.stderr.strip()[-2000:]}")
+                        f" {proc.stderr.strip()[-2000:]}{_space_note(run.output_dir)}")
     result = read_result(run.output_dir)
     if result.get("status") == "error":
-        raise HostError(f"colnn_{run.host}: {result.get('message')}")
+        raise HostError(f"colnn_{run.host}: {result.get('message')}"
+                        f"{_space_note(run.output_dir)}")
     return result
+
+
+def _space_note(directory: Path) -> str:
+    """' (the file system of DIR is full ...)' when it is (near) full, else ''."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    if free >= 1 << 20:
+        return ""
+    return f" (the file system holding {directory} is full: {free} bytes free)"

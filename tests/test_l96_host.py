@@ -221,6 +221,48 @@ def test_unwritable_output_is_an_error_that_keeps_the_run(truth: dict, network: 
         ["diagnostics.h5.tmp", "host.log", "result.json", "run.nml"]
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """mount(size) -> a fresh tmpfs of that size (a real ENOSPC; needs root, as the Slurm
+    tests do); unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        path = tmp_path / f"disk-{size}"
+        path.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(path)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_full_disk_is_an_error_that_leaves_no_partial_file(small_disk) -> None:
+    """The diagnostics (kept in memory, written at the end) do not fit: the run is an error
+    naming the file and the full file system; the partial HDF5 file is gone; result.json
+    (whole) records the steps run. On a disk too full even for host.log: an error, no
+    partial file."""
+    disk = small_disk("96k")
+    with pytest.raises(HostError, match=r"diagnostics\.h5\.tmp: cannot write .* is full"):
+        run(disk, "full", run={"closure": "none", "n_steps": 40000, "output_interval": 1})
+    r = read_result(disk / "full")
+    assert (r["status"], r["steps"], r["failure_step"]) == ("error", 40000, None)
+    assert sorted(p.name for p in (disk / "full").iterdir()) == \
+        ["host.log", "result.json", "run.nml"]
+    tiny = small_disk("8k")
+    with pytest.raises(HostError, match=r"(No space left on device|is full)"):
+        run(tiny, "full", run={"closure": "none", "n_steps": 4000, "output_interval": 1})
+    left = sorted(p.name for p in (tiny / "full").iterdir())
+    assert not [n for n in left if n.endswith(".tmp")] and "host.log" not in left, left
+    if "result.json" in left:
+        assert read_result(tiny / "full")["status"] == "error"
+
+
 def raw_run(tmp_path: Path, text: str) -> tuple[subprocess.CompletedProcess, dict]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     nml = tmp_path / "run.nml"
