@@ -113,6 +113,15 @@ contains
         s%line = r%line_no
         kinds(n_layers) = lkind
         n_ins(n_layers) = width
+        ! every layer but dense (a unit count) and dropout (kept as text) has one real value
+        if (lkind /= 'dense' .and. lkind /= 'dropout') then
+          call parse_real_dp(val, rv, ok, allow_d=.true.)
+          if (.not. ok) then
+            stat = COLNN_ERR_FORMAT
+            errmsg = r%where()//": bad value '"//val//"' for FKB layer '"//lkind//"'"
+            return
+          end if
+        end if
         select case (lkind)
         case ('dense')
           call parse_int(val, ival, ok)
@@ -139,24 +148,12 @@ contains
           call s%set_text('name', 'dropout_'//str(n_layers))
           call s%set_text('rate', val)
         case ('batchnormalization')
-          call parse_real_dp(val, rv, ok, allow_d=.true.)
-          if (.not. ok) then
-            stat = COLNN_ERR_FORMAT
-            errmsg = r%where()//": bad value '"//val//"' for FKB layer '"//lkind//"'"
-            return
-          end if
           s%type_name = 'batch_normalization'
           call s%set_text('name', 'batch_normalization_'//str(n_layers))
           call s%set_text('epsilon', FKB_BN_EPSILON)
           call s%set_logical('center', .true.)
           call s%set_logical('scale', .true.)
         case default
-          call parse_real_dp(val, rv, ok, allow_d=.true.)
-          if (.not. ok) then
-            stat = COLNN_ERR_FORMAT
-            errmsg = r%where()//": bad value '"//val//"' for FKB layer '"//lkind//"'"
-            return
-          end if
           select case (lkind)
           case ('linear', 'relu', 'tanh', 'sigmoid', 'softmax', 'softplus', 'selu', 'swish', 'exponential')
             act = lkind

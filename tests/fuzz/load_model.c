@@ -15,6 +15,10 @@
  *       colnn_load returned 0 but the model breaks one of those rules (or an error left a handle);
  *   error STAT: MESSAGE
  *       colnn_load refused the file (MESSAGE may be empty; the fuzzer checks it).
+ *
+ * With COLNN_FUZZ_ABORT set (for a coverage-guided fuzzer, which sees only crashes and hangs:
+ * tests/fuzz/afl_model_reader.sh), every rule above that fails, an empty message and an
+ * allocation failure (a size that was not refused before allocating) abort() instead.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -35,6 +39,7 @@ __attribute__((format(printf, 1, 2))) static int invalid(const char *fmt, ...) {
   vprintf(fmt, ap);
   printf("\n");
   va_end(ap);
+  if (getenv("COLNN_FUZZ_ABORT") != NULL) abort();
   return 0;
 }
 
@@ -76,6 +81,9 @@ int main(int argc, char **argv) {
     for (char *c = err; *c; c++)
       if (*c == '\n' || *c == '\r') *c = ' ';
     printf("error %d: %s\n", stat, err);
+    if (getenv("COLNN_FUZZ_ABORT") != NULL &&
+        (err[0] == '\0' || stat == COLNN_ERR_MEMORY || strstr(err, argv[1]) == NULL))
+      abort();
     return 0;
   }
   if (m == NULL) return invalid("status 0 but NULL handle");
