@@ -36,6 +36,8 @@ ARRAY_STAGES = ("train", "convert", "couple")
 
 @dataclass
 class FaultReport:
+    sweep_rc: int = -1                   # `harness study` under the faults: it ends cleanly
+    sweep_stderr_tail: str = ""
     array_tasks: int = 0                 # planned array tasks of train, convert and couple
     seen_running: int = 0                # of those, seen in state RUNNING by the injector
     cancelled: list[str] = field(default_factory=list)        # 'stage:index'
@@ -177,6 +179,7 @@ def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
                              cwd=REPO_ROOT, env=env)
     seen: dict[str, str] = {}          # array task -> stage
     stage_of: dict[str, str] = {}      # job id -> stage
+    shown = ""
     with _Readers(root, n_models, n_runs, report):
         while sweep.poll() is None:
             jobs_file = root / "slurm" / "jobs.json"
@@ -209,14 +212,15 @@ def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
                 if proc.returncode != 0:
                     raise RuntimeError(f"slurmd restart failed: {proc.stderr}")
                 report.slurmd_restarts += 1
-            if progress:
-                print(f"\r{len(seen)} seen running, {len(report.cancelled)} cancelled, "
-                      f"{report.collect_calls} collects, {report.reads} reads", end="",
-                      file=sys.stderr, flush=True)
+            line = (f"{len(seen)} seen running, {len(report.cancelled)} cancelled, "
+                    f"{len(report.requeued)} requeued, {report.slurmd_restarts} slurmd restarts")
+            if progress and line != shown:
+                print(line, file=sys.stderr, flush=True)
+                shown = line
             time.sleep(0.1)
-    if progress:
-        print(file=sys.stderr)
-    out, err = sweep.communicate()
+    _, err = sweep.communicate()
+    report.sweep_rc = sweep.returncode
+    report.sweep_stderr_tail = err.strip()[-1000:]
     report.seen_running = len(seen)
     sd = StudyDir.open(root)
     for label in report.cancelled:

@@ -400,6 +400,7 @@ def test_sweep_with_cancelled_requeued_tasks_and_a_slurmd_restart_resumes_to_the
     report = sweep_faults.run_with_faults(config, tmp_path / "disturbed", local_slurm,
                                           local_study.root)
     summary = json.dumps(sweep_faults.asdict(report), indent=1)
+    assert report.sweep_rc == 0, summary
     assert report.array_tasks == 18 and report.seen_running >= 12, summary
     assert len(report.cancelled) == math.ceil(0.2 * report.seen_running), summary
     assert report.cancelled_lost_work >= 1 and report.waiting_after_sweep >= 1, summary

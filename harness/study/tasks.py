@@ -36,11 +36,18 @@ class UpstreamUnfinished(StudyError):
     """The task's input is not there yet because an earlier task has not finished."""
 
 
-def _require(sd: StudyDir, stage: str, indices: Any) -> None:
+def _unfinished(sd: StudyDir, stage: str, indices: Any) -> str | None:
     unfinished = [i for i in indices if sd.task_state(stage, i) != "ok"]
-    if unfinished:
-        shown = ", ".join(map(str, unfinished[:8])) + (", ..." if len(unfinished) > 8 else "")
-        raise UpstreamUnfinished(f"waiting for {stage} task(s) {shown} (not finished)")
+    if not unfinished:
+        return None
+    shown = ", ".join(map(str, unfinished[:8])) + (", ..." if len(unfinished) > 8 else "")
+    return f"waiting for {stage} task(s) {shown} (not finished)"
+
+
+def _require(sd: StudyDir, stage: str, indices: Any) -> None:
+    message = _unfinished(sd, stage, indices)
+    if message is not None:
+        raise UpstreamUnfinished(message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +75,8 @@ def task_data(sd: StudyDir, index: int) -> dict[str, Any]:
 def _truth_file(sd: StudyDir, index: int) -> Path:
     path = sd.truth_dir(index) / "truth.h5"
     if sd.task_state("data", index) != "ok" or not path.is_file():
-        raise UpstreamUnfinished(f"{path}: the truth run is not finished (run the data stage first)")
+        raise UpstreamUnfinished(f"{path}: the truth run is not finished "
+                                 "(run the data stage first)")
     return path
 
 
@@ -433,16 +441,21 @@ def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 def task_collect(sd: StudyDir, index: int) -> dict[str, Any]:
     from .collect import collect
+    # looked at before reading: a task finishing while the tables are built leaves them stale
+    waits = [m for stage in ("data", "train", "convert", "couple")
+             if (m := _unfinished(sd, stage, range(sd.n_tasks(stage)))) is not None]
     table = collect(sd)     # partial tables are worth writing; the marker says they are partial
-    for stage in ("data", "train", "convert", "couple"):
-        _require(sd, stage, range(sd.n_tasks(stage)))
+    if waits:
+        raise UpstreamUnfinished("; ".join(waits))
     return {"rows": len(table)}
 
 
 def task_report(sd: StudyDir, index: int) -> dict[str, Any]:
     from ..report import write_report
+    wait = _unfinished(sd, "collect", [0])
     report = write_report(sd.root)
-    _require(sd, "collect", [0])
+    if wait is not None:
+        raise UpstreamUnfinished(wait)
     return {"report": str(report)}
 
 
