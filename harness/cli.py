@@ -25,8 +25,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             return _cmd_stage(args)
         raise HarnessError(f"give the file to write with -o OUT (or a study directory to run "
                            f"its convert stage; {args.input} is not one)")
+    limit = {} if args.read_timeout is None else {"read_timeout": args.read_timeout}
     spec = convert(args.input, args.output, src_format=args.src_format, dst_format=args.dst_format,
-                   read_timeout=args.read_timeout)
+                   **limit)
     print(f"{args.input} -> {args.output}: {len(spec.layers)} layers, {spec.n_inputs} -> "
           f"{spec.n_outputs}, {spec.n_params} parameters, {spec.precision}")
     return 0
@@ -170,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="model file to write")
     c.add_argument("--from", dest="src_format", choices=formats, help="format of IN")
     c.add_argument("--to", dest="dst_format", choices=formats, help="format of OUT")
-    c.add_argument("--read-timeout", type=float, default=120.0, metavar="SECONDS",
+    c.add_argument("--read-timeout", type=float, metavar="SECONDS",
                    help="give up on a Keras file whose reading takes longer (a damaged HDF5 "
                         "file can hang libhdf5; default 120)")
     c.add_argument("--executor", choices=["local", "slurm", "mpi"],

@@ -13,7 +13,8 @@ from typing import Optional, Union
 
 from .errors import ConversionError
 from .fkb import is_fkb_file, read_fkb, write_fkb
-from .keras_reader import HDF5_MAGIC, READ_TIMEOUT_S, ZIP_MAGIC, read_keras, read_keras_isolated
+from .keras_reader import (HDF5_MAGIC, READ_TIMEOUT_S, ZIP_MAGIC, read_keras,
+                           read_keras_isolated)
 from .modelfile import ModelSpec, read_model, write_model
 
 __all__ = ["FORMATS", "detect_format", "format_for_suffix", "load_any", "save_any", "convert"]

@@ -915,11 +915,15 @@ def read_keras_isolated(path: PathLike, timeout: float = READ_TIMEOUT_S) -> Mode
     caller (a study's convert task, a GCM group's CLI run) gets a ConversionError naming the
     file instead of a hung or killed process.
     """
+    import copy
     import multiprocessing
 
     name = str(path)
     if timeout <= 0:
         raise ConversionError(f"{name}: the read time limit must be > 0 s, got {timeout}")
+    key = _file_identity(name)
+    if key is not None and key in _ACCEPTED:     # convert, then verify, read the same file
+        return copy.deepcopy(_ACCEPTED[key])
     ctx = multiprocessing.get_context("spawn")    # no inherited HDF5 or TensorFlow state
     recv, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_read_in_child, args=(name, send), daemon=True)
@@ -945,4 +949,19 @@ def read_keras_isolated(path: PathLike, timeout: float = READ_TIMEOUT_S) -> Mode
         child.join()
     if not ok:
         raise ConversionError(payload)
+    if key is not None:
+        _ACCEPTED.clear()
+        _ACCEPTED[key] = copy.deepcopy(payload)
     return payload
+
+
+#: the last file read_keras_isolated accepted, by identity: a file changed since misses
+_ACCEPTED: dict[tuple, ModelSpec] = {}
+
+
+def _file_identity(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

@@ -16,13 +16,12 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
+from .atomic import atomic_write_chunks
 from .errors import ModelFileError
 
 __all__ = [
@@ -401,22 +400,7 @@ def atomic_write(path: PathLike, chunks: Iterable[str]) -> None:
     A reader (or a running simulation) never sees a half-written model, and a failed write
     leaves an existing file untouched.
     """
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
+    atomic_write_chunks(path, chunks)
 
 
 def _format_rows(arr: np.ndarray) -> Iterator[str]:

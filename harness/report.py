@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .atomic import atomic_path, atomic_write_text
 from .errors import HarnessError
 
 __all__ = [
@@ -636,14 +635,8 @@ def _new_figure(width: float, height: float, layout: str | None = "constrained")
 
 def _save(fig: Any, path: Path) -> None:
     """Atomic PNG write: a reader never sees half a figure."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _log_ok(values: np.ndarray) -> bool:
@@ -1307,12 +1300,5 @@ def write_report(study_dir: Path | str) -> Path:
     text = "\n".join(lines).rstrip() + "\n"
 
     path = out_dir / "report.md"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".report.md.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
     return path

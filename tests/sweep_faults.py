@@ -66,7 +66,7 @@ def _harness(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, cwd=REPO_ROOT)
 
 
-def _queue(job_ids: list[str]) -> list[tuple[str, str]]:
+def queue_of(job_ids: list[str]) -> list[tuple[str, str]]:
     """[('123_4', 'RUNNING'), ...] for our jobs' array tasks."""
     if not job_ids:
         return []
@@ -76,11 +76,11 @@ def _queue(job_ids: list[str]) -> list[tuple[str, str]]:
             if line.count("|") == 1]
 
 
-def _release(task: str) -> None:
+def release(task: str) -> None:
     """A requeued job is held back by Slurm (BeginTime ~2 min): let it start now."""
     end = time.time() + 30
     while time.time() < end:
-        if (task, "PENDING") in _queue([task.split("_")[0]]):
+        if (task, "PENDING") in queue_of([task.split("_")[0]]):
             subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"],
                            capture_output=True, timeout=60)
             return
@@ -185,7 +185,7 @@ def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
             jobs_file = root / "slurm" / "jobs.json"
             if not stage_of and jobs_file.is_file():
                 stage_of = {j["job_id"]: j["stage"] for j in json.loads(jobs_file.read_text())}
-            queue = _queue(sorted(stage_of))
+            queue = queue_of(sorted(stage_of))
             running = [t for t, state in queue if state == "RUNNING" and "_" in t]
             for task in running:
                 stage = stage_of[task.split("_")[0]]
@@ -202,7 +202,7 @@ def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
                     if subprocess.run(["scontrol", "requeue", task],
                                       capture_output=True).returncode == 0:
                         report.requeued.append(label)
-                        _release(task)
+                        release(task)
             if (not report.slurmd_restarts and report.cancelled and report.requeued
                     and running):
                 report.running_at_restart = len(running)

@@ -12,6 +12,9 @@ import ast
 import json
 import os
 import pickle
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ import numpy as np
 import pytest
 
 import fuzz_converter as fz
+from harness.convert import load_any
 from harness.errors import ConversionError, HarnessError
 from harness.keras_reader import read_keras
 
@@ -367,12 +371,6 @@ def test_a_keras_read_that_hangs_is_stopped_with_an_error(seeds: dict[str, Path]
     """A FIFO with no writer blocks the reader forever (as libhdf5 does on some damaged
     files): the CLI gives up after --read-timeout with an error naming the file; a good file
     read the same way (in the child) gives the same model as a read in this process."""
-    import subprocess
-    import sys
-    import time
-
-    from harness.convert import load_any
-
     fifo = tmp_path / "model.keras"
     os.mkfifo(fifo)
     out = tmp_path / "out.colnn"

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from harness.study.collect import COMPARABLE_COLUMNS
 from harness.study.config import STAGES, StudyError, config_from_dict
 from harness.study.layout import StudyDir, sample_candidates
 from harness.study.runner import run_stages
+from sweep_faults import queue_of, release, run_with_faults
 
 TINY: dict[str, Any] = {
     "name": "tiny", "seed": 3,
@@ -292,20 +294,11 @@ def test_diverged_training_and_failed_conversion_are_recorded(tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------------------------------------
-def _queue(job_id: str) -> list[tuple[str, str]]:
-    out = subprocess.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%i %T"],
-                         capture_output=True, text=True, timeout=60).stdout
-    return [tuple(line.split()) for line in out.splitlines() if line.strip()]
-
-
-def _release(job: str, task: str) -> None:
-    end = time.time() + 30
-    while time.time() < end:
-        if (task, "PENDING") in _queue(job):
-            subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"],
-                           capture_output=True, timeout=60)
-            return
-        time.sleep(0.2)
+def _copy_finished(src: StudyDir, dst: StudyDir, stages: tuple[str, ...]) -> None:
+    """The finished stages of one study into another of the same configuration."""
+    for part in ("data", "candidates", *(f"tasks/{s}" for s in stages)):
+        shutil.copytree(src.root / part, dst.root / part, dirs_exist_ok=True)
+    (dst.root / "data" / "calibration.json").unlink()    # init_file points at the copy
 
 
 def test_cancelled_and_requeued_tasks_leave_no_gap_or_duplicate(
@@ -316,18 +309,14 @@ def test_cancelled_and_requeued_tasks_leave_no_gap_or_duplicate(
     data = merged(TINY, couple__steps=300000, executor__kind="slurm",
                   executor__slurm__throttle=2)
     sd = make_study(tmp_path / "cancel", data)
-    for part in ("data", "candidates", "tasks"):
-        shutil.copytree(local_study.root / part, sd.root / part, dirs_exist_ok=True)
-    for stage in ("couple", "collect", "report"):
-        shutil.rmtree(sd.root / "tasks" / stage, ignore_errors=True)
-    (sd.root / "data" / "calibration.json").unlink()    # init_file points at the copy
+    _copy_finished(local_study, sd, ("data", "train", "convert"))
     from harness.study.executors import SlurmExecutor
     jobs = SlurmExecutor(progress=False).submit(sd, ["couple"])
     job = jobs[0]["job_id"]
     acted: dict[str, str] = {}
     deadline = time.time() + 240
     while len(acted) < 2 and time.time() < deadline:
-        running = [j for j, state in _queue(job) if state == "RUNNING" and j not in acted]
+        running = [j for j, state in queue_of([job]) if state == "RUNNING" and j not in acted]
         if running:
             task = running[0]
             action = "requeue" if not acted else "cancel"
@@ -335,10 +324,10 @@ def test_cancelled_and_requeued_tasks_leave_no_gap_or_duplicate(
             if subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0:
                 acted[task] = action
                 if action == "requeue":   # Slurm holds a requeued job back ~2 min: not here
-                    _release(job, task)
+                    release(task)
         time.sleep(0.2)
     assert len(acted) == 2, acted
-    while _queue(job):
+    while queue_of([job]):
         time.sleep(0.5)
     cancelled = int(next(t for t, a in acted.items() if a == "cancel").split("_")[1])
     requeued = int(next(t for t, a in acted.items() if a == "requeue").split("_")[1])
@@ -352,13 +341,6 @@ def test_cancelled_and_requeued_tasks_leave_no_gap_or_duplicate(
     runs = pd.read_csv(sd.results_dir / "runs.csv")
     assert len(runs) == 12 and runs[["name", "ic"]].duplicated().sum() == 0
     assert set(runs["status"]) <= {"completed", "failed"}
-
-
-def _copy_finished(src: StudyDir, dst: StudyDir, stages: tuple[str, ...]) -> None:
-    """The finished stages of one study into another of the same configuration."""
-    for part in ("data", "candidates", *(f"tasks/{s}" for s in stages)):
-        shutil.copytree(src.root / part, dst.root / part, dirs_exist_ok=True)
-    (dst.root / "data" / "calibration.json").unlink()    # init_file points at the copy
 
 
 def test_tasks_after_a_cancelled_training_wait_for_it(local_study: StudyDir,
@@ -394,12 +376,11 @@ def test_sweep_with_cancelled_requeued_tasks_and_a_slurmd_restart_resumes_to_the
     """tests/sweep_faults.py on the tiny study: 20% of the array tasks seen running are
     cancelled, one coupled run is requeued, slurmd restarts once, two collects run at once
     over and over while a reader checks every results file it sees; --resume completes."""
-    import sweep_faults
     config = tmp_path / "tiny.toml"
     config.write_text(toml_text(TINY))
-    report = sweep_faults.run_with_faults(config, tmp_path / "disturbed", local_slurm,
+    report = run_with_faults(config, tmp_path / "disturbed", local_slurm,
                                           local_study.root)
-    summary = json.dumps(sweep_faults.asdict(report), indent=1)
+    summary = json.dumps(asdict(report), indent=1)
     assert report.sweep_rc == 0, summary
     assert report.array_tasks == 18 and report.seen_running >= 12, summary
     assert len(report.cancelled) == math.ceil(0.2 * report.seen_running), summary

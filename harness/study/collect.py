@@ -10,14 +10,13 @@ still gives one row; a task with no marker is reported as 'missing', never dropp
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .layout import (StudyDir, atomic_write_json, atomic_write_text, read_json,
                      search_distributions)
 
@@ -178,17 +177,12 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
 
 
 def _write_parquet(table: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".parquet.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame = table.copy()
-        for col in frame.columns:     # mixed None/str and None/bool columns as strings
-            if frame[col].dtype == object:
-                frame[col] = frame[col].map(lambda v: None if v is None or v != v else str(v))
+    frame = table.copy()
+    for col in frame.columns:     # mixed None/str and None/bool columns as strings
+        if frame[col].dtype == object:
+            frame[col] = frame[col].map(lambda v: None if v is None or v != v else str(v))
+    with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _write_optuna_journal(sd: StudyDir, table: Any, path: Path) -> None:
@@ -198,14 +192,11 @@ def _write_optuna_journal(sd: StudyDir, table: Any, path: Path) -> None:
     dists = search_distributions(sd.config)
     # built beside the journal and renamed into place: a reader (or a second collect) never
     # sees a journal half written or two studies' trials interleaved
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        _fill_optuna_journal(sd, table, tmp, dists)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-        Path(f"{tmp}.lock").unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        try:
+            _fill_optuna_journal(sd, table, str(tmp), dists)
+        finally:
+            Path(f"{tmp}.lock").unlink(missing_ok=True)
 
 
 def _fill_optuna_journal(sd: StudyDir, table: Any, tmp: str, dists: dict[str, Any]) -> None:

@@ -22,15 +22,15 @@ failure: an exception, a host that could not start) is retried by ``--resume``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..atomic import atomic_write_text as _atomic_write_text
 
 from .config import STAGES, StudyConfig, StudyError, config_from_dict, config_to_dict
 
@@ -40,18 +40,9 @@ __all__ = ["StudyDir", "atomic_write_text", "atomic_write_json", "read_json",
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    """Write ``text`` beside ``path`` and rename it into place (the parent is created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write_text(path, text)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import HarnessError
 from .config import StudyError
 from .layout import StudyDir, atomic_write_json, read_json
@@ -238,7 +239,7 @@ def _optimizer(keras: Any, name: str, lr: float) -> Any:
 
 
 def task_train(sd: StudyDir, index: int) -> dict[str, Any]:
-    cfg, t = sd.config, sd.config.training
+    t = sd.config.training
     cand = sd.plan["candidates"][index]
     cdir = sd.candidate_dir(cand["name"])
     cdir.mkdir(parents=True, exist_ok=True)
@@ -310,10 +311,8 @@ def _verify_inputs(sd: StudyDir) -> Path:
         x = training_data(sd)["x_val"]
         pick = np.sort(np.random.default_rng(sd.config.seed).choice(
             x.shape[0], min(1024, x.shape[0]), replace=False))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.save(handle, x[pick])
-        os.replace(tmp, path)
     return path
 
 
