@@ -27,7 +27,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                            f"its convert stage; {args.input} is not one)")
     limit = {} if args.read_timeout is None else {"read_timeout": args.read_timeout}
     spec = convert(args.input, args.output, src_format=args.src_format, dst_format=args.dst_format,
-                   **limit)
+                   fkb_precision=args.fkb_precision, **limit)
     print(f"{args.input} -> {args.output}: {len(spec.layers)} layers, {spec.n_inputs} -> "
           f"{spec.n_outputs}, {spec.n_params} parameters, {spec.precision}")
     return 0
@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="model file to write")
     c.add_argument("--from", dest="src_format", choices=formats, help="format of IN")
     c.add_argument("--to", dest="dst_format", choices=formats, help="format of OUT")
+    c.add_argument("--fkb-precision", choices=["float32", "float64"], default="float32",
+                   help="precision to read an FKB IN's values in: FKB files do not say theirs; "
+                        "FKB's default build writes single, its REAL64 build double "
+                        "(default float32)")
     c.add_argument("--read-timeout", type=float, metavar="SECONDS",
                    help="give up on a Keras file whose reading takes longer (a damaged HDF5 "
                         "file can hang libhdf5; default 120)")

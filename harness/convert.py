@@ -64,19 +64,21 @@ def _check_format(fmt: str) -> str:
 
 
 def load_any(path: PathLike, fmt: Optional[str] = None,
-             read_timeout: Optional[float] = READ_TIMEOUT_S) -> ModelSpec:
+             read_timeout: Optional[float] = READ_TIMEOUT_S,
+             fkb_precision: str = "float32") -> ModelSpec:
     """Read a model in any supported format (detected from the content unless ``fmt``).
 
     Keras files are read in a child process limited to ``read_timeout`` seconds (libhdf5 can
     hang or crash on a damaged file); ``None`` reads in this process (for callers that isolate
-    the read themselves, like the fuzzer)."""
+    the read themselves, like the fuzzer). FKB files do not say their precision: their values
+    are read as ``fkb_precision`` (FKB's default build is single, its REAL64 build double)."""
     fmt = _check_format(fmt) if fmt is not None else detect_format(path)
     if fmt in ("keras", "h5"):
         return read_keras(path) if read_timeout is None else \
             read_keras_isolated(path, read_timeout)
     if fmt == "colnn":
         return read_model(path)
-    return read_fkb(path)
+    return read_fkb(path, precision=fkb_precision)
 
 
 def save_any(spec: ModelSpec, path: PathLike, fmt: Optional[str] = None) -> None:
@@ -99,8 +101,9 @@ def save_any(spec: ModelSpec, path: PathLike, fmt: Optional[str] = None) -> None
 
 def convert(src: PathLike, dst: PathLike, src_format: Optional[str] = None,
             dst_format: Optional[str] = None,
-            read_timeout: Optional[float] = READ_TIMEOUT_S) -> ModelSpec:
+            read_timeout: Optional[float] = READ_TIMEOUT_S,
+            fkb_precision: str = "float32") -> ModelSpec:
     """Convert ``src`` into ``dst``; returns the ModelSpec that was written."""
-    spec = load_any(src, src_format, read_timeout)
+    spec = load_any(src, src_format, read_timeout, fkb_precision)
     save_any(spec, dst, dst_format)
     return spec

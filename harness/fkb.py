@@ -80,6 +80,19 @@ def _size(lines: _Lines, lineno: int, token: str, what: str) -> int:
     return int(token)
 
 
+def _layer_size(lines: _Lines, lineno: int, token: str, what: str) -> int:
+    """A size on a layer line. FKB keeps layer sizes in a real array and its Fortran ``save``
+    writes them list-directed (``5.00000000``), so a real with an integral value is that size."""
+    if _INT_RE.match(token):
+        return _size(lines, lineno, token, what)
+    if _NUMBER_RE.match(token):
+        value = float(token.replace("d", "e").replace("D", "e"))
+        if value.is_integer() and 1 <= value <= _MAX_SIZE:
+            return int(value)
+    raise lines.error(lineno, f"{what} must be a whole number in 1..{_MAX_SIZE} (written as an "
+                      f"integer, or as FKB writes it, a real such as 5.00000000), got '{token}'")
+
+
 def _vector(lines: _Lines, count: int, what: str, dtype: type) -> np.ndarray:
     """``count`` values starting on a new line (they may continue over several lines, as a
     Fortran list-directed read allows) and ending exactly at the end of a line."""
@@ -147,7 +160,7 @@ def read_fkb(path: PathLike, precision: str = "float32") -> ModelSpec:
     first_line, kind, value = entries[0]
     if kind != "input":
         raise lines.error(first_line, f"the first layer line must be 'input N', got '{kind}'")
-    n_inputs = _size(lines, first_line, value, "input size")
+    n_inputs = _layer_size(lines, first_line, value, "input size")
     layers: list[LayerSpec] = []
     dense: list[tuple[LayerSpec, int, int]] = []  # layer, inputs, line
     batchnorm: list[tuple[LayerSpec, int]] = []
@@ -162,7 +175,7 @@ def read_fkb(path: PathLike, precision: str = "float32") -> ModelSpec:
         if kind == "input":
             raise lines.error(lineno, "'input' may only be the first layer line")
         if kind == "dense":
-            units = _size(lines, lineno, value, "dense units")
+            units = _layer_size(lines, lineno, value, "dense units")
             layer = LayerSpec("dense", next_name("dense"),
                               {"units": units, "use_bias": True,
                                "activation": Activation.make("linear")}, {})
@@ -196,6 +209,13 @@ def read_fkb(path: PathLike, precision: str = "float32") -> ModelSpec:
         layers.append(layer)
     if not layers:
         raise lines.error(first_line, "the file has no layers after 'input'")
+    if dense and lines.pos >= len(lines.items):
+        # FKB's own reader fills such a file with random weights (to train in Fortran); running
+        # it as a model would evaluate weights nobody trained
+        raise ConversionError(
+            f"{name}: the FKB file has no weights: it ends after the learning rate (an "
+            "architecture-only file, for which FKB draws random weights to train in Fortran); "
+            "a model to run needs its biases and weights")
     for layer, n_in, _ in dense:
         layer.tensors["bias"] = _vector(lines, layer.attrs["units"],
                                         f"biases of {layer.name}", dtype)

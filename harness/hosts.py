@@ -115,6 +115,16 @@ class HostRun:
     threads: int = 1
     precision: str = "single"
 
+    def __post_init__(self) -> None:
+        # the host runs inside its output directory: a path relative to where the user stands
+        # would name another place there (or nothing at all)
+        self.output_dir = Path(self.output_dir).absolute()
+        for section in (*SECTIONS, "coupler"):
+            values = getattr(self, section)
+            for key in PATH_KEYS & values.keys():
+                if isinstance(values[key], str) and values[key]:
+                    values[key] = os.path.abspath(values[key])
+
     def groups(self) -> dict[str, dict[str, Any]]:
         out = {f"{self.host}_{s}": getattr(self, s) for s in SECTIONS}
         run = dict(out[f"{self.host}_run"])

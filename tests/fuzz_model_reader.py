@@ -213,6 +213,21 @@ class Seed:
     data: bytes
 
 
+def _fkb_as_fortran_saves(text: str) -> str:
+    """An FKB file re-laid as FKB's own Fortran `save` writes it (gfortran list-directed
+    output): the count right-aligned, names padded to 100 characters, every number a padded
+    real, sizes included ('   5.00000000    ')."""
+    lines = text.splitlines()
+    n = int(lines[0])
+    out = [f"{n:12d}"]
+    for line in lines[1:n + 1]:
+        kind, value = line.split()
+        out.append(f" {kind:<100s}{float(value):17.8f}    ")
+    for line in lines[n + 1:]:
+        out.append("".join(f"{float(v):17.8f}" for v in line.split()) + "    ")
+    return "\n".join(out) + "\n"
+
+
 def make_seeds(work: Path, lib: Path | str | None = None) -> list[Seed]:
     """Valid model files of both formats, written by the harness's own writers (and, with
     ``lib``, a checkpoint with a training block written by the library)."""
@@ -286,6 +301,9 @@ def make_seeds(work: Path, lib: Path | str | None = None) -> list[Seed]:
         path = work / f"{name}.fkb"
         write_fkb(spec, path)
         seeds.append(Seed(name, "fkb", path.read_bytes()))
+    path = work / "fkb_fortran_saved.fkb"
+    path.write_text(_fkb_as_fortran_saves((work / "fkb_bn.fkb").read_text()))
+    seeds.append(Seed("fkb_fortran_saved", "fkb", path.read_bytes()))
     if lib is not None:
         from harness.native import NativeModel
         src = work / "dense32.colnn"

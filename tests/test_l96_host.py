@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -368,3 +370,61 @@ def test_noisy_ensemble_over_one_and_two_ranks(truth: dict, network: Path) -> No
     listing = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
                       for p in sorted(ens.glob("*.colnn")))
     assert one["model_hash"] == hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _readme_host_commands() -> list[list[str]]:
+    """The `harness host run` lines of the README, as a user would paste them."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = [line.split("#")[0].split() for line in readme.splitlines()
+             if line.startswith("harness host run ")]
+    assert lines, "the README shows no `harness host run` example"
+    return lines
+
+
+def _harness(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_readme_host_example_with_relative_paths(tmp_path: Path) -> None:
+    """The README's `harness host run CONFIG -o RELATIVE_DIR`, as written (from a copy of the
+    examples), and the same with both paths relative to another working directory."""
+    repo = Path(__file__).resolve().parent.parent
+    shutil.copytree(repo / "examples", tmp_path / "examples")
+    for command in _readme_host_commands():
+        proc = _harness(command[1:], tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out = tmp_path / command[command.index("-o") + 1]
+        assert read_result(out)["status"] == "completed"
+        assert f"output_dir = '{out}'" in (out / "run.nml").read_text()
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir(exist_ok=True)
+        args = [a if not (tmp_path / a).exists() else os.path.join("..", a) for a in command[1:]]
+        args[args.index("-o") + 1] = os.path.join("..", "runs2")
+        proc = _harness(args, elsewhere)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        again = read_result(tmp_path / "runs2")
+        assert again["status"] == "completed"
+        assert again["steps"] == read_result(out)["steps"]
+
+
+def test_relative_model_and_init_paths_of_a_host_config(truth: dict, network: Path,
+                                                        tmp_path: Path) -> None:
+    """model_file and init_file relative to the config file, the output directory relative to
+    where the user stands: each names the same file wherever the host runs."""
+    conf = tmp_path / "configs"
+    conf.mkdir()
+    shutil.copy(network, conf / "nn.colnn")
+    shutil.copy(truth[2], conf / "truth.h5")
+    (conf / "nn.toml").write_text(
+        'host = "l96"\n[model]\nk = 8\n'
+        '[run]\nmode = "coarse"\nclosure = "nn"\nn_steps = 400\ndt = 0.005\n'
+        'init_file = "truth.h5"\ninit_index = 50\n'
+        '[coupler]\nmodel_file = "nn.colnn"\n')
+    (tmp_path / "work").mkdir()
+    proc = _harness(["host", "run", "../configs/nn.toml", "-o", "out/nn"], tmp_path / "work")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = read_result(tmp_path / "work" / "out" / "nn")
+    assert result["status"] == "completed" and result["steps"] == 400
+    nml = (tmp_path / "work" / "out" / "nn" / "run.nml").read_text()
+    assert f"'{conf / 'nn.colnn'}'" in nml and f"'{conf / 'truth.h5'}'" in nml

@@ -15,6 +15,9 @@ module colnn_fkb
 
   !> FKB fixes the batch normalization epsilon at this value (it is part of its format).
   character(len=*), parameter :: FKB_BN_EPSILON = '0.001'
+  !> The four vectors FKB writes per batch normalization layer, in its order.
+  character(len=15), parameter :: BN_VECTORS(4) = [character(len=15) :: &
+    'beta', 'gamma', 'moving_mean', 'moving_variance']
 
 contains
 
@@ -46,6 +49,70 @@ contains
     end if
   end subroutine next_data_line
 
+  !> A size on an FKB layer line. FKB keeps layer sizes in a real array and its `save` writes
+  !> them with list-directed output ('5.00000000'), so a real with an integral value is that
+  !> size; anything else (5.5, 3e9, -2) is not.
+  subroutine parse_fkb_size(text, size, ok)
+    character(len=*), intent(in) :: text
+    integer(i8), intent(out) :: size
+    logical, intent(out) :: ok
+    real(dp) :: value
+    call parse_int(text, size, ok)
+    if (.not. ok) then
+      call parse_real_dp(text, value, ok, allow_d=.true.)
+      ok = ok .and. value == aint(value) .and. abs(value) <= real(huge(1), dp)
+      size = 0
+      if (ok) size = int(value, i8)
+    end if
+    ok = ok .and. size >= 1 .and. size <= huge(1)
+  end subroutine parse_fkb_size
+
+  !> `size(values)` numbers that start on a new line and end at the end of a line; they may
+  !> continue over several lines, as a Fortran list-directed read allows and as compilers that
+  !> wrap long list-directed records (Intel's at 80 columns) write them.
+  subroutine read_vector(r, values, what, stat, errmsg, eof_message)
+    type(text_reader_t), intent(inout) :: r
+    real(wp), intent(out) :: values(:)
+    character(len=*), intent(in) :: what
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    character(len=*), intent(in), optional :: eof_message !! the error when the file ends before the vector
+    integer :: got, first_line
+    integer(i8) :: on_line
+    logical :: eof
+    if (present(eof_message)) then
+      call r%next_line(eof, stat, errmsg, skip_blank=.true.)
+      if (stat /= 0) return
+      if (eof) then
+        stat = COLNN_ERR_FORMAT
+        errmsg = eof_message
+        return
+      end if
+    else
+      call next_data_line(r, what, stat, errmsg)
+      if (stat /= 0) return
+    end if
+    first_line = r%line_no
+    got = 0
+    do
+      on_line = count_tokens(r%buf(1:r%n))
+      if (got + on_line > size(values)) then
+        stat = COLNN_ERR_FORMAT
+        errmsg = r%where()//': '//what//': expected '//str(size(values))//' values from line '// &
+                 str(first_line)//', found '//str(got + on_line)//' by the end of this line'
+        return
+      end if
+      call parse_number_row(r%buf(1:r%n), int(on_line), 'float64', values(got + 1:got + on_line), &
+                            r%where()//': '//what, stat, errmsg, allow_d=.true.)
+      if (stat /= 0) return
+      got = got + int(on_line)
+      if (got == size(values)) return
+      call next_data_line(r, str(size(values) - got)//' more values of '//what//' (from line '// &
+                          str(first_line)//')', stat, errmsg)
+      if (stat /= 0) return
+    end do
+  end subroutine read_vector
+
   subroutine read_body(r, header, specs, stat, errmsg)
     type(text_reader_t), intent(inout) :: r
     type(model_header_t), intent(inout) :: header
@@ -53,7 +120,7 @@ contains
     integer, intent(out) :: stat
     character(len=:), allocatable, intent(out) :: errmsg
     integer(i8) :: n_lines, ival
-    integer :: k, pos, first, last, n_layers, width, n_dense, n_bn, i
+    integer :: k, pos, first, last, n_layers, width, i
     character(len=:), allocatable :: lkind, val, act
     character(len=32), allocatable :: kinds(:)
     integer, allocatable :: widths(:), n_ins(:)
@@ -96,11 +163,18 @@ contains
         return
       end if
       if (k == 1) then
-        call parse_int(val, ival, ok)
-        if (lkind /= 'input' .or. .not. ok .or. ival < 1 .or. ival > huge(1)) then
+        if (lkind /= 'input') then
           stat = COLNN_ERR_FORMAT
           errmsg = r%where()//": the first FKB layer line must be 'input N', found '"// &
                    r%buf(1:min(r%n, 60))//"'"
+          return
+        end if
+        call parse_fkb_size(val, ival, ok)
+        if (.not. ok) then
+          stat = COLNN_ERR_FORMAT
+          errmsg = r%where()//": input size must be a whole number in 1.."//str(huge(1))// &
+                   " (written as an integer, or as FKB writes it, a real such as 5.00000000), got '"// &
+                   val(1:min(len(val), 40))//"'"
           return
         end if
         header%n_inputs = int(ival)
@@ -124,10 +198,12 @@ contains
         end if
         select case (lkind)
         case ('dense')
-          call parse_int(val, ival, ok)
-          if (.not. ok .or. ival < 1 .or. ival > huge(1)) then
+          call parse_fkb_size(val, ival, ok)
+          if (.not. ok) then
             stat = COLNN_ERR_FORMAT
-            errmsg = r%where()//": bad unit count '"//val//"'"
+            errmsg = r%where()//": dense units must be a whole number in 1.."//str(huge(1))// &
+                     " (written as an integer, or as FKB writes it, a real such as 3.00000000), got '"// &
+                     val(1:min(len(val), 40))//"'"
             return
           end if
           ! its biases alone need ival values: refuse before anything is allocated
@@ -191,35 +267,38 @@ contains
     end if
     header%meta = [character(len=256) :: header%meta(1), 'learning_rate '//trim(adjustl(r%buf(1:r%n)))]
 
-    n_dense = count(kinds(1:n_layers) == 'dense')
-    n_bn = count(kinds(1:n_layers) == 'batchnormalization')
-    ! biases: one line per dense layer, in order
+    ! biases: one vector per dense layer, in order
     do i = 1, n_layers
       if (kinds(i) /= 'dense') cycle
-      call next_data_line(r, 'the biases of dense layer '//str(i), stat, errmsg)
-      if (stat /= 0) return
       allocate (values(widths(i)))
-      call parse_number_row(r%buf(1:r%n), widths(i), 'float64', values, &
-                            r%where()//': biases of FKB dense layer '//str(i), stat, errmsg, &
-                            allow_d=.true.)
+      if (i == findloc(kinds(1:n_layers), 'dense', dim=1)) then
+        ! FKB's own reader also takes a file that ends after the learning rate and fills the
+        ! weights with random numbers (to train in Fortran); running that as a model would
+        ! evaluate weights nobody trained, so it is refused
+        call read_vector(r, values, 'the biases of FKB dense layer '//str(i), stat, errmsg, &
+                         eof_message=r%path//': the FKB file has no weights: it ends after '// &
+                         'the learning rate (an architecture-only file, for which FKB draws '// &
+                         'random weights to train in Fortran); a model to run needs its '// &
+                         'biases and weights')
+      else
+        call read_vector(r, values, 'the biases of FKB dense layer '//str(i), stat, errmsg)
+      end if
       if (stat /= 0) return
       call specs(i)%add_tensor('bias', 1, [widths(i), 1], values, r%line_no)
     end do
-    ! weights: one line per dense layer, the Keras kernel transposed and flattened, which
+    ! weights: one vector per dense layer, the Keras kernel transposed and flattened, which
     ! column-major reading puts in w(in, out); the colnn tensor is kernel (in, out) row-major
     do i = 1, n_layers
       if (kinds(i) /= 'dense') cycle
-      call next_data_line(r, 'the weights of dense layer '//str(i), stat, errmsg)
-      if (stat /= 0) return
       if (int(n_ins(i), i8) * widths(i) > r%file_size / 2 + 1) then
+        call next_data_line(r, 'the weights of dense layer '//str(i), stat, errmsg)
+        if (stat /= 0) return
         stat = COLNN_ERR_FORMAT
         errmsg = r%where()//': dense layer '//str(i)//' needs more weights than the file holds'
         return
       end if
       allocate (values(n_ins(i) * widths(i)))
-      call parse_number_row(r%buf(1:r%n), n_ins(i) * widths(i), 'float64', values, &
-                            r%where()//': weights of FKB dense layer '//str(i), stat, errmsg, &
-                            allow_d=.true.)
+      call read_vector(r, values, 'the weights of FKB dense layer '//str(i), stat, errmsg)
       if (stat /= 0) return
       flat = reshape(transpose(reshape(values, [n_ins(i), widths(i)])), [size(values)])
       deallocate (values)
@@ -229,27 +308,21 @@ contains
     ! batch normalization: beta, gamma, moving mean, moving variance
     do i = 1, n_layers
       if (kinds(i) /= 'batchnormalization') cycle
-      do k = 1, 4
+      ! the width comes from 'input N' or a dense layer: check it against the file first
+      if (widths(i) > r%file_size / 2 + 1) then
         call next_data_line(r, 'batch normalization parameters of layer '//str(i), stat, errmsg)
         if (stat /= 0) return
-        ! the width comes from 'input N' or a dense layer: check it against the file first
-        if (widths(i) > r%file_size / 2 + 1) then
-          stat = COLNN_ERR_FORMAT
-          errmsg = r%where()//': batch normalization layer '//str(i)//' needs '// &
-                   str(widths(i))//' values a line, more than the file holds'
-          return
-        end if
+        stat = COLNN_ERR_FORMAT
+        errmsg = r%where()//': batch normalization layer '//str(i)//' needs '// &
+                 str(widths(i))//' values a vector, more than the file holds'
+        return
+      end if
+      do k = 1, 4
         allocate (values(widths(i)))
-        call parse_number_row(r%buf(1:r%n), widths(i), 'float64', values, &
-                              r%where()//': batch normalization layer '//str(i), stat, errmsg, &
-                              allow_d=.true.)
+        call read_vector(r, values, BN_VECTORS(k)//' of FKB batch normalization layer '//str(i), &
+                         stat, errmsg)
         if (stat /= 0) return
-        select case (k)
-        case (1); call specs(i)%add_tensor('beta', 1, [widths(i), 1], values, r%line_no)
-        case (2); call specs(i)%add_tensor('gamma', 1, [widths(i), 1], values, r%line_no)
-        case (3); call specs(i)%add_tensor('moving_mean', 1, [widths(i), 1], values, r%line_no)
-        case (4); call specs(i)%add_tensor('moving_variance', 1, [widths(i), 1], values, r%line_no)
-        end select
+        call specs(i)%add_tensor(BN_VECTORS(k), 1, [widths(i), 1], values, r%line_no)
       end do
     end do
     call r%next_line(eof, stat, errmsg, skip_blank=.true.)
