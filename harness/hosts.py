@@ -12,15 +12,18 @@ before its first step. A run is reproducible from its namelist (which holds the 
 from __future__ import annotations
 
 import functools
+import io
 import json
+import math
 import os
-import re
 import shutil
 import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+import f90nml
 
 from .errors import HarnessError
 
@@ -54,23 +57,6 @@ def host_executable(host: str, precision: str = "single") -> Path:
     return exe
 
 
-def _parse_value(text: str) -> Any:
-    text = text.strip().rstrip(",").strip()
-    if text.startswith(("'", '"')):
-        return text[1:-1].rstrip()
-    if text in ("T", "F"):
-        return text == "T"
-    items: list[Any] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        count, _, value = part.rpartition("*")
-        number: Any = float(value) if re.search(r"[.eEdD]", value) else int(value)
-        items.extend([number] * (int(count) if count else 1))
-    return items[0] if len(items) == 1 else items
-
-
 @functools.lru_cache(maxsize=None)
 def host_defaults(host: str, precision: str = "single") -> dict[str, dict[str, Any]]:
     """{group: {key: default}} as the host program reports them."""
@@ -79,26 +65,14 @@ def host_defaults(host: str, precision: str = "single") -> dict[str, dict[str, A
                           env=_mpi_env(1), timeout=60)
     if proc.returncode != 0:
         raise HostError(f"{exe} --defaults failed: {proc.stderr.strip()}")
-    groups: dict[str, dict[str, Any]] = {}
-    current: dict[str, Any] | None = None
-    pending = ""
-    for line in proc.stdout.splitlines():
-        line = line.strip()
-        if line.startswith("&"):
-            current = groups.setdefault(line[1:].lower(), {})
-            continue
-        if line == "/" or current is None:
-            continue
-        m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
-        if m:
-            pending = m.group(1).lower()
-            current[pending] = _parse_value(m.group(2))
-        elif pending:   # continuation of an array
-            value = current[pending]
-            more = _parse_value(line)
-            current[pending] = (value if isinstance(value, list) else [value]) + \
-                (more if isinstance(more, list) else [more])
-    return groups
+    try:
+        parsed = f90nml.reads(proc.stdout)
+    except ValueError as exc:
+        raise HostError(f"{exe} --defaults: not a namelist the harness can read: {exc}") from None
+    # Fortran pads character variables with blanks; the host trims them when it reads them
+    return {group.lower(): {key.lower(): value.rstrip() if isinstance(value, str) else value
+                            for key, value in values.items()}
+            for group, values in parsed.items()}
 
 
 @dataclass
@@ -145,6 +119,8 @@ def _check_type(where: str, value: Any, default: Any) -> Any:
     elif isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise HostError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise HostError(f"{where}: must be a finite number, got {value!r}")
         value = float(value)
     elif isinstance(default, str):
         if not isinstance(value, str):
@@ -214,27 +190,22 @@ def load_host_run(path: Path | str, output_dir: Path | None = None) -> HostRun:
     return host_run_from_dict(data, path.parent.resolve(), str(path), output_dir)
 
 
-def _fortran(value: Any) -> str:
-    if isinstance(value, bool):
-        return ".true." if value else ".false."
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if value == value and abs(value) != float("inf") else "0.0"
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, list):
-        return ", ".join(_fortran(v) for v in value)
-    raise HostError(f"cannot write {value!r} to a namelist")
-
-
 def namelist_text(run: HostRun) -> str:
-    lines = [f"! written by the harness for colnn_{run.host}; rerun with: colnn_{run.host} run.nml"]
+    """The host's namelist file, written by f90nml (floats as Python's shortest round-trip
+    repr, so the Fortran reads exactly the value given)."""
+    groups = f90nml.Namelist()
     for group, values in run.groups().items():
-        lines.append(f"&{group}")
-        lines.extend(f"  {key} = {_fortran(value)}" for key, value in values.items())
-        lines.append("/")
-    return "\n".join(lines) + "\n"
+        for key, value in values.items():
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise HostError(f"{group}.{key}: must be a finite number, got {value!r}")
+                if not isinstance(item, (bool, int, float, str)):
+                    raise HostError(f"{group}.{key}: cannot write {item!r} to a namelist")
+        groups[group] = f90nml.Namelist(values)
+    text = io.StringIO()
+    groups.write(text)
+    return (f"! written by the harness for colnn_{run.host}; rerun with: colnn_{run.host} "
+            f"run.nml\n{text.getvalue()}")
 
 
 #: what mpirun (or srun, for a job step) puts into its ranks' environment; a host started from

@@ -223,27 +223,6 @@ def test_unwritable_output_is_an_error_that_keeps_the_run(truth: dict, network: 
         ["diagnostics.h5.tmp", "host.log", "result.json", "run.nml"]
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """mount(size) -> a fresh tmpfs of that size (a real ENOSPC; needs root, as the Slurm
-    tests do); unmounted afterwards."""
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        path = tmp_path / f"disk-{size}"
-        path.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                               str(path)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
-        mounted.append(path)
-        return path
-
-    yield mount
-    for path in mounted:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
 def test_a_full_disk_is_an_error_that_leaves_no_partial_file(small_disk) -> None:
     """The diagnostics (kept in memory, written at the end) do not fit: the run is an error
     naming the file and the full file system; the partial HDF5 file is gone; result.json

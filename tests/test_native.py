@@ -107,6 +107,32 @@ def test_save_round_trip_is_bit_exact(tmp_path: Path, lib: str, precision: str) 
             assert np.array_equal(t, b.tensors[k]), (a.name, k)
 
 
+@pytest.mark.parametrize("lib", ["single", "double"])
+def test_a_full_disk_while_saving_keeps_the_earlier_model(tmp_path: Path, small_disk,
+                                                           lib: str) -> None:
+    """A real ENOSPC in the middle of a model file (a small tmpfs): an error naming the file
+    and the reason; the model saved there before is untouched and no temporary file is left."""
+    rng = np.random.default_rng(4)
+    dtype = "float32" if lib == "single" else "float64"
+    big = ModelSpec(dtype, 300, [LayerSpec("dense", "d", {
+        "units": 300, "use_bias": True, "activation": Activation.make("tanh")},
+        {"kernel": rng.standard_normal((300, 300)), "bias": rng.standard_normal(300)})])
+    small = random_model(rng, dtype, Activation.make("relu"))
+    write_model(big, tmp_path / "big.colnn")
+    write_model(small, tmp_path / "small.colnn")
+    disk = small_disk("256k")
+    with NativeModel(tmp_path / "small.colnn", precision=lib) as m:
+        m.save(disk / "m.colnn")
+    before = (disk / "m.colnn").read_bytes()
+    with NativeModel(tmp_path / "big.colnn", precision=lib) as m:
+        with pytest.raises(ColnnError) as info:
+            m.save(disk / "m.colnn")
+    message = str(info.value)
+    assert str(disk / "m.colnn") in message and "No space left on device" in message, message
+    assert sorted(p.name for p in disk.iterdir()) == ["m.colnn"]
+    assert (disk / "m.colnn").read_bytes() == before
+
+
 def test_columns_are_independent(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     spec = random_model(rng, "float32", Activation.make("softmax"))

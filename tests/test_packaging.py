@@ -9,6 +9,7 @@ import ast
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -179,3 +180,18 @@ def test_no_machine_paths_in_the_recipes() -> None:
         text = path.read_text()
         for bad in ("/work/", "/tmp/", "/root/", "/home/"):
             assert bad not in text, f"{path}: {bad}"
+
+
+def test_declared_python_versions_are_the_ones_the_code_needs() -> None:
+    """requires-python (pyproject.toml) and the Spack package's python@ lower bound equal the
+    oldest Python the harness code runs on, as vermin finds it from the code itself (tomllib
+    makes it 3.11)."""
+    proc = subprocess.run([str(Path(sys.executable).parent / "vermin"), "--no-tips", "--no-parse-comments", str(REPO / "harness")],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r"Minimum required versions: (?:~?2\.\d+, )?~?(3\.\d+)", proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    needed = found.group(1)
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert declared.replace(" ", "") == f">={needed}", (declared, needed)
+    spack_python = re.search(r'depends_on\("python@([0-9.]+):"', HARNESS_PACKAGE.read_text())
+    assert spack_python and spack_python.group(1) == needed

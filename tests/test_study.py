@@ -107,6 +107,8 @@ def local_study(tmp_path_factory: pytest.TempPathFactory) -> StudyDir:
     ({"couple__ensemble_top_k": 9}, "couple.ensemble_top_k: 9 > training.candidates"),
     ({"host__model": {"kk": 8}}, "model.kk: unknown key"),
     ({"host__model": {"k": 8.5}}, "model.k: expected an integer"),
+    ({"host__model": {"f": math.nan}}, "model.f: must be a finite number, got nan"),
+    ({"host__failure": {"max_abs": math.inf}}, "failure.max_abs: must be a finite number"),
     ({"host__failure": {"clim_mean": 1.0}}, "host.failure: clim_mean are calibrated"),
     ({"host__run": {"n_steps": 3}}, "host.run: n_steps are set by the study"),
     ({"executor__kind": "pbs"}, "executor.kind: must be one of"),

@@ -5,7 +5,7 @@ module colnn_model_file
   use colnn_status
   use colnn_strings, only: str, next_token, count_tokens, is_number_text, is_decimal, &
                            parse_int
-  use colnn_textio, only: text_reader_t
+  use colnn_textio, only: text_reader_t, text_writer_t
   use colnn_spec, only: layer_spec_t
   use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
   use, intrinsic :: iso_c_binding, only: c_int, c_char, c_null_char
@@ -476,7 +476,8 @@ contains
     end if
   end subroutine atomic_rename
 
-  !> Writes header + layer specs to `path` via a temporary file and a rename.
+  !> Writes header + layer specs to `path` via a temporary file and a rename: a file that
+  !> could not be written whole (a full disk) is never renamed into place.
   subroutine write_model_file(path, n_inputs, n_outputs, specs, meta, stat, errmsg, training)
     character(len=*), intent(in) :: path
     integer, intent(in) :: n_inputs, n_outputs
@@ -485,84 +486,70 @@ contains
     type(layer_spec_t), intent(in), optional :: training
     integer, intent(out) :: stat
     character(len=:), allocatable, intent(out) :: errmsg
-    character(len=:), allocatable :: tmp
-    character(len=256) :: msg
-    integer :: u, ios, k
+    type(text_writer_t) :: text
+    integer :: k
     logical :: is_dp
 
-    stat = COLNN_OK
-    errmsg = ''
     is_dp = wp == dp
-    tmp = path//'.tmp'
-    open (newunit=u, file=tmp, status='replace', action='write', form='formatted', &
-          iostat=ios, iomsg=msg)
-    if (ios /= 0) then
-      call fail(stat, errmsg, COLNN_ERR_IO, path//': cannot write: '//trim(msg))
-      return
-    end if
-    write (u, '(a,i0)', iostat=ios) 'colnn ', FORMAT_VERSION
-    write (u, '(a)', iostat=ios) '# colnn model file; format: docs/model-format.md'
-    write (u, '(a)', iostat=ios) 'precision '//wp_name
-    write (u, '(a,i0)', iostat=ios) 'inputs ', n_inputs
-    write (u, '(a,i0)', iostat=ios) 'outputs ', n_outputs
-    write (u, '(a,i0)', iostat=ios) 'layers ', size(specs)
+    call text%add('colnn '//str(FORMAT_VERSION))
+    call text%add('# colnn model file; format: docs/model-format.md')
+    call text%add('precision '//wp_name)
+    call text%add('inputs '//str(n_inputs))
+    call text%add('outputs '//str(n_outputs))
+    call text%add('layers '//str(size(specs)))
     do k = 1, size(meta)
-      write (u, '(a)', iostat=ios) 'meta '//trim(meta(k))
+      call text%add('meta '//trim(meta(k)))
     end do
     do k = 1, size(specs)
-      call write_block(u, 'layer '//specs(k)%type_name, specs(k), is_dp, ios)
+      call add_block(text, 'layer '//specs(k)%type_name, specs(k), is_dp)
     end do
-    if (present(training)) call write_block(u, 'training', training, is_dp, ios)
-    if (ios /= 0) then
-      close (u, status='delete')
-      call fail(stat, errmsg, COLNN_ERR_IO, path//': write failed')
-      return
-    end if
-    close (u, iostat=ios)
-    if (ios /= 0) then
-      call fail(stat, errmsg, COLNN_ERR_IO, path//': close failed')
-      return
-    end if
-    call atomic_rename(tmp, path, stat, errmsg)
+    if (present(training)) call add_block(text, 'training', training, is_dp)
+    call text%save(path//'.tmp', path, stat, errmsg)
+    if (stat /= 0) return
+    call atomic_rename(path//'.tmp', path, stat, errmsg)
   end subroutine write_model_file
 
-  subroutine write_block(u, opening, spec, is_dp, ios)
-    integer, intent(in) :: u
+  subroutine add_block(text, opening, spec, is_dp)
+    type(text_writer_t), intent(inout) :: text
     character(len=*), intent(in) :: opening
     type(layer_spec_t), intent(in) :: spec
     logical, intent(in) :: is_dp
-    integer, intent(inout) :: ios
-    character(len=*), parameter :: fmt_sp = '(*(es16.8e2))', fmt_dp = '(*(es25.16e3))'
-    integer :: a, t, i, d2, e
-    e = 0
-    write (u, '(a)', iostat=e) ''
-    write (u, '(a)', iostat=e) opening
+    integer :: a, t, i, d2
+    call text%add('')
+    call text%add(opening)
     do a = 1, spec%n_attrs
-      write (u, '(a)', iostat=e) spec%attrs(a)%key//' '//spec%attrs(a)%value
+      call text%add(spec%attrs(a)%key//' '//spec%attrs(a)%value)
     end do
     do t = 1, spec%n_tensors
       associate (tn => spec%tensors(t))
         if (tn%rank == 1) then
-          write (u, '(a,1x,i0)', iostat=e) 'tensor '//tn%name, tn%shape(1)
-          if (is_dp) then
-            write (u, fmt_dp, iostat=e) tn%values
-          else
-            write (u, fmt_sp, iostat=e) tn%values
-          end if
+          call text%add('tensor '//tn%name//' '//str(tn%shape(1)))
+          call text%add(number_row(tn%values, is_dp))
         else
-          write (u, '(a,2(1x,i0))', iostat=e) 'tensor '//tn%name, tn%shape
+          call text%add('tensor '//tn%name//' '//str(tn%shape(1))//' '//str(tn%shape(2)))
           d2 = tn%shape(2)
           do i = 1, tn%shape(1)
-            if (is_dp) then
-              write (u, fmt_dp, iostat=e) tn%values((i - 1) * d2 + 1:i * d2)
-            else
-              write (u, fmt_sp, iostat=e) tn%values((i - 1) * d2 + 1:i * d2)
-            end if
+            call text%add(number_row(tn%values((i - 1) * d2 + 1:i * d2), is_dp))
           end do
         end if
       end associate
     end do
-    write (u, '(a)', iostat=e) 'end'
-    if (e /= 0) ios = e
-  end subroutine write_block
+    call text%add('end')
+  end subroutine add_block
+
+  !> One row of values, 9 significant digits (single) or 17 (double): enough to read back the
+  !> same number.
+  function number_row(values, is_dp) result(row)
+    real(wp), intent(in) :: values(:)
+    logical, intent(in) :: is_dp
+    character(len=:), allocatable :: row
+    character(len=*), parameter :: fmt_sp = '(*(es16.8e2))', fmt_dp = '(*(es25.16e3))'
+    if (is_dp) then
+      allocate (character(len=25 * size(values)) :: row)
+      write (row, fmt_dp) values
+    else
+      allocate (character(len=16 * size(values)) :: row)
+      write (row, fmt_sp) values
+    end if
+  end function number_row
 end module colnn_model_file

@@ -1,4 +1,5 @@
-!> Line-by-line reading of text model files of any line length, with line numbers for messages.
+!> Line-by-line reading of text model files of any line length, with line numbers for messages,
+!> and their writing through a memory buffer whose write errors are seen.
 module colnn_textio
   use colnn_kinds, only: i8
   use colnn_status
@@ -6,7 +7,7 @@ module colnn_textio
   implicit none
   private
 
-  public :: text_reader_t
+  public :: text_reader_t, text_writer_t
 
   type :: text_reader_t
     integer :: unit = -1
@@ -22,6 +23,18 @@ module colnn_textio
     procedure :: line => reader_line
     procedure :: where => reader_where
   end type text_reader_t
+
+  !> Text collected in memory, then written with one unformatted stream write. gfortran's
+  !> formatted sequential writes, flush and close report success on a full disk (libgfortran
+  !> 12 drops ENOSPC), so a model file written line by line could be truncated silently; the
+  !> stream write reports it.
+  type :: text_writer_t
+    character(len=:), allocatable :: buf
+    integer(i8) :: n = 0
+  contains
+    procedure :: add => writer_add
+    procedure :: save => writer_save
+  end type text_writer_t
 
 contains
 
@@ -179,4 +192,48 @@ contains
     character(len=:), allocatable :: s
     s = self%path//':'//str(self%line_no)
   end function reader_where
+  !> Appends `line` and a newline.
+  subroutine writer_add(self, line)
+    class(text_writer_t), intent(inout) :: self
+    character(len=*), intent(in) :: line
+    character(len=:), allocatable :: grown
+    integer(i8) :: need
+    need = self%n + len(line, i8) + 1
+    if (.not. allocated(self%buf)) allocate (character(len=max(need, 65536_i8)) :: self%buf)
+    if (need > len(self%buf, i8)) then
+      allocate (character(len=max(need, 2 * len(self%buf, i8))) :: grown)
+      grown(1:self%n) = self%buf(1:self%n)
+      call move_alloc(grown, self%buf)
+    end if
+    self%buf(self%n + 1:need) = line//new_line('a')
+    self%n = need
+  end subroutine writer_add
+
+  !> Writes the collected text to `path` (created or replaced). On any failure the partial
+  !> file is removed and `errmsg` names `shown` (the file the caller is writing) and the reason.
+  subroutine writer_save(self, path, shown, stat, errmsg)
+    class(text_writer_t), intent(in) :: self
+    character(len=*), intent(in) :: path, shown
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    character(len=512) :: msg
+    integer :: u, ios, ignore
+    stat = COLNN_OK
+    errmsg = ''
+    msg = ''
+    open (newunit=u, file=path, status='replace', action='write', access='stream', &
+          form='unformatted', iostat=ios, iomsg=msg)
+    if (ios /= 0) then
+      stat = COLNN_ERR_IO
+      errmsg = shown//': cannot write: '//trim(msg)
+      return
+    end if
+    if (self%n > 0) write (u, iostat=ios, iomsg=msg) self%buf(1:self%n)
+    if (ios == 0) close (u, iostat=ios, iomsg=msg)
+    if (ios /= 0) then
+      close (u, status='delete', iostat=ignore)
+      stat = COLNN_ERR_IO
+      errmsg = shown//': cannot write: '//trim(msg)//' (nothing was written to '//shown//')'
+    end if
+  end subroutine writer_save
 end module colnn_textio

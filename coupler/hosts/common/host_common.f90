@@ -8,9 +8,13 @@ module host_common
 
   public :: injected_value, is_injectable
   public :: dp, i8, run_result_t, write_result, finish_run, hash_file, wall_clock, check_groups, itoa, &
-            rtoa, ftoa, atomic_rename, MAX_EXTRA, host_uniform, host_normal
+            rtoa, ftoa, atomic_rename, host_uniform, host_normal
 
-  integer, parameter :: MAX_EXTRA = 16
+  !> One entry of result.json's "extra" object.
+  type :: named_value_t
+    character(len=:), allocatable :: name
+    real(dp) :: value = 0
+  end type named_value_t
 
   !> One coupled or truth run, as result.json records it. status: 'completed' (step limit
   !> reached), 'failed' (a failure criterion fired at failure_step), 'error' (the run could not
@@ -28,9 +32,12 @@ module host_common
     integer(i8) :: seed = 0
     integer :: n_columns = 0, n_ranks = 1
     character(len=256) :: diagnostics = ''
+    !> host-specific figures, result.json's "extra" (as many as the host records)
     integer :: n_extra = 0
-    character(len=48) :: extra_name(MAX_EXTRA) = ''
-    real(dp) :: extra_value(MAX_EXTRA) = 0
+    type(named_value_t), allocatable :: extras(:)
+  contains
+    procedure :: add_extra => run_result_add_extra
+    procedure :: clear_extras => run_result_clear_extras
   end type run_result_t
 
   interface
@@ -194,6 +201,27 @@ contains
     is_injectable = any(trim(kind) == [character(len=4) :: 'nan', 'inf', '-inf'])
   end function is_injectable
 
+  !> Records one host-specific figure (result.json "extra"); the list grows as needed.
+  subroutine run_result_add_extra(self, name, value)
+    class(run_result_t), intent(inout) :: self
+    character(len=*), intent(in) :: name  !! its key in result.json
+    real(dp), intent(in) :: value
+    type(named_value_t), allocatable :: grown(:)
+    if (.not. allocated(self%extras)) allocate (self%extras(16))
+    if (self%n_extra == size(self%extras)) then
+      allocate (grown(2 * size(self%extras)))
+      grown(1:self%n_extra) = self%extras
+      call move_alloc(grown, self%extras)
+    end if
+    self%n_extra = self%n_extra + 1
+    self%extras(self%n_extra) = named_value_t(name, value)
+  end subroutine run_result_add_extra
+
+  subroutine run_result_clear_extras(self)
+    class(run_result_t), intent(inout) :: self
+    self%n_extra = 0
+  end subroutine run_result_clear_extras
+
   subroutine write_result(path, r, stat, errmsg)
     character(len=*), intent(in) :: path
     type(run_result_t), intent(in) :: r
@@ -239,8 +267,8 @@ contains
     if (stat == 0) write (u, '(a)', iostat=stat, iomsg=iomsg) '  "extra": {'
     do i = 1, r%n_extra
       if (stat /= 0) exit
-      write (u, '(a)', iostat=stat, iomsg=iomsg) '    '//jstr(r%extra_name(i))//': '// &
-        rtoa(r%extra_value(i))//trim(merge(', ', '  ', i < r%n_extra))
+      write (u, '(a)', iostat=stat, iomsg=iomsg) '    '//jstr(r%extras(i)%name)//': '// &
+        rtoa(r%extras(i)%value)//trim(merge(', ', '  ', i < r%n_extra))
     end do
     if (stat == 0) write (u, '(a)', iostat=stat, iomsg=iomsg) '  }'//new_line('a')//'}'
     if (stat /= 0) then

@@ -20,7 +20,7 @@ module l96_host
   implicit none
   private
 
-  public :: l96_host_main, l96_write_defaults
+  public :: l96_host_main, l96_write_defaults, l96_print_config
 
   type :: l96_config_t
     ! &l96_model
@@ -123,6 +123,18 @@ contains
     call finish_run('colnn_l96', cfg%output_dir, s%rank, r, exit_code)
   end subroutine l96_host_main
 
+  !> `colnn_l96 --print-config CONFIG.nml`: reads CONFIG.nml as a run does and writes every
+  !> group with the values the run would use (what was read, defaults for the rest); starts
+  !> nothing. `stat` /= 0 with `errmsg` when the file cannot be read or a value is invalid.
+  subroutine l96_print_config(path, unit, stat, errmsg)
+    character(len=*), intent(in) :: path   !! the namelist file
+    integer, intent(in) :: unit            !! where the groups are written
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    type(l96_config_t) :: cfg
+    call read_config(path, cfg, stat, errmsg, unit)
+  end subroutine l96_print_config
+
   !> The namelist groups with their defaults (`colnn_l96 --defaults`): the harness checks its
   !> configuration keys against this list.
   subroutine l96_write_defaults(unit)
@@ -157,7 +169,7 @@ contains
       drift_sigma, clim_mean, clim_std, sd_window_mean, sd_window_std
 
     stat = 0
-    if (.not. present(defaults_unit)) call check_groups(path, GROUPS, stat, errmsg, found)
+    if (len(path) > 0) call check_groups(path, GROUPS, stat, errmsg, found)
     if (stat /= 0) return
     k = cfg%k; j = cfg%j; f = cfg%f; h = cfg%h; b = cfg%b; c = cfg%c
     call read_group('l96_model')
@@ -190,15 +202,8 @@ contains
       character(len=*), intent(in) :: group
       integer :: u
       character(len=512) :: iomsg
-      if (present(defaults_unit)) then
-        select case (group)
-        case ('l96_model')
-          write (defaults_unit, nml=l96_model)
-        case ('l96_run')
-          write (defaults_unit, nml=l96_run)
-        case ('l96_failure')
-          write (defaults_unit, nml=l96_failure)
-        end select
+      if (len(path) == 0) then
+        if (present(defaults_unit)) call write_group(group)
         stat = 0
         return
       end if
@@ -224,7 +229,21 @@ contains
       else if (stat > 0) then
         errmsg = trim(path)//': namelist &'//group//': '//trim(iomsg)
       end if
+      if (stat == 0 .and. present(defaults_unit)) call write_group(group)
     end subroutine read_group
+
+    !> The group's values as the host holds them: its defaults, or what was read.
+    subroutine write_group(group)
+      character(len=*), intent(in) :: group
+      select case (group)
+      case ('l96_model')
+        write (defaults_unit, nml=l96_model)
+      case ('l96_run')
+        write (defaults_unit, nml=l96_run)
+      case ('l96_failure')
+        write (defaults_unit, nml=l96_failure)
+      end select
+    end subroutine write_group
   end subroutine read_config
 
   subroutine validate(cfg, path, stat, errmsg)
@@ -597,11 +616,11 @@ contains
     end do
     if (r%status == 'completed') r%steps = cfg%n_steps
     stat = 0
-    r%n_extra = 0
-    call extra('final_window_z_mean', last(w_zmean(1:i_win)))
-    call extra('final_window_z_std', last(w_zstd(1:i_win)))
-    call extra('mean_x', mean_finite(d_mean(1:i_out)))
-    call extra('std_x', mean_finite(d_std(1:i_out)))
+    call r%clear_extras()
+    call r%add_extra('final_window_z_mean', last(w_zmean(1:i_win)))
+    call r%add_extra('final_window_z_std', last(w_zstd(1:i_win)))
+    call r%add_extra('mean_x', mean_finite(d_mean(1:i_out)))
+    call r%add_extra('std_x', mean_finite(d_std(1:i_out)))
     if (s%rank == 0) call write_diagnostics(stat, errmsg)
     call bcast_int(stat, s%comm)
     if (stat /= 0) call bcast_str(errmsg, s%comm)
@@ -641,13 +660,6 @@ contains
       s%t_io = s%t_io + (wall_clock() - t0)
     end subroutine record
 
-    subroutine extra(name, value)
-      character(len=*), intent(in) :: name
-      real(dp), intent(in) :: value
-      r%n_extra = r%n_extra + 1
-      r%extra_name(r%n_extra) = name
-      r%extra_value(r%n_extra) = value
-    end subroutine extra
 
     subroutine write_diagnostics(st, msg)
       integer, intent(out) :: st

@@ -30,7 +30,7 @@ module sw_host
   implicit none
   private
 
-  public :: sw_host_main, sw_write_defaults
+  public :: sw_host_main, sw_write_defaults, sw_print_config
 
   real(dp), parameter :: DAY = 86400, PI = 3.14159265358979323846_dp
   integer, parameter :: N_IN = 15, N_OUT = 3      !< NN features per column (README: the order)
@@ -160,6 +160,18 @@ contains
   ! ---------------------------------------------------------------------------------------
   ! configuration
 
+  !> `colnn_sw --print-config CONFIG.nml`: reads CONFIG.nml as a run does and writes every
+  !> group with the values the run would use (what was read, defaults for the rest); starts
+  !> nothing. `stat` /= 0 with `errmsg` when the file cannot be read or a value is invalid.
+  subroutine sw_print_config(path, unit, stat, errmsg)
+    character(len=*), intent(in) :: path   !! the namelist file
+    integer, intent(in) :: unit            !! where the groups are written
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    type(sw_config_t) :: cfg
+    call read_config(path, cfg, stat, errmsg, unit)
+  end subroutine sw_print_config
+
   !> The namelist groups with their defaults (`colnn_sw --defaults`): the harness checks its
   !> configuration keys against this list.
   subroutine sw_write_defaults(unit)
@@ -199,7 +211,7 @@ contains
     gstat = 0
     gmsg = ''
     found = .false.
-    if (.not. present(defaults_unit)) call check_groups(path, GROUPS, gstat, gmsg, found)
+    if (len(path) > 0) call check_groups(path, GROUPS, gstat, gmsg, found)
     ! each group is read into locals preset to the defaults, then copied back by name (a
     ! positional constructor would silently swap two reals of the same kind); &sw_run first,
     ! so that any other error (an unknown group included) is reported in its output_dir
@@ -255,15 +267,8 @@ contains
       character(len=*), intent(in) :: group
       integer :: u
       character(len=512) :: iomsg
-      if (present(defaults_unit)) then
-        select case (group)
-        case ('sw_model')
-          write (defaults_unit, nml=sw_model)
-        case ('sw_run')
-          write (defaults_unit, nml=sw_run)
-        case ('sw_failure')
-          write (defaults_unit, nml=sw_failure)
-        end select
+      if (len(path) == 0) then
+        if (present(defaults_unit)) call write_group(group)
         stat = 0
         return
       end if
@@ -291,7 +296,21 @@ contains
       else if (stat > 0) then
         errmsg = trim(path)//': namelist &'//group//': '//trim(iomsg)
       end if
+      if (stat == 0 .and. present(defaults_unit)) call write_group(group)
     end subroutine read_group
+
+    !> The group's values as the host holds them: its defaults, or what was read.
+    subroutine write_group(group)
+      character(len=*), intent(in) :: group
+      select case (group)
+      case ('sw_model')
+        write (defaults_unit, nml=sw_model)
+      case ('sw_run')
+        write (defaults_unit, nml=sw_run)
+      case ('sw_failure')
+        write (defaults_unit, nml=sw_failure)
+      end select
+    end subroutine write_group
   end subroutine read_config
 
   subroutine validate(cfg, path, stat, errmsg)
@@ -908,21 +927,21 @@ contains
     stat = 0
     ! the final state (rank 0's ug, vg, hg are written as the final fields)
     call global_diag(cfg, s, d)
-    r%n_extra = 0
-    call extra('energy_warn_step', real(warn_step, dp))
-    call extra('max_energy', max_finite([e_max, dts(D_ENERGY, 1:i_out)]))
-    call extra('mean_energy', mean_finite(dts(D_ENERGY, 1:i_out)))
-    call extra('final_energy', d(D_ENERGY))
-    call extra('mean_ke', mean_finite(dts(D_KE, 1:i_out)))
-    call extra('mean_pe', mean_finite(dts(D_PE, 1:i_out)))
-    call extra('mean_h_std', mean_finite(dts(D_H_STD, 1:i_out)))
-    call extra('mean_speed', mean_finite(dts(D_MEAN_SPEED, 1:i_out)))
-    call extra('mean_h_drift', d(D_MEAN_H) - d0(D_MEAN_H))
-    call extra('mass_rel_drift', (d(D_MASS) - d0(D_MASS)) / d0(D_MASS))
-    call extra('rmse_ke', rms_vs(dts(D_KE, 1:i_out), cfg%clim_ke))
-    call extra('rmse_pe', rms_vs(dts(D_PE, 1:i_out), cfg%clim_pe))
-    call extra('rmse_h_std', rms_vs(dts(D_H_STD, 1:i_out), cfg%clim_h_std))
-    call extra('rmse_speed', rms_vs(dts(D_MEAN_SPEED, 1:i_out), cfg%clim_speed_mean))
+    call r%clear_extras()
+    call r%add_extra('energy_warn_step', real(warn_step, dp))
+    call r%add_extra('max_energy', max_finite([e_max, dts(D_ENERGY, 1:i_out)]))
+    call r%add_extra('mean_energy', mean_finite(dts(D_ENERGY, 1:i_out)))
+    call r%add_extra('final_energy', d(D_ENERGY))
+    call r%add_extra('mean_ke', mean_finite(dts(D_KE, 1:i_out)))
+    call r%add_extra('mean_pe', mean_finite(dts(D_PE, 1:i_out)))
+    call r%add_extra('mean_h_std', mean_finite(dts(D_H_STD, 1:i_out)))
+    call r%add_extra('mean_speed', mean_finite(dts(D_MEAN_SPEED, 1:i_out)))
+    call r%add_extra('mean_h_drift', d(D_MEAN_H) - d0(D_MEAN_H))
+    call r%add_extra('mass_rel_drift', (d(D_MASS) - d0(D_MASS)) / d0(D_MASS))
+    call r%add_extra('rmse_ke', rms_vs(dts(D_KE, 1:i_out), cfg%clim_ke))
+    call r%add_extra('rmse_pe', rms_vs(dts(D_PE, 1:i_out), cfg%clim_pe))
+    call r%add_extra('rmse_h_std', rms_vs(dts(D_H_STD, 1:i_out), cfg%clim_h_std))
+    call r%add_extra('rmse_speed', rms_vs(dts(D_MEAN_SPEED, 1:i_out), cfg%clim_speed_mean))
     if (s%rank == 0) call write_diagnostics(stat, errmsg)
     call bcast_int(stat, s%comm)
     if (stat /= 0) call bcast_str(errmsg, s%comm)
@@ -951,13 +970,6 @@ contains
       s%t_io = s%t_io + (wall_clock() - t0)
     end subroutine record
 
-    subroutine extra(name, value)
-      character(len=*), intent(in) :: name
-      real(dp), intent(in) :: value
-      r%n_extra = r%n_extra + 1
-      r%extra_name(r%n_extra) = name
-      r%extra_value(r%n_extra) = value
-    end subroutine extra
 
     subroutine write_diagnostics(st, msg_)
       integer, intent(out) :: st
@@ -1044,17 +1056,17 @@ contains
     r%max_steps = cfg%spinup_steps + cfg%n_steps
     stat = 0
     call global_diag(cfg, s, d)
-    r%n_extra = 0
-    call extra('max_energy', max_finite(dts(D_ENERGY, 1:i_samp)))
-    call extra('min_energy', -max_finite(-dts(D_ENERGY, 1:i_samp)))
-    call extra('mean_energy', mean_finite(dts(D_ENERGY, 1:i_samp)))
-    call extra('mean_ke', mean_finite(dts(D_KE, 1:i_samp)))
-    call extra('mean_pe', mean_finite(dts(D_PE, 1:i_samp)))
-    call extra('mean_h_std', mean_finite(dts(D_H_STD, 1:i_samp)))
-    call extra('mean_speed', mean_finite(dts(D_MEAN_SPEED, 1:i_samp)))
-    call extra('max_speed', max_finite(dts(D_MAX_SPEED, 1:i_samp)))
-    call extra('mean_h_drift', d(D_MEAN_H) - d0(D_MEAN_H))
-    call extra('mass_rel_drift', (d(D_MASS) - d0(D_MASS)) / d0(D_MASS))
+    call r%clear_extras()
+    call r%add_extra('max_energy', max_finite(dts(D_ENERGY, 1:i_samp)))
+    call r%add_extra('min_energy', -max_finite(-dts(D_ENERGY, 1:i_samp)))
+    call r%add_extra('mean_energy', mean_finite(dts(D_ENERGY, 1:i_samp)))
+    call r%add_extra('mean_ke', mean_finite(dts(D_KE, 1:i_samp)))
+    call r%add_extra('mean_pe', mean_finite(dts(D_PE, 1:i_samp)))
+    call r%add_extra('mean_h_std', mean_finite(dts(D_H_STD, 1:i_samp)))
+    call r%add_extra('mean_speed', mean_finite(dts(D_MEAN_SPEED, 1:i_samp)))
+    call r%add_extra('max_speed', max_finite(dts(D_MAX_SPEED, 1:i_samp)))
+    call r%add_extra('mean_h_drift', d(D_MEAN_H) - d0(D_MEAN_H))
+    call r%add_extra('mass_rel_drift', (d(D_MASS) - d0(D_MASS)) / d0(D_MASS))
     if (s%rank == 0) call write_truth(stat, errmsg)
     call bcast_int(stat, s%comm)
     if (stat /= 0) call bcast_str(errmsg, s%comm)
@@ -1086,13 +1098,6 @@ contains
       s%t_io = s%t_io + (wall_clock() - t0)
     end subroutine sample
 
-    subroutine extra(name, value)
-      character(len=*), intent(in) :: name
-      real(dp), intent(in) :: value
-      r%n_extra = r%n_extra + 1
-      r%extra_name(r%n_extra) = name
-      r%extra_value(r%n_extra) = value
-    end subroutine extra
 
     subroutine write_truth(st, msg_)
       integer, intent(out) :: st

@@ -23,7 +23,7 @@ class PyColnnHarness(PythonPackage):
     variant("keras", default=True,
             description="TensorFlow/Keras: training candidates and verifying against Keras")
 
-    depends_on("python@3.10:", type=("build", "run"))
+    depends_on("python@3.11:", type=("build", "run"))  # tomllib
     depends_on("py-setuptools@64:", type="build")
 
     with default_args(type=("build", "run")):
@@ -38,6 +38,7 @@ class PyColnnHarness(PythonPackage):
         depends_on("py-matplotlib@3.7:")
         depends_on("py-optuna@3.5:")
         depends_on("py-mpi4py@3.1:")
+        depends_on("py-f90nml@1.4:")  # the hosts' namelist files
         depends_on("py-tensorflow@2.16:", when="+keras")
         depends_on("py-keras@3:", when="+keras")
 
