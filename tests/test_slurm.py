@@ -3,7 +3,10 @@ dependencies, and an array of coupled L96 host runs submitted with sbatch. Nothi
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,3 +78,70 @@ def test_array_of_coupled_host_runs(local_slurm: Path, tmp_path: Path) -> None:
     assert [r["status"] for r in results] == ["completed"] * 3
     assert [r["seed"] for r in results] == [0, 1, 2]
     assert len({r["config_hash"] for r in results}) == 3
+
+
+def _script(*args: str, namespace_without_cgroups: bool = False,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """scripts/local_slurm.sh, optionally in a mount namespace whose /sys/fs/cgroup is an empty
+    tmpfs (as in containers and chroots without cgroups); the daemons it starts stay there."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "local_slurm.sh"
+    cmd = ["bash", str(script), *args]
+    if namespace_without_cgroups:
+        cmd = ["unshare", "-m", "--propagation", "private", "bash", "-c",
+               'mount -t tmpfs none /sys/fs/cgroup && exec "$@"', "nocgroup", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def _running(directory: Path) -> list[str]:
+    alive = []
+    for pidfile in directory.glob("*.pid"):
+        try:
+            os.kill(int(pidfile.read_text()), 0)
+            alive.append(pidfile.stem)
+        except (ProcessLookupError, ValueError):
+            pass
+    return alive
+
+
+@pytest.fixture
+def cluster_dir():
+    # munged wants every directory above its socket searchable by all (pytest's are 0700)
+    d = Path(tempfile.mkdtemp(prefix="colnn-slurm-"))
+    d.chmod(0o755)
+    yield d
+    _script("stop", str(d))
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_slurm_without_cgroups_runs_jobs(cluster_dir: Path) -> None:
+    """No cgroup file system: slurmd cannot start with 'autodetect' and runs without cgroups;
+    a real batch job runs. (A second cluster beside the suite's: its own ports.)"""
+    proc = _script("start", str(cluster_dir), namespace_without_cgroups=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "runs without them" in proc.stderr
+    assert "CgroupPlugin=cgroup/v1" in (cluster_dir / "cgroup.conf").read_text()
+    env = {**os.environ, "SLURM_CONF": str(cluster_dir / "slurm.conf")}
+    out = cluster_dir / "job.out"
+    sub = subprocess.run(["sbatch", "--parsable", "-o", str(out), "--wrap", "echo ran"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert sub.returncode == 0, sub.stderr
+    for _ in range(150):
+        if out.exists() and out.read_text().strip() == "ran":
+            break
+        time.sleep(0.2)
+    assert out.read_text().strip() == "ran"
+    assert _script("stop", str(cluster_dir)).returncode == 0
+    assert _running(cluster_dir) == []
+
+
+def test_a_daemon_that_cannot_start_is_named_and_nothing_is_left(cluster_dir: Path) -> None:
+    """slurmd forced to use cgroups where there are none: the script says which daemon, shows
+    its log's last lines, and stops munged and slurmctld again."""
+    proc = _script("start", str(cluster_dir), namespace_without_cgroups=True,
+                   env={"LOCAL_SLURM_CGROUP": "autodetect"})
+    assert proc.returncode == 1
+    assert "local Slurm: slurmd did not start" in proc.stderr, proc.stderr
+    assert "Unable to initialize cgroup plugin" in proc.stderr
+    assert "stopped what this start had started (munged slurmctld)" in proc.stderr
+    assert _running(cluster_dir) == []
