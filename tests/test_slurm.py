@@ -87,8 +87,11 @@ def _script(*args: str, namespace_without_cgroups: bool = False,
     script = Path(__file__).resolve().parent.parent / "scripts" / "local_slurm.sh"
     cmd = ["bash", str(script), *args]
     if namespace_without_cgroups:
-        cmd = ["unshare", "-m", "--propagation", "private", "bash", "-c",
-               'mount -t tmpfs none /sys/fs/cgroup && exec "$@"', "nocgroup", *cmd]
+        # the root may not be a mount point (a chroot): only /sys is made private, so the
+        # tmpfs stays in this namespace
+        cmd = ["unshare", "-m", "--propagation", "unchanged", "bash", "-c",
+               'mount --make-rprivate /sys && mount -t tmpfs none /sys/fs/cgroup && exec "$@"',
+               "nocgroup", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
 
