@@ -67,6 +67,17 @@ contains
     ok = ok .and. size >= 1 .and. size <= huge(1)
   end subroutine parse_fkb_size
 
+  subroutine size_error(r, what, text, stat, errmsg)
+    type(text_reader_t), intent(in) :: r
+    character(len=*), intent(in) :: what, text
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    stat = COLNN_ERR_FORMAT
+    errmsg = r%where()//': '//what//' must be a whole number in 1..'//str(huge(1))// &
+             " (written as an integer, or as FKB writes it, a real such as 5.00000000), got '"// &
+             text(1:min(len(text), 40))//"'"
+  end subroutine size_error
+
   !> `size(values)` numbers that start on a new line and end at the end of a line; they may
   !> continue over several lines, as a Fortran list-directed read allows and as compilers that
   !> wrap long list-directed records (Intel's at 80 columns) write them.
@@ -171,10 +182,7 @@ contains
         end if
         call parse_fkb_size(val, ival, ok)
         if (.not. ok) then
-          stat = COLNN_ERR_FORMAT
-          errmsg = r%where()//": input size must be a whole number in 1.."//str(huge(1))// &
-                   " (written as an integer, or as FKB writes it, a real such as 5.00000000), got '"// &
-                   val(1:min(len(val), 40))//"'"
+          call size_error(r, 'input size', val, stat, errmsg)
           return
         end if
         header%n_inputs = int(ival)
@@ -200,10 +208,7 @@ contains
         case ('dense')
           call parse_fkb_size(val, ival, ok)
           if (.not. ok) then
-            stat = COLNN_ERR_FORMAT
-            errmsg = r%where()//": dense units must be a whole number in 1.."//str(huge(1))// &
-                     " (written as an integer, or as FKB writes it, a real such as 3.00000000), got '"// &
-                     val(1:min(len(val), 40))//"'"
+            call size_error(r, 'dense units', val, stat, errmsg)
             return
           end if
           ! its biases alone need ival values: refuse before anything is allocated
