@@ -5,6 +5,7 @@ configurations stopped before the first step, and 1 vs 2 MPI ranks under a real 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -407,3 +408,25 @@ def test_relative_model_and_init_paths_of_a_host_config(truth: dict, network: Pa
     assert result["status"] == "completed" and result["steps"] == 400
     nml = (tmp_path / "work" / "out" / "nn" / "run.nml").read_text()
     assert f"'{conf / 'nn.colnn'}'" in nml and f"'{conf / 'truth.h5'}'" in nml
+
+
+def test_result_json_on_a_full_disk_is_an_error_not_an_empty_file(small_disk,
+                                                                  repo_root: Path) -> None:
+    """result.json onto a disk with no byte left: the host's writer reports it (gfortran's
+    formatted writes would not) and leaves neither result.json nor its temporary file."""
+    disk = small_disk("64k")
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    writer = repo_root / "build" / "single" / "coupler" / "test_host_result"
+    proc = subprocess.run([str(writer), str(disk / "result.json")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stdout.startswith("error: "), proc.stdout + proc.stderr
+    assert "result.json: cannot write: No space left on device" in proc.stdout
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]

@@ -1,5 +1,7 @@
 ! result.json of a host run: as many "extra" figures as a host records (more than any fixed
 ! table would hold), each written once, in order, and the file whole.
+! `test_host_result PATH` only writes such a result to PATH and prints 'ok' or the error (the
+! pytest suite points it at a full disk).
 program test_host_result
   use host_common, only: dp, run_result_t, write_result, itoa
   implicit none
@@ -7,6 +9,7 @@ program test_host_result
   integer, parameter :: n = 40
   integer :: i, stat, u, ios, found
   character(len=512) :: errmsg, line
+  character(len=4096) :: target
 
   r%host = 'test'
   r%status = 'completed'
@@ -14,6 +17,16 @@ program test_host_result
     call r%add_extra('figure_'//itoa(i), real(i, dp) / 4)
   end do
   if (r%n_extra /= n) error stop 'FAIL: n_extra'
+  if (command_argument_count() == 1) then
+    call get_command_argument(1, target)
+    call write_result(trim(target), r, stat, errmsg)
+    if (stat == 0) then
+      print '(a)', 'ok'
+    else
+      print '(a)', 'error: '//trim(errmsg)
+    end if
+    stop
+  end if
   call write_result('result_extra.json', r, stat, errmsg)
   if (stat /= 0) then
     print '(a)', 'FAIL: '//trim(errmsg)

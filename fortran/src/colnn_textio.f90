@@ -1,6 +1,7 @@
 !> Line-by-line reading of text model files of any line length, with line numbers for messages,
-!> and their writing through a memory buffer whose write errors are seen.
+!> and their writing through a memory buffer and a C write whose errors are seen.
 module colnn_textio
+  use, intrinsic :: iso_c_binding, only: c_char, c_int, c_long_long, c_null_char
   use colnn_kinds, only: i8
   use colnn_status
   use colnn_strings, only: str, next_token
@@ -24,10 +25,9 @@ module colnn_textio
     procedure :: where => reader_where
   end type text_reader_t
 
-  !> Text collected in memory, then written with one unformatted stream write. gfortran's
-  !> formatted sequential writes, flush and close report success on a full disk (libgfortran
-  !> 12 drops ENOSPC), so a model file written line by line could be truncated silently; the
-  !> stream write reports it.
+  !> Text collected in memory, then written by colnn_write_file (C: write, fsync, close, each
+  !> checked). gfortran's writes, flush and close report success on a full disk (libgfortran 12
+  !> drops ENOSPC), so a model file written with them could be truncated silently.
   type :: text_writer_t
     character(len=:), allocatable :: buf
     integer(i8) :: n = 0
@@ -216,24 +216,35 @@ contains
     character(len=*), intent(in) :: path, shown
     integer, intent(out) :: stat
     character(len=:), allocatable, intent(out) :: errmsg
-    character(len=512) :: msg
-    integer :: u, ios, ignore
+    interface
+      integer(c_int) function c_write_file(path, buf, n, err, errlen) bind(C, name='colnn_write_file')
+        import :: c_char, c_int, c_long_long
+        character(kind=c_char), intent(in) :: path(*), buf(*)
+        integer(c_long_long), value :: n
+        character(kind=c_char), intent(out) :: err(*)
+        integer(c_int), value :: errlen
+      end function c_write_file
+    end interface
+    character(kind=c_char) :: err(256)
+    character(len=1) :: empty(1)
+    integer :: i
     stat = COLNN_OK
     errmsg = ''
-    msg = ''
-    open (newunit=u, file=path, status='replace', action='write', access='stream', &
-          form='unformatted', iostat=ios, iomsg=msg)
-    if (ios /= 0) then
-      stat = COLNN_ERR_IO
-      errmsg = shown//': cannot write: '//trim(msg)
-      return
+    err = c_null_char
+    empty = ' '
+    if (self%n > 0) then
+      i = c_write_file(path//c_null_char, self%buf, int(self%n, c_long_long), err, 256_c_int)
+    else
+      i = c_write_file(path//c_null_char, empty, 0_c_long_long, err, 256_c_int)
     end if
-    if (self%n > 0) write (u, iostat=ios, iomsg=msg) self%buf(1:self%n)
-    if (ios == 0) close (u, iostat=ios, iomsg=msg)
-    if (ios /= 0) then
-      close (u, status='delete', iostat=ignore)
+    if (i /= 0) then
       stat = COLNN_ERR_IO
-      errmsg = shown//': cannot write: '//trim(msg)//' (nothing was written to '//shown//')'
+      errmsg = shown//': cannot write: '
+      do i = 1, size(err)
+        if (err(i) == c_null_char) exit
+        errmsg = errmsg//err(i)
+      end do
+      errmsg = errmsg//' (nothing was written to '//shown//')'
     end if
   end subroutine writer_save
 end module colnn_textio

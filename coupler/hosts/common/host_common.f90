@@ -3,6 +3,7 @@
 module host_common
   use, intrinsic :: iso_fortran_env, only: dp => real64, i8 => int64, error_unit
   use, intrinsic :: iso_c_binding, only: c_char, c_int, c_null_char
+  use colnn_textio, only: text_writer_t
   implicit none
   private
 
@@ -227,9 +228,9 @@ contains
     type(run_result_t), intent(in) :: r
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
-    character(len=:), allocatable :: tmp, fail
-    character(len=512) :: iomsg
-    integer :: u, i
+    character(len=:), allocatable :: tmp, fail, why
+    type(text_writer_t) :: text
+    integer :: i
     errmsg = ''
     tmp = trim(path)//'.tmp'
     if (r%failure_step >= 0) then
@@ -237,12 +238,7 @@ contains
     else
       fail = 'null'
     end if
-    open (newunit=u, file=tmp, status='replace', action='write', iostat=stat, iomsg=iomsg)
-    if (stat /= 0) then
-      errmsg = 'cannot write '//tmp//': '//trim(iomsg)
-      return
-    end if
-    write (u, '(a)', iostat=stat, iomsg=iomsg) '{' // &
+    call text%add('{' // &
       nl('schema')//'1,' // &
       nl('host')//jstr(r%host)//',' // &
       nl('mode')//jstr(r%mode)//',' // &
@@ -263,22 +259,17 @@ contains
       nl('seed')//itoa(int(r%seed))//',' // &
       nl('n_columns')//itoa(r%n_columns)//',' // &
       nl('n_ranks')//itoa(r%n_ranks)//',' // &
-      nl('diagnostics')//jstr_or_null(r%diagnostics)//','
-    if (stat == 0) write (u, '(a)', iostat=stat, iomsg=iomsg) '  "extra": {'
+      nl('diagnostics')//jstr_or_null(r%diagnostics)//',')
+    call text%add('  "extra": {')
     do i = 1, r%n_extra
-      if (stat /= 0) exit
-      write (u, '(a)', iostat=stat, iomsg=iomsg) '    '//jstr(r%extras(i)%name)//': '// &
-        rtoa(r%extras(i)%value)//trim(merge(', ', '  ', i < r%n_extra))
+      call text%add('    '//jstr(r%extras(i)%name)//': '// &
+                    rtoa(r%extras(i)%value)//trim(merge(', ', '  ', i < r%n_extra)))
     end do
-    if (stat == 0) write (u, '(a)', iostat=stat, iomsg=iomsg) '  }'//new_line('a')//'}'
+    call text%add('  }'//new_line('a')//'}')
+    ! one stream write: libgfortran 12's formatted writes report success on a full disk
+    call text%save(tmp, trim(path), stat, why)
     if (stat /= 0) then
-      close (u, status='delete')
-      errmsg = 'cannot write '//tmp//': '//trim(iomsg)
-      return
-    end if
-    close (u, iostat=stat, iomsg=iomsg)
-    if (stat /= 0) then
-      errmsg = 'cannot close '//tmp//': '//trim(iomsg)
+      errmsg = why
       return
     end if
     call atomic_rename(tmp, path, stat)
