@@ -95,16 +95,33 @@ def _layer_size(lines: _Lines, lineno: int, token: str, what: str) -> int:
 
 def _vector(lines: _Lines, count: int, what: str, dtype: type) -> np.ndarray:
     """``count`` values starting on a new line (they may continue over several lines, as a
-    Fortran list-directed read allows) and ending exactly at the end of a line."""
+    Fortran list-directed read allows) and ending exactly at the end of a line. ``R*C`` is R
+    copies of C, as Intel's list-directed output writes repeated values; a null value (``R*``)
+    would leave a parameter unset and is refused."""
     first_line = lines.items[lines.pos][0] if lines.pos < len(lines.items) else lines.last_line
     values: list[float] = []
     while len(values) < count:
         lineno, text = lines.next(f"{count} values of {what} (from line {first_line})")
-        tokens = text.split()
-        if len(values) + len(tokens) > count:
+        on_line: list[float] = []
+        for token in text.split():
+            repeat, star, value = token.partition("*")
+            if not star:
+                on_line.append(_number(lines, lineno, token, what))
+                continue
+            if not _INT_RE.match(repeat) or int(repeat) < 1 or not value:
+                raise lines.error(lineno, f"{what}: '{token}' is not a repeat count R*C with "
+                                  "R >= 1 and a number C")
+            if len(values) + len(on_line) + int(repeat) > count:
+                break
+            if not _NUMBER_RE.match(value):
+                raise lines.error(lineno, f"{what}: '{token}' is not R copies of a finite "
+                                  "decimal number")
+            on_line.extend([_number(lines, lineno, value, what)] * int(repeat))
+        found = len(values) + _count_values(text)
+        if found > count:
             raise lines.error(lineno, f"{what}: expected {count} values from line {first_line}, "
-                              f"found {len(values) + len(tokens)} by the end of this line")
-        values.extend(_number(lines, lineno, tok, what) for tok in tokens)
+                              f"found {found} by the end of this line")
+        values.extend(on_line)
     arr = np.asarray(values, dtype=np.float64)
     with np.errstate(over="ignore"):
         out = arr.astype(dtype)
@@ -112,6 +129,15 @@ def _vector(lines: _Lines, count: int, what: str, dtype: type) -> np.ndarray:
         raise lines.error(first_line, f"{what}: a value is out of range for "
                           f"{np.dtype(dtype).name}")
     return out
+
+
+def _count_values(text: str) -> int:
+    """Values on a line, a valid repeat R*C counting R."""
+    total = 0
+    for token in text.split():
+        repeat, star, _ = token.partition("*")
+        total += int(repeat) if star and _INT_RE.match(repeat) else 1
+    return total
 
 
 def read_fkb(path: PathLike, precision: str = "float32") -> ModelSpec:

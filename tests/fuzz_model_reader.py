@@ -228,6 +228,28 @@ def _fkb_as_fortran_saves(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _fkb_with_repeats(text: str) -> str:
+    """An FKB file with its vectors as Intel's list-directed output writes them: runs of equal
+    values as R*C (a vector's first value always, so every vector has one), wrapped at 80
+    columns."""
+    import textwrap
+    lines = text.splitlines()
+    n = int(lines[0])
+    out = lines[:n + 2]
+    for line in lines[n + 2:]:
+        tokens = line.split()
+        runs: list[str] = []
+        i = 0
+        while i < len(tokens):
+            j = i
+            while j < len(tokens) and tokens[j] == tokens[i]:
+                j += 1
+            runs.append(f"{j - i}*{tokens[i]}" if j - i > 1 or i == 0 else tokens[i])
+            i = j
+        out += textwrap.wrap(" ".join(runs), 80)
+    return "\n".join(out) + "\n"
+
+
 def make_seeds(work: Path, lib: Path | str | None = None) -> list[Seed]:
     """Valid model files of both formats, written by the harness's own writers (and, with
     ``lib``, a checkpoint with a training block written by the library)."""
@@ -304,6 +326,9 @@ def make_seeds(work: Path, lib: Path | str | None = None) -> list[Seed]:
     path = work / "fkb_fortran_saved.fkb"
     path.write_text(_fkb_as_fortran_saves((work / "fkb_bn.fkb").read_text()))
     seeds.append(Seed("fkb_fortran_saved", "fkb", path.read_bytes()))
+    path = work / "fkb_intel_repeats.fkb"
+    path.write_text(_fkb_with_repeats((work / "fkb_dense.fkb").read_text()))
+    seeds.append(Seed("fkb_intel_repeats", "fkb", path.read_bytes()))
     if lib is not None:
         from harness.native import NativeModel
         src = work / "dense32.colnn"

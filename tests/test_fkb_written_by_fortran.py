@@ -6,6 +6,7 @@ network; an architecture-only file (no weights) is refused by both."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import textwrap
 from pathlib import Path
@@ -236,3 +237,57 @@ def test_vectors_wrapped_over_several_lines(fkb_writer: tuple[str, Path], tmp_pa
         read_fkb(bad, precision)
     with pytest.raises(ColnnError, match=f"expected 8 values from line {first}"):
         NativeModel(bad, library=library)
+
+
+def _intel_style(row: str) -> list[str]:
+    """A list-directed record as Intel's compilers lay it out: runs of equal values as R*C,
+    lines wrapped at 80 columns."""
+    tokens = row.split()
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        j = i
+        while j < len(tokens) and tokens[j] == tokens[i]:
+            j += 1
+        out.append(tokens[i] if j - i == 1 else f"{j - i}*{tokens[i]}")
+        i = j
+    return textwrap.wrap(" ".join(out), 80)
+
+
+def test_repeat_counts_as_intel_writes_them(fkb_writer: tuple[str, Path], tmp_path: Path,
+                                            lib_single: Path, lib_double: Path) -> None:
+    """FKB starts biases at zero: Intel's list-directed output writes them as `8*0.0000000E+00`.
+    Both readers expand R*C to the same network as the plain file; a null value (R*) or a bad
+    count is an error."""
+    kind, writer = fkb_writer
+    params = _parameters(seed=6)
+    params["bias_1"][:] = 0.0
+    params["kernel_5"][:, :2] = 0.25
+    path = tmp_path / "net.txt"
+    write_fkb_like_fkb(writer, path, params)
+    lines = path.read_text().splitlines()
+    head, body = lines[:len(LAYER_LINES) + 2], lines[len(LAYER_LINES) + 2:]
+    intel = tmp_path / "intel.txt"
+    intel.write_text("\n".join(head + [w for row in body for w in _intel_style(row)]) + "\n")
+    text = intel.read_text()
+    assert "8*" in text and "*0.250" in text
+    precision = "float32" if kind == "real32" else "float64"
+    library = lib_single if kind == "real32" else lib_double
+    a, b = read_fkb(path, precision), read_fkb(intel, precision)
+    for la, lb in zip(a.layers, b.layers):
+        for name in la.tensors:
+            np.testing.assert_array_equal(la.tensors[name], lb.tensors[name])
+    x = np.random.default_rng(3).normal(0, 1, (9, N_IN)).astype(a.dtype)
+    with NativeModel(path, library=library) as m1, NativeModel(intel, library=library) as m2:
+        np.testing.assert_array_equal(m1.predict(x), m2.predict(x))
+    first_bias_line = len(head) + 1
+    for bad, message in [("8*", "is not a repeat count"), ("0*1.0 8*0.0", "is not a repeat count"),
+                         ("9*0.0", f"expected 8 values from line {first_bias_line}, found 9"),
+                         ("7*0.0 1*x", "1*x")]:
+        broken = tmp_path / "broken.txt"
+        broken.write_text("\n".join(head + [bad] + [w for row in body[1:]
+                                                    for w in _intel_style(row)]) + "\n")
+        with pytest.raises(ConversionError, match=re.escape(message)):
+            read_fkb(broken, precision)
+        with pytest.raises(ColnnError, match=re.escape(message)):
+            NativeModel(broken, library=library)

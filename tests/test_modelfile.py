@@ -212,6 +212,8 @@ MALFORMED = [
     ("not colnn", "hello 1\n", 1, "not a colnn model file"),
     ("wrong version", GOOD.replace("colnn 1", "colnn 2"), 1, "unsupported format version 2"),
     ("bad version", GOOD.replace("colnn 1", "colnn one"), 1, "integer version"),
+    # the Fortran reader once took any case (found by tests/fuzz_model_reader.py, seed 12)
+    ("boolean case", GOOD.replace("use_bias true", "use_bias trUe"), 11, "true or false"),
     ("truncated in tensor", GOOD[: GOOD.index("4 5 6")], 13,
      "more than the rest of the file holds"),
     ("truncated in row", GOOD.replace("4 5 6", "4.000001 5.000001 6.000001")[

@@ -106,23 +106,97 @@ contains
     first_line = r%line_no
     got = 0
     do
-      on_line = count_tokens(r%buf(1:r%n))
-      if (got + on_line > size(values)) then
-        stat = COLNN_ERR_FORMAT
-        errmsg = r%where()//': '//what//': expected '//str(size(values))//' values from line '// &
-                 str(first_line)//', found '//str(got + on_line)//' by the end of this line'
-        return
+      if (index(r%buf(1:r%n), '*') > 0) then
+        call read_repeats(r, values, got, what, first_line, stat, errmsg)
+        if (stat /= 0) return
+      else
+        on_line = count_tokens(r%buf(1:r%n))
+        if (got + on_line > size(values)) then
+          call too_many(r, size(values), first_line, got + on_line, what, stat, errmsg)
+          return
+        end if
+        call parse_number_row(r%buf(1:r%n), int(on_line), 'float64', &
+                              values(got + 1:got + on_line), r%where()//': '//what, stat, errmsg, &
+                              allow_d=.true.)
+        if (stat /= 0) return
+        got = got + int(on_line)
       end if
-      call parse_number_row(r%buf(1:r%n), int(on_line), 'float64', values(got + 1:got + on_line), &
-                            r%where()//': '//what, stat, errmsg, allow_d=.true.)
-      if (stat /= 0) return
-      got = got + int(on_line)
       if (got == size(values)) return
       call next_data_line(r, str(size(values) - got)//' more values of '//what//' (from line '// &
                           str(first_line)//')', stat, errmsg)
       if (stat /= 0) return
     end do
   end subroutine read_vector
+
+  subroutine too_many(r, wanted, first_line, found, what, stat, errmsg)
+    type(text_reader_t), intent(in) :: r
+    integer, intent(in) :: wanted, first_line
+    integer(i8), intent(in) :: found
+    character(len=*), intent(in) :: what
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    stat = COLNN_ERR_FORMAT
+    errmsg = r%where()//': '//what//': expected '//str(wanted)//' values from line '// &
+             str(first_line)//', found '//str(found)//' by the end of this line'
+  end subroutine too_many
+
+  !> The values of the current line, which holds repeats: `R*C` is R copies of C, as Intel's
+  !> list-directed output writes repeated values. A null value (`R*`) would leave a parameter
+  !> unset and is refused.
+  subroutine read_repeats(r, values, got, what, first_line, stat, errmsg)
+    type(text_reader_t), intent(in) :: r
+    real(wp), intent(inout) :: values(:)
+    integer, intent(inout) :: got
+    character(len=*), intent(in) :: what
+    integer, intent(in) :: first_line
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    integer :: pos, first, last, star
+    integer(i8) :: repeat, found
+    real(dp) :: value
+    logical :: ok
+    stat = COLNN_OK
+    ! count first, so that a line with too many values says how many
+    found = got
+    pos = 1
+    do
+      call next_token(r%buf(1:r%n), pos, first, last)
+      if (last < first) exit
+      star = index(r%buf(first:last), '*')
+      repeat = 1
+      if (star > 0) then
+        call parse_int(r%buf(first:first + star - 2), repeat, ok)
+        if (.not. ok .or. repeat < 1 .or. star == last - first + 1) then
+          stat = COLNN_ERR_FORMAT
+          errmsg = r%where()//': '//what//": '"//r%buf(first:min(last, first + 40))// &
+                   "' is not a repeat count R*C with R >= 1 and a number C"
+          return
+        end if
+      end if
+      found = found + repeat
+    end do
+    if (found > size(values)) then
+      call too_many(r, size(values), first_line, found, what, stat, errmsg)
+      return
+    end if
+    pos = 1
+    do
+      call next_token(r%buf(1:r%n), pos, first, last)
+      if (last < first) exit
+      star = index(r%buf(first:last), '*')
+      repeat = 1
+      if (star > 0) call parse_int(r%buf(first:first + star - 2), repeat, ok)
+      call parse_real_dp(r%buf(first + star:last), value, ok, allow_d=.true.)
+      if (.not. ok) then
+        stat = COLNN_ERR_FORMAT
+        errmsg = r%where()//': '//what//": '"//r%buf(first:min(last, first + 40))// &
+                 "' is not a finite number"
+        return
+      end if
+      values(got + 1:got + repeat) = real(value, wp)
+      got = got + int(repeat)
+    end do
+  end subroutine read_repeats
 
   subroutine read_body(r, header, specs, stat, errmsg)
     type(text_reader_t), intent(inout) :: r

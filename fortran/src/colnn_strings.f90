@@ -219,7 +219,8 @@ contains
     logical, intent(out) :: val
     logical, intent(out) :: ok
     ok = .true.
-    select case (lower(trim(adjustl(s))))
+    ! exactly as the format says (docs/model-format.md), as the Python reader reads it
+    select case (trim(adjustl(s)))
     case ('true'); val = .true.
     case ('false'); val = .false.
     case default; val = .false.; ok = .false.
