@@ -18,19 +18,36 @@ from test_ensemble import member
 
 
 @pytest.fixture(scope="module")
-def c_host(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
+def installed(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
+    """The single-precision build installed into a fresh prefix, as a host model finds it."""
     prefix = tmp_path_factory.mktemp("prefix")
     subprocess.run(["cmake", "--build", str(repo_root / "build/single")], check=True,
                    capture_output=True)
     subprocess.run(["cmake", "--install", str(repo_root / "build/single"), "--prefix",
                     str(prefix)], check=True, capture_output=True)
-    build = tmp_path_factory.mktemp("c_host_build")
+    return prefix
+
+
+def build_example(name: str, prefix: Path, repo_root: Path, build: Path) -> Path:
     env = dict(os.environ, CMAKE_PREFIX_PATH=str(prefix))
-    proc = subprocess.run(["cmake", "-S", str(repo_root / "coupler/examples/c_host"), "-B",
+    proc = subprocess.run(["cmake", "-S", str(repo_root / "coupler/examples" / name), "-B",
                            str(build)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True)
-    return build / "c_host"
+    proc = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return build / name
+
+
+@pytest.fixture(scope="module")
+def c_host(installed: Path, tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
+    return build_example("c_host", installed, repo_root, tmp_path_factory.mktemp("c_host"))
+
+
+@pytest.fixture(scope="module")
+def fortran_host(installed: Path, tmp_path_factory: pytest.TempPathFactory,
+                 repo_root: Path) -> Path:
+    return build_example("fortran_host", installed, repo_root,
+                         tmp_path_factory.mktemp("fortran_host"))
 
 
 def namelist(path: Path, **entries: object) -> Path:
@@ -74,6 +91,50 @@ def test_c_host_with_a_noisy_ensemble_is_independent_of_the_chunk_size(c_host: P
     b = subprocess.run([str(c_host), str(nml), "6", "4", "50", "50"], capture_output=True,
                        text=True, check=True).stdout
     assert a == b
+
+
+@pytest.mark.parametrize("kind", ["model", "noisy ensemble"])
+def test_openmp_chunk_loop_equals_the_serial_run_bitwise(c_host: Path, tmp_path: Path,
+                                                          kind: str) -> None:
+    """The GCM pattern: an OpenMP loop over column chunks, each thread calling
+    colnn_coupler_run for its own chunks. The outputs are bitwise those of the serial loop
+    (once: garbage in almost every column, with errflg = 0)."""
+    if kind == "model":
+        model = tmp_path / "m.colnn"
+        write_model(member(np.random.default_rng(2), width=192, depth=3), model)
+        nml = namelist(tmp_path / "coupler.nml", model_file=model)
+    else:
+        from test_ensemble import make_ensemble
+        ens = make_ensemble(tmp_path / "ens", 3)
+        nml = namelist(tmp_path / "coupler.nml", ensemble=ens, noise_sd=0.2, noise_seed=5)
+    args = [str(c_host), str(nml), "6", "4", "3000", "24"]
+    serial = subprocess.run(args + ["1"], capture_output=True, text=True, check=True).stdout
+    for threads in ("2", "4"):
+        for _ in range(3):
+            proc = subprocess.run(args + [threads], capture_output=True, text=True,
+                                  env=dict(os.environ, OMP_NUM_THREADS="1"))
+            assert proc.returncode == 0, proc.stderr
+            differ = sum(a != b for a, b in zip(proc.stdout.splitlines(), serial.splitlines()))
+            assert differ == 0, f"{threads} threads: {differ} of 3000 columns differ"
+
+
+@pytest.mark.parametrize("kind", ["model", "noisy ensemble"])
+def test_fortran_host_openmp_chunk_loop(fortran_host: Path, tmp_path: Path, kind: str) -> None:
+    """The Fortran example host: its threaded loop over chunks gives the serial loop's bits."""
+    if kind == "model":
+        model = tmp_path / "m.colnn"
+        write_model(member(np.random.default_rng(3), width=160, depth=3), model)
+        nml = namelist(tmp_path / "coupler.nml", model_file=model)
+    else:
+        from test_ensemble import make_ensemble
+        nml = namelist(tmp_path / "coupler.nml", ensemble=make_ensemble(tmp_path / "ens", 4),
+                       noise_sd=0.3, noise_seed=9)
+    for threads in ("2", "4"):
+        proc = subprocess.run([str(fortran_host), str(nml), "6", "4", "2500", "20", threads],
+                              capture_output=True, text=True, env=dict(os.environ,
+                                                                       OMP_NUM_THREADS="1"))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.startswith("0 of 2500 columns differ"), proc.stdout
 
 
 @pytest.mark.parametrize("entries,n_in,n_out,message", [

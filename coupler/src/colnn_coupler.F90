@@ -1,10 +1,13 @@
 !> The NN parameterization as a host model calls it, in the style of a CCPP physics scheme:
 !> colnn_coupler_init / _run / _finalize with errmsg/errflg (set on entry, never `stop`), no I/O
-!> in _run, whole column chunks of any size. A single network or an ensemble (with input noise)
+!> in _run, whole column chunks of any size. _run is safe to call from several threads at once
+!> on different chunks (a host's OpenMP loop over chunks) with the results of a serial loop,
+!> bit for bit; online training (targets) is refused there. A single network or an ensemble (with input noise)
 !> stands behind it, and an optional online-training hook takes the host's targets.
 !> Arguments are described CCPP-style in colnn_coupler.meta.
 module colnn_coupler
   use colnn
+  !$ use omp_lib, only: omp_in_parallel
   implicit none
   private
 
@@ -176,6 +179,13 @@ contains
       call net%forward(inputs, outputs, stat, errmsg)
     end if
     if (stat == 0 .and. present(targets) .and. cfg%online_training) then
+      ! a training step changes the weights the other threads are using
+      !$ if (omp_in_parallel()) then
+      !$   errflg = 1
+      !$   errmsg = 'colnn_coupler_run: online training changes the network; call _run with '// &
+      !$            'targets from one thread (outside the parallel loop over chunks)'
+      !$   return
+      !$ end if
       call trainer%online_step(net, inputs, targets, loss, stat, errmsg)
     end if
     if (stat /= 0) then

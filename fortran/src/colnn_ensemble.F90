@@ -14,7 +14,7 @@ module colnn_ensemble
   use colnn_textio, only: text_reader_t
   use colnn_strings, only: next_token
   use colnn_random, only: add_gaussian_noise
-  !$ use omp_lib, only: omp_get_max_threads
+  !$ use omp_lib, only: omp_get_max_threads, omp_in_parallel
   implicit none
   private
 
@@ -24,6 +24,22 @@ module colnn_ensemble
     character(len=:), allocatable :: s
   end type path_t
 
+  !> The work of one forward call: member workspaces, noisy inputs, member outputs. Arrays only
+  !> grow, and a call uses their leading part, so a calling thread's scratch (thread-local)
+  !> serves every ensemble and chunk size it sees without allocating again.
+  type :: ensemble_scratch_t
+    type(workspace_t), allocatable :: ws(:)          !< one per member
+    real(wp), allocatable :: xn(:, :, :)             !< noisy inputs (n_inputs, nc, n_members)
+    real(wp), allocatable :: yout(:, :, :)           !< member outputs (n_outputs, nc, n_members)
+    integer, allocatable :: member_stat(:)
+    character(len=512), allocatable :: member_msg(:)
+  end type ensemble_scratch_t
+
+  !> The scratch of the calling thread (OpenMP threadprivate: thread-local storage): host
+  !> threads running one ensemble on different column chunks share nothing they write.
+  type(ensemble_scratch_t), save :: thread_scratch
+  !$omp threadprivate(thread_scratch)
+
   type :: ensemble_t
     integer :: n_members = 0, n_inputs = 0, n_outputs = 0
     type(network_t), allocatable :: members(:)
@@ -32,11 +48,9 @@ module colnn_ensemble
     logical :: has_noise = .false.
     integer(i8) :: seed = 0
     integer(i8) :: calls = 0                 !< forward calls so far (part of the noise key)
-    type(workspace_t), allocatable :: ws(:)  !< one per member
-    real(wp), allocatable :: xn(:, :, :)     !< noisy inputs (n_inputs, nc, n_members)
-    real(wp), allocatable :: yout(:, :, :)   !< member outputs (n_outputs, nc, n_members)
-    integer, allocatable :: member_stat(:)
-    character(len=512), allocatable :: member_msg(:)
+#ifndef _OPENMP
+    type(ensemble_scratch_t) :: scratch      !< without OpenMP: one per ensemble
+#endif
   contains
     procedure :: load_files => ensemble_load_files
     procedure :: load_dir => ensemble_load_dir
@@ -74,12 +88,7 @@ contains
       deallocate (self%members)
     end if
     if (allocated(self%paths)) deallocate (self%paths)
-    if (allocated(self%ws)) deallocate (self%ws)
-    if (allocated(self%xn)) deallocate (self%xn)
-    if (allocated(self%yout)) deallocate (self%yout)
     if (allocated(self%noise_sd)) deallocate (self%noise_sd)
-    if (allocated(self%member_stat)) deallocate (self%member_stat)
-    if (allocated(self%member_msg)) deallocate (self%member_msg)
     self%n_members = 0
     self%n_inputs = 0
     self%n_outputs = 0
@@ -131,7 +140,6 @@ contains
     self%n_members = n
     self%n_inputs = self%members(1)%n_inputs
     self%n_outputs = self%members(1)%n_outputs
-    allocate (self%ws(n), self%member_stat(n), self%member_msg(n))
     allocate (self%noise_sd(self%n_inputs))
     self%noise_sd = 0
   end subroutine ensemble_load_files
@@ -281,9 +289,8 @@ contains
     real(wp), intent(out), optional :: members_out(:, :, :)
     integer(i8), intent(in), optional :: column_offset
     integer(i8), intent(in), optional :: step
-    integer :: nc, m, n_threads, j
+    integer :: nc
     integer(i8) :: col0, key
-    real(wp) :: inv_n
 
     stat = COLNN_OK
     errmsg = ''
@@ -323,40 +330,57 @@ contains
     end if
     col0 = 0
     if (present(column_offset)) col0 = column_offset
-
-    if (.not. allocated(self%yout)) then
-      allocate (self%yout(self%n_outputs, nc, self%n_members))
-    else if (size(self%yout, 2) /= nc) then
-      deallocate (self%yout)
-      allocate (self%yout(self%n_outputs, nc, self%n_members))
-    end if
-    if (self%has_noise) then
-      if (.not. allocated(self%xn)) then
-        allocate (self%xn(self%n_inputs, nc, self%n_members))
-      else if (size(self%xn, 2) /= nc) then
-        deallocate (self%xn)
-        allocate (self%xn(self%n_inputs, nc, self%n_members))
-      end if
-    end if
     if (present(step)) then
       key = step
+    else if (self%has_noise .and. in_parallel()) then
+      ! the call counter would number the chunks in whatever order the threads reach it
+      stat = COLNN_ERR_ARGUMENT
+      errmsg = 'ensemble forward: from several threads, a noisy ensemble needs the step '// &
+               '(the noise key), so that the noise does not depend on which thread comes first'
+      return
     else
-      self%calls = self%calls + 1
+      if (.not. in_parallel()) self%calls = self%calls + 1
       key = self%calls
     end if
+#ifdef _OPENMP
+    call forward_members(self, thread_scratch, x, mean, nc, col0, key, stat, errmsg, spread, &
+                         members_out)
+#else
+    call forward_members(self, self%scratch, x, mean, nc, col0, key, stat, errmsg, spread, &
+                         members_out)
+#endif
+  end subroutine ensemble_forward
 
+  subroutine forward_members(self, sc, x, mean, nc, col0, key, stat, errmsg, spread, &
+                             members_out)
+    type(ensemble_t), intent(in) :: self
+    type(ensemble_scratch_t), intent(inout) :: sc
+    real(wp), intent(in) :: x(:, :)
+    real(wp), intent(out) :: mean(:, :)
+    integer, intent(in) :: nc
+    integer(i8), intent(in) :: col0, key
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    real(wp), intent(out), optional :: spread(:, :)
+    real(wp), intent(out), optional :: members_out(:, :, :)
+    integer :: m, n_threads, j, n_out
+    real(wp) :: inv_n
+
+    call reserve(sc, self, nc, stat, errmsg)
+    if (stat /= 0) return
+    n_out = self%n_outputs
     n_threads = 1
     !$ n_threads = omp_get_max_threads()
     !$omp parallel do schedule(dynamic, 1) if(self%n_members >= n_threads .and. n_threads > 1)
     do m = 1, self%n_members
-      call run_member(self, m, nc, col0, key, x)
+      call run_member(self, sc, m, nc, col0, key, x)
     end do
     !$omp end parallel do
 
     do m = 1, self%n_members
-      if (self%member_stat(m) /= 0) then
-        stat = self%member_stat(m)
-        errmsg = 'ensemble member '//self%paths(m)%s//': '//trim(self%member_msg(m))
+      if (sc%member_stat(m) /= 0) then
+        stat = sc%member_stat(m)
+        errmsg = 'ensemble member '//self%paths(m)%s//': '//trim(sc%member_msg(m))
         if (stat /= COLNN_ERR_NONFINITE) return
         exit
       end if
@@ -365,9 +389,9 @@ contains
     ! the reduction runs over members in a fixed order: the same sums whatever the threads did
     inv_n = 1.0_wp / self%n_members
     do j = 1, nc
-      mean(:, j) = self%yout(:, j, 1)
+      mean(:, j) = sc%yout(1:n_out, j, 1)
       do m = 2, self%n_members
-        mean(:, j) = mean(:, j) + self%yout(:, j, m)
+        mean(:, j) = mean(:, j) + sc%yout(1:n_out, j, m)
       end do
       mean(:, j) = mean(:, j) * inv_n
     end do
@@ -375,28 +399,76 @@ contains
       do j = 1, nc
         spread(:, j) = 0
         do m = 1, self%n_members
-          spread(:, j) = spread(:, j) + (self%yout(:, j, m) - mean(:, j))**2
+          spread(:, j) = spread(:, j) + (sc%yout(1:n_out, j, m) - mean(:, j))**2
         end do
         spread(:, j) = sqrt(spread(:, j) * inv_n)
       end do
     end if
-    if (present(members_out)) members_out = self%yout
-  end subroutine ensemble_forward
+    if (present(members_out)) members_out = sc%yout(1:n_out, 1:nc, 1:self%n_members)
+  end subroutine forward_members
 
-  subroutine run_member(self, m, nc, col0, key, x)
-    type(ensemble_t), intent(inout) :: self
+  !> Makes `sc` large enough for `self` and nc columns; it only grows.
+  subroutine reserve(sc, self, nc, stat, errmsg)
+    type(ensemble_scratch_t), intent(inout) :: sc
+    type(ensemble_t), intent(in) :: self
+    integer, intent(in) :: nc
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    integer :: n
+    stat = 0
+    n = self%n_members
+    if (.not. allocated(sc%ws)) then
+      allocate (sc%ws(n), sc%member_stat(n), sc%member_msg(n), stat=stat)
+    else if (size(sc%ws) < n) then
+      deallocate (sc%ws, sc%member_stat, sc%member_msg)
+      allocate (sc%ws(n), sc%member_stat(n), sc%member_msg(n), stat=stat)
+    end if
+    if (stat == 0) call grow(sc%yout, self%n_outputs, nc, n, stat)
+    if (stat == 0 .and. self%has_noise) call grow(sc%xn, self%n_inputs, nc, n, stat)
+    if (stat /= 0) then
+      stat = COLNN_ERR_MEMORY
+      errmsg = 'ensemble forward: cannot allocate work arrays'
+    end if
+  end subroutine reserve
+
+  subroutine grow(a, n1, n2, n3, stat)
+    real(wp), allocatable, intent(inout) :: a(:, :, :)
+    integer, intent(in) :: n1, n2, n3
+    integer, intent(out) :: stat
+    integer :: s(3)
+    stat = 0
+    if (allocated(a)) then
+      s = shape(a)
+      if (all(s >= [n1, n2, n3])) return
+      deallocate (a)
+      allocate (a(max(s(1), n1), max(s(2), n2), max(s(3), n3)), stat=stat)
+    else
+      allocate (a(n1, n2, n3), stat=stat)
+    end if
+  end subroutine grow
+
+  logical function in_parallel()
+    in_parallel = .false.
+    !$ in_parallel = omp_in_parallel()
+  end function in_parallel
+
+  subroutine run_member(self, sc, m, nc, col0, key, x)
+    type(ensemble_t), intent(in) :: self
+    type(ensemble_scratch_t), intent(inout) :: sc
     integer, intent(in) :: m, nc
     integer(i8), intent(in) :: col0, key
     real(wp), intent(in) :: x(:, :)
     character(len=512) :: msg
-    if (self%has_noise) then
-      call add_gaussian_noise(self%seed, m, key, col0, self%n_inputs, nc, self%noise_sd, &
-                              x, self%xn(:, :, m))
-      call self%members(m)%forward_ws(self%ws(m), self%xn(:, :, m), self%yout(:, :, m), &
-                                      self%member_stat(m), msg)
-    else
-      call self%members(m)%forward_ws(self%ws(m), x, self%yout(:, :, m), self%member_stat(m), msg)
-    end if
-    self%member_msg(m) = msg
+    associate (y => sc%yout(1:self%n_outputs, 1:nc, m))
+      if (self%has_noise) then
+        call add_gaussian_noise(self%seed, m, key, col0, self%n_inputs, nc, self%noise_sd, &
+                                x, sc%xn(1:self%n_inputs, 1:nc, m))
+        call self%members(m)%forward_ws(sc%ws(m), sc%xn(1:self%n_inputs, 1:nc, m), y, &
+                                        sc%member_stat(m), msg)
+      else
+        call self%members(m)%forward_ws(sc%ws(m), x, y, sc%member_stat(m), msg)
+      end if
+    end associate
+    sc%member_msg(m) = msg
   end subroutine run_member
 end module colnn_ensemble

@@ -50,6 +50,11 @@ module colnn_network
     real(wp), allocatable :: a(:, :)
   end type activation_cache_t
 
+  !> The work arrays of the calling thread (OpenMP threadprivate: thread-local storage, so
+  !> host threads that are not OpenMP's get their own too).
+  type(workspace_t), save :: thread_ws
+  !$omp threadprivate(thread_ws)
+
   type :: network_t
     integer :: n_inputs = 0, n_outputs = 0, n_layers = 0
     type(layer_slot_t), allocatable :: layers(:)
@@ -297,14 +302,22 @@ contains
     end do
   end function network_num_params
 
-  !> y(n_outputs, nc) = network(x(n_inputs, nc)) using the network's own workspace.
+  !> y(n_outputs, nc) = network(x(n_inputs, nc)). Safe to call from several threads at once on
+  !> different column chunks (a host's OpenMP loop over chunks, or its own threads): each
+  !> calling thread has its own work arrays (thread-local, kept between calls), and the
+  !> network itself is only read. Results do not depend on which thread computes a chunk.
   subroutine network_forward(self, x, y, stat, errmsg)
     class(network_t), intent(inout) :: self
     real(wp), intent(in) :: x(:, :)
     real(wp), intent(out) :: y(:, :)
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
+#ifdef _OPENMP
+    call self%forward_ws(thread_ws, x, y, stat, errmsg)
+#else
+    ! without OpenMP there is no thread-local storage in Fortran: one workspace per network
     call self%forward_ws(self%ws, x, y, stat, errmsg)
+#endif
   end subroutine network_forward
 
   !> As forward, with a caller's workspace (one per thread when threads share the network).
@@ -315,7 +328,7 @@ contains
     real(wp), intent(out) :: y(:, :)
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
-    integer :: nc, i, j, block, cache_block, n_threads, n_blocks, ib, j0, m, t
+    integer :: nc, i, j, block, cache_block, n_threads, n_blocks, ib, j0, m, t, rows, cols
     logical :: resize
 
     stat = COLNN_OK
@@ -368,12 +381,19 @@ contains
     n_threads = 1
     !$ n_threads = omp_get_max_threads()
     ! Fortran does not short-circuit .or., so size() must not see an unallocated array
+    ! a workspace only grows: one thread's (thread-local) serves every network it runs
     resize = .not. allocated(ws%a)
-    if (.not. resize) resize = ws%block /= cache_block .or. size(ws%a, 2) < n_threads
+    if (.not. resize) resize = size(ws%a, 1) < self%max_width * cache_block .or. &
+                               size(ws%a, 2) < n_threads
     if (resize) then
-      if (allocated(ws%a)) deallocate (ws%a, ws%b)
-      allocate (ws%a(self%max_width * cache_block, n_threads), &
-                ws%b(self%max_width * cache_block, n_threads), stat=stat)
+      rows = self%max_width * cache_block
+      cols = n_threads
+      if (allocated(ws%a)) then
+        rows = max(rows, size(ws%a, 1))
+        cols = max(cols, size(ws%a, 2))
+        deallocate (ws%a, ws%b)
+      end if
+      allocate (ws%a(rows, cols), ws%b(rows, cols), stat=stat)
       if (stat /= 0) then
         stat = COLNN_ERR_MEMORY
         errmsg = 'forward: cannot allocate work arrays'
