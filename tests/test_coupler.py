@@ -159,3 +159,77 @@ def test_bad_configuration_fails_at_init(c_host: Path, tmp_path: Path, entries: 
     assert out.returncode == 1
     assert out.stderr.startswith("init failed: colnn_coupler_init")
     assert message in out.stderr, out.stderr
+
+
+TWO_SCHEMES_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "colnn_coupler.h"
+/* two networks in one host: 'convection' (6 -> 4) and 'radiation' (6 -> 3), then misuse */
+int main(int argc, char **argv) {
+  char err[1024];
+  int conv = 0, rad = 0, dup = 0, nc = 5;
+  if (colnn_scheme_init(argv[1], "convection", 6, 4, &conv, err, sizeof err)) { printf("init conv: %s\n", err); return 1; }
+  if (colnn_scheme_init(argv[1], "radiation", 6, 3, &rad, err, sizeof err)) { printf("init rad: %s\n", err); return 1; }
+  colnn_real x[6 * 5], yc[4 * 5], yr[3 * 5];
+  for (int i = 0; i < 6 * nc; i++) x[i] = (colnn_real)(0.05 * (i % 11) - 0.2);
+  if (colnn_scheme_run(conv, x, nc, yc, 0, 1, NULL, err, sizeof err)) { printf("run conv: %s\n", err); return 1; }
+  if (colnn_scheme_run(rad, x, nc, yr, 0, 1, NULL, err, sizeof err)) { printf("run rad: %s\n", err); return 1; }
+  for (int j = 0; j < nc; j++) { for (int i = 0; i < 4; i++) printf("%.8e ", (double)yc[j * 4 + i]); printf("\n"); }
+  for (int j = 0; j < nc; j++) { for (int i = 0; i < 3; i++) printf("%.8e ", (double)yr[j * 3 + i]); printf("\n"); }
+  printf("same name -> %d: %s\n", colnn_scheme_init(argv[1], "radiation", 6, 3, &dup, err, sizeof err), err);
+  printf("unknown name -> %d: %s\n", colnn_scheme_init(argv[1], "chemistry", 6, 3, &dup, err, sizeof err), err);
+  printf("no name -> %d: %s\n", colnn_scheme_init(argv[1], "", 6, 3, &dup, err, sizeof err), err);
+  if (colnn_scheme_finalize(rad, err, sizeof err)) { printf("finalize: %s\n", err); return 1; }
+  printf("after finalize -> %d: %s\n", colnn_scheme_run(rad, x, nc, yr, 0, 1, NULL, err, sizeof err), err);
+  printf("bad id -> %d: %s\n", colnn_scheme_run(42, x, nc, yr, 0, 1, NULL, err, sizeof err), err);
+  printf("conv still -> %d\n", colnn_scheme_run(conv, x, nc, yc, 0, 1, NULL, err, sizeof err));
+  if (colnn_scheme_init(argv[1], "radiation", 6, 3, &dup, err, sizeof err)) { printf("re-init: %s\n", err); return 1; }
+  printf("re-init id %d (was %d)\n", dup, rad);
+  return 0;
+}
+"""
+
+
+def test_two_schemes_in_one_c_host(installed: Path, tmp_path: Path) -> None:
+    """Two networks from two &colnn_coupler groups of one file; a second scheme with a live
+    name, an unknown name, a file of two groups without a name, a finalized id and an id that
+    never existed are errors that say so; the other scheme runs on."""
+    conv, rad = tmp_path / "conv.colnn", tmp_path / "rad.colnn"
+    write_model(member(np.random.default_rng(4)), conv)
+    write_model(member(np.random.default_rng(5), n_out=3), rad)
+    nml = tmp_path / "schemes.nml"
+    nml.write_text(f"&colnn_coupler name = 'convection', model_file = '{conv}' /\n"
+                   f"&colnn_coupler name = 'radiation', model_file = '{rad}' /\n")
+    src = tmp_path / "two.c"
+    src.write_text(TWO_SCHEMES_C)
+    pc = installed / "lib" / "pkgconfig"
+    if not pc.is_dir():
+        pc = next(installed.glob("lib*/pkgconfig"))
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "colnn_coupler"],
+                           capture_output=True, text=True, check=True,
+                           env=dict(os.environ, PKG_CONFIG_PATH=str(pc))).stdout.split()
+    libdir = next(f[2:] for f in flags if f.startswith("-L"))
+    exe = tmp_path / "two"
+    subprocess.run(["gcc", "-o", str(exe), str(src), *flags, f"-Wl,-rpath,{libdir}"],
+                   check=True)
+    proc = subprocess.run([str(exe), str(nml)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    x = np.array([[0.05 * ((j * 6 + i) % 11) - 0.2 for i in range(6)] for j in range(5)],
+                 dtype=np.float32)
+    for path, rows in ((conv, lines[0:5]), (rad, lines[5:10])):
+        with NativeModel(path) as m:
+            expected = m.predict(x)
+        got = np.array([[float(v) for v in row.split()] for row in rows], dtype=np.float32)
+        np.testing.assert_array_equal(got, expected)
+    text = "\n".join(lines[10:])
+    assert "same name -> 1: colnn_coupler_init (scheme 'radiation'): a scheme named " \
+           "'radiation' is already initialised" in text
+    assert "unknown name -> 1:" in text and "no &colnn_coupler group with name = 'chemistry'" \
+        in text
+    assert "no name -> 1:" in text and "holds 2 &colnn_coupler groups" in text
+    assert "after finalize -> 1: colnn_scheme_run: scheme 2 does not exist" in text
+    assert "bad id -> 1: colnn_scheme_run: scheme 42 does not exist" in text
+    assert "conv still -> 0" in text
+    assert "re-init id 3 (was 2)" in text

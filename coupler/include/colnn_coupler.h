@@ -20,6 +20,18 @@ int colnn_coupler_run(const colnn_real *inputs, int n_columns, colnn_real *outpu
                       int64_t column_offset, int64_t step, const colnn_real *targets,
                       char *errmsg, size_t errmsg_len);
 int colnn_coupler_finalize(char *errmsg, size_t errmsg_len);
+
+/* Several schemes in one host (convection and radiation, say): each is an id (1, 2, ...)
+ * from colnn_scheme_init, initialised from the &colnn_coupler group whose `name` matches
+ * (name "" : the file's only group). Two live schemes cannot share a name. A finalized id
+ * stays invalid: using it is an error, never another scheme. colnn_scheme_run has the
+ * arguments and the thread safety of colnn_coupler_run. */
+int colnn_scheme_init(const char *config, const char *name, int n_inputs, int n_outputs,
+                      int *scheme, char *errmsg, size_t errmsg_len);
+int colnn_scheme_run(int scheme, const colnn_real *inputs, int n_columns, colnn_real *outputs,
+                     int64_t column_offset, int64_t step, const colnn_real *targets,
+                     char *errmsg, size_t errmsg_len);
+int colnn_scheme_finalize(int scheme, char *errmsg, size_t errmsg_len);
 #ifdef __cplusplus
 }
 #endif

@@ -12,10 +12,11 @@ module colnn_coupler
   private
 
   public :: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize, colnn_coupler_config_t
-  public :: colnn_coupler_sizes, colnn_coupler_get_config
+  public :: colnn_coupler_sizes, colnn_coupler_get_config, colnn_scheme_t
 
   !> Read from the namelist group &colnn_coupler of the configuration file.
   type :: colnn_coupler_config_t
+    character(len=64) :: name = ''             !< the scheme's name (several schemes, one file)
     character(len=1024) :: model_file = ''     !< a colnn (or FKB) file, or
     character(len=1024) :: ensemble = ''       !< a directory of *.colnn files or a list file
     real :: noise_sd = 0.0                     !< ensemble input noise (one sd for all inputs)
@@ -26,130 +27,226 @@ module colnn_coupler
     character(len=64) :: loss = 'mse'
   end type colnn_coupler_config_t
 
-  ! the scheme's state (one instance per program, as a CCPP scheme)
-  logical, save :: initialized = .false.
-  logical, save :: use_ensemble = .false.
-  type(network_t), save :: net
-  type(ensemble_t), save :: ens
-  type(trainer_t), save :: trainer
-  type(colnn_coupler_config_t), save :: cfg
-  integer, save :: n_in = 0, n_out = 0
+  !> One coupled network (a model or an ensemble) with its configuration: a program may hold
+  !> several (convection and radiation, say), each initialised from its own namelist group.
+  !> init is idempotent (a second call with the same file and name does nothing); run is safe
+  !> from several threads on different chunks; a scheme used before init or after finalize
+  !> gives an error naming it.
+  type :: colnn_scheme_t
+    private
+    logical :: initialized = .false.
+    logical :: use_ensemble = .false.
+    character(len=:), allocatable :: config_file
+    type(network_t) :: net
+    type(ensemble_t) :: ens
+    type(trainer_t) :: trainer
+    type(colnn_coupler_config_t) :: cfg
+    integer :: n_in = 0, n_out = 0
+  contains
+    procedure :: init => scheme_init
+    procedure :: run => scheme_run
+    procedure :: finalize => scheme_finalize
+    procedure :: sizes => scheme_sizes
+    procedure :: config => scheme_config
+    procedure :: label => scheme_label
+    final :: scheme_final
+  end type colnn_scheme_t
+
+  !> the names of the initialised schemes: two live schemes never share a name
+  type :: name_t
+    character(len=64) :: s = ''
+    logical :: used = .false.
+  end type name_t
+  type(name_t), allocatable, save :: live_names(:)
+
+  !> the scheme behind the module-level colnn_coupler_init/_run/_finalize
+  type(colnn_scheme_t), save, target :: default_scheme
 
 contains
 
-  !> Reads the namelist, loads the model, checks it maps n_inputs host features to n_outputs.
-  subroutine colnn_coupler_init(config_file, n_inputs, n_outputs, errmsg, errflg)
-    character(len=*), intent(in) :: config_file
-    integer, intent(in) :: n_inputs, n_outputs
+  !> Reads the scheme's &colnn_coupler group from `config_file`, loads its model, checks that it
+  !> maps n_inputs host features to n_outputs. `name` picks the group whose `name` key matches
+  !> (a file may hold several); without it the file must hold one group.
+  subroutine scheme_init(self, config_file, n_inputs, n_outputs, errmsg, errflg, name)
+    class(colnn_scheme_t), intent(inout) :: self
+    character(len=*), intent(in) :: config_file  !! namelist file with &colnn_coupler group(s)
+    integer, intent(in) :: n_inputs, n_outputs   !! features per column the host passes, expects
     character(len=*), intent(out) :: errmsg
     integer, intent(out) :: errflg
-    character(len=1024) :: model_file, ensemble, optimizer_line
-    real :: noise_sd
-    integer :: noise_seed, u, ios, stat
-    logical :: check_finite, online_training
-    character(len=256) :: optimizer
-    character(len=64) :: loss
-    character(len=512) :: iomsg
-    namelist /colnn_coupler/ model_file, ensemble, noise_sd, noise_seed, check_finite, &
-      online_training, optimizer, loss
+    character(len=*), intent(in), optional :: name !! the group's `name` (several schemes)
+    character(len=:), allocatable :: want, context
+    type(colnn_coupler_config_t) :: found
+    logical :: is_dir
+    integer :: stat
 
     errmsg = ''
     errflg = 0
-    if (initialized) call colnn_coupler_finalize(errmsg, errflg)
-    model_file = ''; ensemble = ''; noise_sd = 0; noise_seed = 0; check_finite = .true.
-    online_training = .false.; optimizer = cfg%optimizer; loss = cfg%loss
-    open (newunit=u, file=config_file, status='old', action='read', iostat=ios, iomsg=iomsg)
-    if (ios /= 0) then
+    want = ''
+    if (present(name)) want = trim(name)
+    context = 'colnn_coupler_init'
+    if (len(want) > 0) context = context//" (scheme '"//want//"')"
+    if (self%initialized) then
+      if (self%config_file == config_file .and. self%cfg%name == want .and. &
+          self%n_in == n_inputs .and. self%n_out == n_outputs) return
       errflg = 1
-      errmsg = 'colnn_coupler_init: cannot open '//trim(config_file)//': '//trim(iomsg)
+      errmsg = context//': this scheme is already initialised from '//self%config_file// &
+               trim(scheme_label(self))//'; finalize it first'
       return
     end if
-    read (u, nml=colnn_coupler, iostat=ios, iomsg=iomsg)
-    close (u)
-    if (ios < 0) then
+    if (len(want) > len(found%name)) then
       errflg = 1
-      errmsg = 'colnn_coupler_init: '//trim(config_file)//': no complete &colnn_coupler group '// &
-               '(is it missing, unterminated by /, or the last line without a newline?)'
-      return
-    else if (ios > 0) then
-      errflg = 1
-      errmsg = 'colnn_coupler_init: '//trim(config_file)//': bad &colnn_coupler namelist: '// &
-               trim(iomsg)
+      errmsg = context//': a scheme name has at most '//itoa(len(found%name))//' characters'
       return
     end if
-    if ((len_trim(model_file) == 0) .eqv. (len_trim(ensemble) == 0)) then
+    if (name_is_live(want)) then
       errflg = 1
-      errmsg = 'colnn_coupler_init: '//trim(config_file)//': give exactly one of model_file '// &
-               'and ensemble'
+      errmsg = context//": a scheme named '"//want//"' is already initialised; each needs "// &
+               'its own name'
       return
     end if
-    if (noise_sd < 0 .or. noise_sd /= noise_sd) then
-      errflg = 1
-      errmsg = 'colnn_coupler_init: '//trim(config_file)//': noise_sd must be >= 0'
-      return
-    end if
-    if (noise_sd > 0 .and. len_trim(ensemble) == 0) then
-      errflg = 1
-      errmsg = 'colnn_coupler_init: '//trim(config_file)//': input noise needs an ensemble'
-      return
-    end if
-    cfg = colnn_coupler_config_t(model_file, ensemble, noise_sd, noise_seed, check_finite, &
-                                 online_training, optimizer, loss)
-    use_ensemble = len_trim(ensemble) > 0
-    if (use_ensemble) then
-      if (online_training) then
-        errflg = 1
-        errmsg = 'colnn_coupler_init: online training takes a single model, not an ensemble'
-        return
-      end if
-      inquire (file=trim(ensemble)//'/.', exist=check_finite)
-      if (check_finite) then
-        call ens%load_dir(trim(ensemble), stat, errmsg)
+    call read_group(config_file, want, found, errmsg, errflg)
+    if (errflg /= 0) return
+    self%cfg = found
+    self%use_ensemble = len_trim(found%ensemble) > 0
+    stat = 0
+    if (self%use_ensemble) then
+      inquire (file=trim(found%ensemble)//'/.', exist=is_dir)
+      if (is_dir) then
+        call self%ens%load_dir(trim(found%ensemble), stat, errmsg)
       else
-        call ens%load_list(trim(ensemble), stat, errmsg)
+        call self%ens%load_list(trim(found%ensemble), stat, errmsg)
       end if
-      check_finite = cfg%check_finite
-      if (stat == 0 .and. noise_sd > 0) call ens%set_noise([real(noise_sd, wp)], &
-                                                          int(noise_seed, 8), stat, errmsg)
+      if (stat == 0 .and. found%noise_sd > 0) call self%ens%set_noise( &
+        [real(found%noise_sd, wp)], int(found%noise_seed, 8), stat, errmsg)
       if (stat == 0) then
-        n_in = ens%n_inputs
-        n_out = ens%n_outputs
-        ens%members(:)%check_finite = check_finite
+        self%n_in = self%ens%n_inputs
+        self%n_out = self%ens%n_outputs
+        self%ens%members(:)%check_finite = found%check_finite
       end if
     else
-      call net%load(trim(model_file), stat, errmsg)
+      call self%net%load(trim(found%model_file), stat, errmsg)
       if (stat == 0) then
-        n_in = net%n_inputs
-        n_out = net%n_outputs
-        net%check_finite = check_finite
+        self%n_in = self%net%n_inputs
+        self%n_out = self%net%n_outputs
+        self%net%check_finite = found%check_finite
       end if
-      if (stat == 0 .and. online_training) then
-        optimizer_line = optimizer
-        call trainer%configure(trim(optimizer_line), trim(loss), stat, errmsg)
+      if (stat == 0 .and. found%online_training) then
+        call self%trainer%configure(trim(found%optimizer), trim(found%loss), stat, errmsg)
       end if
     end if
     if (stat /= 0) then
       errflg = 1
-      errmsg = 'colnn_coupler_init: '//trim(errmsg)
-      call release()
+      errmsg = context//': '//trim(errmsg)
+      call release(self)
       return
     end if
-    if (n_in /= n_inputs .or. n_out /= n_outputs) then
+    if (self%n_in /= n_inputs .or. self%n_out /= n_outputs) then
       errflg = 1
-      write (errmsg, '(a,i0,a,i0,a,i0,a,i0,a)') 'colnn_coupler_init: the model maps ', n_in, &
-        ' inputs to ', n_out, ' outputs, the host passes ', n_inputs, ' features and expects ', &
-        n_outputs
-      call release()
+      errmsg = context//': the model maps '//itoa(self%n_in)//' inputs to '//itoa(self%n_out)// &
+               ' outputs, the host passes '//itoa(n_inputs)//' features and expects '// &
+               itoa(n_outputs)
+      call release(self)
       return
     end if
-    initialized = .true.
-  end subroutine colnn_coupler_init
+    self%config_file = config_file
+    call register_name(found%name)
+    self%initialized = .true.
+  end subroutine scheme_init
+
+  !> The &colnn_coupler group named `want` ('' : the file's only group), checked.
+  subroutine read_group(config_file, want, found, errmsg, errflg)
+    character(len=*), intent(in) :: config_file, want
+    type(colnn_coupler_config_t), intent(out) :: found
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    character(len=64) :: name
+    character(len=1024) :: model_file, ensemble
+    real :: noise_sd
+    integer :: noise_seed, u, ios, n_groups, n_match
+    logical :: check_finite, online_training
+    character(len=256) :: optimizer
+    character(len=64) :: loss
+    character(len=512) :: iomsg
+    character(len=:), allocatable :: context
+    namelist /colnn_coupler/ name, model_file, ensemble, noise_sd, noise_seed, check_finite, &
+      online_training, optimizer, loss
+
+    errflg = 1
+    context = 'colnn_coupler_init'
+    if (len(want) > 0) context = context//" (scheme '"//want//"')"
+    open (newunit=u, file=config_file, status='old', action='read', iostat=ios, iomsg=iomsg)
+    if (ios /= 0) then
+      errmsg = context//': cannot open '//trim(config_file)//': '//trim(iomsg)
+      return
+    end if
+    n_groups = 0
+    n_match = 0
+    do
+      ! each group starts from the defaults: nothing carries over from the one before
+      name = ''; model_file = ''; ensemble = ''; noise_sd = 0; noise_seed = 0
+      check_finite = .true.; online_training = .false.
+      optimizer = 'adam learning_rate=0.0001'; loss = 'mse'
+      read (u, nml=colnn_coupler, iostat=ios, iomsg=iomsg)
+      if (ios /= 0) exit
+      n_groups = n_groups + 1
+      if (trim(name) /= want .and. len(want) > 0) cycle
+      n_match = n_match + 1
+      if (n_match == 1) found = colnn_coupler_config_t(name, model_file, ensemble, noise_sd, &
+                                                       noise_seed, check_finite, &
+                                                       online_training, optimizer, loss)
+    end do
+    close (u)
+    if (ios > 0) then
+      errmsg = context//': '//trim(config_file)//': bad &colnn_coupler namelist (group '// &
+               itoa(n_groups + 1)//'): '//trim(iomsg)
+      return
+    end if
+    if (n_groups == 0) then
+      errmsg = context//': '//trim(config_file)//': no complete &colnn_coupler group (is it '// &
+               'missing, unterminated by /, or the last line without a newline?)'
+      return
+    end if
+    if (len(want) == 0 .and. n_groups > 1) then
+      errmsg = context//': '//trim(config_file)//' holds '//itoa(n_groups)//' &colnn_coupler '// &
+               'groups: give the scheme name to use'
+      return
+    end if
+    if (n_match == 0) then
+      errmsg = context//': '//trim(config_file)//": no &colnn_coupler group with name = '"// &
+               want//"'"
+      return
+    end if
+    if (n_match > 1) then
+      errmsg = context//': '//trim(config_file)//': '//itoa(n_match)//" &colnn_coupler groups "// &
+               "have name = '"//want//"'"
+      return
+    end if
+    if ((len_trim(found%model_file) == 0) .eqv. (len_trim(found%ensemble) == 0)) then
+      errmsg = context//': '//trim(config_file)//': give exactly one of model_file and ensemble'
+      return
+    end if
+    if (found%noise_sd < 0 .or. found%noise_sd /= found%noise_sd) then
+      errmsg = context//': '//trim(config_file)//': noise_sd must be >= 0'
+      return
+    end if
+    if (found%noise_sd > 0 .and. len_trim(found%ensemble) == 0) then
+      errmsg = context//': '//trim(config_file)//': input noise needs an ensemble'
+      return
+    end if
+    if (found%online_training .and. len_trim(found%ensemble) > 0) then
+      errmsg = context//': online training takes a single model, not an ensemble'
+      return
+    end if
+    errflg = 0
+    errmsg = ''
+  end subroutine read_group
 
   !> outputs(n_outputs, ncol) = NN(inputs(n_inputs, ncol)) for one chunk of columns.
   !> column_offset: global index (0-based) of the chunk's first column (ensemble noise).
   !> step: the host's time step (the ensemble's noise key; chunks of one step share it).
   !> targets: with online_training, one optimizer step on (inputs, targets) after the forward.
-  subroutine colnn_coupler_run(inputs, outputs, errmsg, errflg, column_offset, targets, step)
+  subroutine scheme_run(self, inputs, outputs, errmsg, errflg, column_offset, targets, step)
+    class(colnn_scheme_t), intent(inout) :: self
     real(wp), intent(in) :: inputs(:, :)
     real(wp), intent(out) :: outputs(:, :)
     character(len=*), intent(out) :: errmsg
@@ -162,64 +259,173 @@ contains
     real(wp) :: loss
     errmsg = ''
     errflg = 0
-    if (.not. initialized) then
+    if (.not. self%initialized) then
       errflg = 1
-      errmsg = 'colnn_coupler_run: colnn_coupler_init has not succeeded'
+      errmsg = 'colnn_coupler_run: the scheme is not initialised (its init failed, was not '// &
+               'called, or it was finalized)'
       return
     end if
-    if (use_ensemble) then
+    if (self%use_ensemble) then
       col0 = 0
       if (present(column_offset)) col0 = column_offset
       if (present(step)) then
-        call ens%forward(inputs, outputs, stat, errmsg, column_offset=col0, step=int(step, 8))
+        call self%ens%forward(inputs, outputs, stat, errmsg, column_offset=col0, &
+                              step=int(step, 8))
       else
-        call ens%forward(inputs, outputs, stat, errmsg, column_offset=col0)
+        call self%ens%forward(inputs, outputs, stat, errmsg, column_offset=col0)
       end if
     else
-      call net%forward(inputs, outputs, stat, errmsg)
+      call self%net%forward(inputs, outputs, stat, errmsg)
     end if
-    if (stat == 0 .and. present(targets) .and. cfg%online_training) then
+    if (stat == 0 .and. present(targets) .and. self%cfg%online_training) then
       ! a training step changes the weights the other threads are using
       !$ if (omp_in_parallel()) then
       !$   errflg = 1
-      !$   errmsg = 'colnn_coupler_run: online training changes the network; call _run with '// &
-      !$            'targets from one thread (outside the parallel loop over chunks)'
+      !$   errmsg = 'colnn_coupler_run'//scheme_label(self)//': online training changes the '// &
+      !$            'network; call _run with targets from one thread (outside the parallel '// &
+      !$            'loop over chunks)'
       !$   return
       !$ end if
-      call trainer%online_step(net, inputs, targets, loss, stat, errmsg)
+      call self%trainer%online_step(self%net, inputs, targets, loss, stat, errmsg)
     end if
     if (stat /= 0) then
       errflg = 1
-      errmsg = 'colnn_coupler_run: '//trim(errmsg)
+      errmsg = 'colnn_coupler_run'//scheme_label(self)//': '//trim(errmsg)
     end if
+  end subroutine scheme_run
+
+  subroutine scheme_finalize(self, errmsg, errflg)
+    class(colnn_scheme_t), intent(inout) :: self
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    errmsg = ''
+    errflg = 0
+    call release(self)
+  end subroutine scheme_finalize
+
+  !> Features the initialised scheme takes and gives (0, 0 before a successful init).
+  subroutine scheme_sizes(self, n_inputs, n_outputs)
+    class(colnn_scheme_t), intent(in) :: self
+    integer, intent(out) :: n_inputs, n_outputs
+    n_inputs = self%n_in
+    n_outputs = self%n_out
+  end subroutine scheme_sizes
+
+  !> The configuration the scheme was initialised with (for provenance: the model's path).
+  function scheme_config(self) result(config)
+    class(colnn_scheme_t), intent(in) :: self
+    type(colnn_coupler_config_t) :: config
+    config = self%cfg
+  end function scheme_config
+
+  !> " (scheme 'NAME')" for messages, '' for an unnamed scheme.
+  function scheme_label(self) result(s)
+    class(colnn_scheme_t), intent(in) :: self
+    character(len=:), allocatable :: s
+    s = ''
+    if (len_trim(self%cfg%name) > 0) s = " (scheme '"//trim(self%cfg%name)//"')"
+  end function scheme_label
+
+  subroutine scheme_final(self)
+    type(colnn_scheme_t), intent(inout) :: self
+    call release(self)
+  end subroutine scheme_final
+
+  subroutine release(self)
+    class(colnn_scheme_t), intent(inout) :: self
+    if (self%initialized) call unregister_name(self%cfg%name)
+    call self%net%destroy()
+    call self%ens%destroy()
+    self%initialized = .false.
+    self%n_in = 0
+    self%n_out = 0
+  end subroutine release
+
+  logical function name_is_live(name)
+    character(len=*), intent(in) :: name
+    integer :: k
+    name_is_live = .false.
+    if (.not. allocated(live_names)) return
+    do k = 1, size(live_names)
+      if (live_names(k)%used .and. live_names(k)%s == name) name_is_live = .true.
+    end do
+  end function name_is_live
+
+  subroutine register_name(name)
+    character(len=*), intent(in) :: name
+    type(name_t), allocatable :: grown(:)
+    integer :: k
+    if (.not. allocated(live_names)) allocate (live_names(4))
+    k = findloc(live_names%used, .false., dim=1)
+    if (k == 0) then
+      allocate (grown(2 * size(live_names)))
+      grown(1:size(live_names)) = live_names
+      k = size(live_names) + 1
+      call move_alloc(grown, live_names)
+    end if
+    live_names(k) = name_t(name, .true.)
+  end subroutine register_name
+
+  subroutine unregister_name(name)
+    character(len=*), intent(in) :: name
+    integer :: k
+    if (.not. allocated(live_names)) return
+    do k = 1, size(live_names)
+      if (live_names(k)%used .and. live_names(k)%s == name) then
+        live_names(k)%used = .false.
+        return
+      end if
+    end do
+  end subroutine unregister_name
+
+  pure function itoa(i) result(s)
+    integer, intent(in) :: i
+    character(len=:), allocatable :: s
+    character(len=16) :: buf
+    write (buf, '(i0)') i
+    s = trim(buf)
+  end function itoa
+
+  ! ------------------------------------------------------------------------------------------
+  ! The module-level scheme: one per program, as CCPP calls a scheme.
+
+  !> Reads the namelist, loads the model, checks it maps n_inputs host features to n_outputs.
+  subroutine colnn_coupler_init(config_file, n_inputs, n_outputs, errmsg, errflg, name)
+    character(len=*), intent(in) :: config_file
+    integer, intent(in) :: n_inputs, n_outputs
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    character(len=*), intent(in), optional :: name
+    call default_scheme%init(config_file, n_inputs, n_outputs, errmsg, errflg, name)
+  end subroutine colnn_coupler_init
+
+  !> See colnn_scheme_t%run.
+  subroutine colnn_coupler_run(inputs, outputs, errmsg, errflg, column_offset, targets, step)
+    real(wp), intent(in) :: inputs(:, :)
+    real(wp), intent(out) :: outputs(:, :)
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    integer, intent(in), optional :: column_offset
+    real(wp), intent(in), optional :: targets(:, :)
+    integer, intent(in), optional :: step
+    call default_scheme%run(inputs, outputs, errmsg, errflg, column_offset, targets, step)
   end subroutine colnn_coupler_run
 
   subroutine colnn_coupler_finalize(errmsg, errflg)
     character(len=*), intent(out) :: errmsg
     integer, intent(out) :: errflg
-    errmsg = ''
-    errflg = 0
-    call release()
+    call default_scheme%finalize(errmsg, errflg)
   end subroutine colnn_coupler_finalize
 
   !> Features the initialised scheme takes and gives (0, 0 before a successful init).
   subroutine colnn_coupler_sizes(n_inputs, n_outputs)
     integer, intent(out) :: n_inputs, n_outputs
-    n_inputs = n_in
-    n_outputs = n_out
+    call default_scheme%sizes(n_inputs, n_outputs)
   end subroutine colnn_coupler_sizes
 
   !> The configuration the scheme was initialised with (for provenance: the model's path).
   subroutine colnn_coupler_get_config(config)
     type(colnn_coupler_config_t), intent(out) :: config
-    config = cfg
+    config = default_scheme%config()
   end subroutine colnn_coupler_get_config
-
-  subroutine release()
-    call net%destroy()
-    call ens%destroy()
-    initialized = .false.
-    n_in = 0
-    n_out = 0
-  end subroutine release
 end module colnn_coupler

@@ -4,11 +4,21 @@ module colnn_coupler_c
   use, intrinsic :: iso_c_binding
   use colnn, only: wp
   use colnn_c_strings, only: to_f => c_to_f_string, to_c => f_to_c_buffer
-  use colnn_coupler, only: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize
+  use colnn_coupler, only: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize, &
+                           colnn_scheme_t
   implicit none
   private
 
   public :: c_coupler_init, c_coupler_run, c_coupler_finalize
+  public :: c_scheme_init, c_scheme_run, c_scheme_finalize
+
+  !> The schemes a C host created, by id (1, 2, ...). An id is never reused, so a host that
+  !> calls a finalized scheme gets an error instead of another scheme's outputs.
+  type :: scheme_box_t
+    type(colnn_scheme_t), pointer :: p => null()
+  end type scheme_box_t
+  type(scheme_box_t), allocatable, save :: schemes(:)
+  integer, save :: n_schemes = 0
 
 contains
 
@@ -70,6 +80,110 @@ contains
     errflg = int(flg, c_int)
     call to_c(msg, errmsg, errmsg_len)
   end function c_coupler_finalize
+
+  !> int colnn_scheme_init(const char *config, const char *name, int n_inputs, int n_outputs,
+  !>                       int *scheme, char *errmsg, size_t errmsg_len)
+  integer(c_int) function c_scheme_init(config, name, n_inputs, n_outputs, scheme, errmsg, &
+                                        errmsg_len) bind(C, name='colnn_scheme_init') result(errflg)
+    character(kind=c_char), intent(in) :: config(*), name(*)
+    integer(c_int), intent(in), value :: n_inputs, n_outputs
+    integer(c_int), intent(out) :: scheme
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(colnn_scheme_t), pointer :: p
+    type(scheme_box_t), allocatable :: grown(:)
+    character(len=1024) :: msg
+    integer :: flg
+    scheme = 0
+    allocate (p)
+    call p%init(to_f(config), int(n_inputs), int(n_outputs), msg, flg, name=to_f(name))
+    errflg = int(flg, c_int)
+    call to_c(msg, errmsg, errmsg_len)
+    if (flg /= 0) then
+      deallocate (p)
+      return
+    end if
+    if (.not. allocated(schemes)) allocate (schemes(8))
+    if (n_schemes == size(schemes)) then
+      allocate (grown(2 * size(schemes)))
+      grown(1:n_schemes) = schemes
+      call move_alloc(grown, schemes)
+    end if
+    n_schemes = n_schemes + 1
+    schemes(n_schemes)%p => p
+    scheme = int(n_schemes, c_int)
+  end function c_scheme_init
+
+  !> int colnn_scheme_run(int scheme, const colnn_real *inputs, int n_columns,
+  !>                      colnn_real *outputs, int64_t column_offset, int64_t step,
+  !>                      const colnn_real *targets, char *errmsg, size_t errmsg_len)
+  integer(c_int) function c_scheme_run(scheme, inputs, n_columns, outputs, column_offset, step, &
+                                       targets, errmsg, errmsg_len) &
+      bind(C, name='colnn_scheme_run') result(errflg)
+    integer(c_int), intent(in), value :: scheme
+    type(c_ptr), intent(in), value :: inputs, outputs, targets
+    integer(c_int), intent(in), value :: n_columns
+    integer(c_int64_t), intent(in), value :: column_offset, step
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(colnn_scheme_t), pointer :: p
+    real(wp), pointer :: x(:, :), y(:, :), t(:, :)
+    character(len=1024) :: msg
+    integer :: flg, n_in, n_out
+    errflg = 1
+    if (.not. live(scheme, p, 'colnn_scheme_run', errmsg, errmsg_len)) return
+    if (.not. c_associated(inputs) .or. .not. c_associated(outputs) .or. n_columns < 1) then
+      call to_c('colnn_scheme_run: null array or n_columns < 1', errmsg, errmsg_len)
+      return
+    end if
+    call p%sizes(n_in, n_out)
+    call c_f_pointer(inputs, x, [n_in, int(n_columns)])
+    call c_f_pointer(outputs, y, [n_out, int(n_columns)])
+    if (c_associated(targets)) then
+      call c_f_pointer(targets, t, [n_out, int(n_columns)])
+      call p%run(x, y, msg, flg, column_offset=int(column_offset), targets=t, step=int(step))
+    else
+      call p%run(x, y, msg, flg, column_offset=int(column_offset), step=int(step))
+    end if
+    errflg = int(flg, c_int)
+    call to_c(msg, errmsg, errmsg_len)
+  end function c_scheme_run
+
+  !> int colnn_scheme_finalize(int scheme, char *errmsg, size_t errmsg_len)
+  integer(c_int) function c_scheme_finalize(scheme, errmsg, errmsg_len) &
+      bind(C, name='colnn_scheme_finalize') result(errflg)
+    integer(c_int), intent(in), value :: scheme
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(colnn_scheme_t), pointer :: p
+    character(len=1024) :: msg
+    integer :: flg
+    errflg = 1
+    if (.not. live(scheme, p, 'colnn_scheme_finalize', errmsg, errmsg_len)) return
+    call p%finalize(msg, flg)
+    deallocate (schemes(scheme)%p)
+    errflg = int(flg, c_int)
+    call to_c(msg, errmsg, errmsg_len)
+  end function c_scheme_finalize
+
+  logical function live(scheme, p, caller, errmsg, errmsg_len)
+    integer(c_int), intent(in) :: scheme
+    type(colnn_scheme_t), pointer, intent(out) :: p
+    character(len=*), intent(in) :: caller
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in) :: errmsg_len
+    character(len=16) :: id
+    live = .false.
+    p => null()
+    if (scheme >= 1 .and. scheme <= n_schemes) p => schemes(scheme)%p
+    if (associated(p)) then
+      live = .true.
+      return
+    end if
+    write (id, '(i0)') scheme
+    call to_c(caller//': scheme '//trim(id)//' does not exist (never created, or finalized)', &
+              errmsg, errmsg_len)
+  end function live
 
   subroutine sizes(n_in, n_out)
     use colnn_coupler, only: colnn_coupler_sizes
