@@ -8,9 +8,13 @@ outputs and columns, relative to the largest absolute Keras output (so a toleran
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 from dataclasses import dataclass, asdict
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -28,6 +32,8 @@ class VerifyResult:
     keras_file: str
     model_file: str
     library_precision: str
+    library_path: str
+    keras_precision: str
     n_columns: int
     n_outputs: int
     max_abs_error: float
@@ -44,7 +50,8 @@ class VerifyResult:
     def report(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
         return (
-            f"verify {self.keras_file} vs {self.model_file} ({self.library_precision} library, "
+            f"verify {self.keras_file} ({self.keras_precision} Keras model) vs "
+            f"{self.model_file} ({self.library_precision} library {self.library_path}, "
             f"{self.n_columns} columns x {self.n_outputs} outputs)\n"
             f"  max abs error      {self.max_abs_error:.3e}\n"
             f"  max |keras output| {self.max_abs_output:.3e}\n"
@@ -136,12 +143,41 @@ def _load_tf_keras_h5(path: str):
         return tf_keras.models.load_model(path, compile=False, safe_mode=True)
 
 
+@contextlib.contextmanager
+def _tensorflow_logs_aside() -> Iterator[None]:
+    """TensorFlow's C++ and absl log lines (CUDA probes, oneDNN notes) go to a temporary file
+    instead of the terminal; they are shown only when loading or predicting fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as logs:
+        os.dup2(logs.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            logs.seek(0)
+            text = logs.read().decode(errors="replace").strip()
+            if text:
+                print(f"TensorFlow said:\n{text[-4000:]}", file=sys.stderr)
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def keras_predict(path: Path | str, x: np.ndarray) -> np.ndarray:
-    model = _load_keras_model(str(path))
-    # the input tensor's dtype, not the model's policy: a Sequential of float64 layers can
-    # still carry the global float32 policy and would round the inputs
-    dtype = np.float64 if "float64" in str(model.inputs[0].dtype) else np.float32
-    return np.asarray(model.predict_on_batch(x.astype(dtype)))
+    return keras_predict_with_dtype(path, x)[0]
+
+
+def keras_predict_with_dtype(path: Path | str, x: np.ndarray) -> tuple[np.ndarray, str]:
+    """Keras' outputs for x, and the precision the model computes in."""
+    with _tensorflow_logs_aside():
+        model = _load_keras_model(str(path))
+        # the input tensor's dtype, not the model's policy: a Sequential of float64 layers can
+        # still carry the global float32 policy and would round the inputs
+        dtype = np.float64 if "float64" in str(model.inputs[0].dtype) else np.float32
+        y = np.asarray(model.predict_on_batch(x.astype(dtype)))
+    return y, np.dtype(dtype).name
 
 
 def verify(keras_file: Path | str, model_file: Path | str, columns: int = 1024, seed: int = 0,
@@ -160,7 +196,9 @@ def verify(keras_file: Path | str, model_file: Path | str, columns: int = 1024, 
         x = x.astype(native.dtype)
         y_fortran = native.predict(x).astype(np.float64)
         library_precision = native.precision
-    y_keras = keras_predict(keras_file, x).astype(np.float64)
+        library_used = str(getattr(native._lib, "_name", library or ""))
+    y_keras, keras_precision = keras_predict_with_dtype(keras_file, x)
+    y_keras = y_keras.astype(np.float64)
     if y_keras.shape != y_fortran.shape:
         raise HarnessError(f"{keras_file} gives outputs of shape {y_keras.shape}, "
                            f"{model_file} gives {y_fortran.shape}")
@@ -172,10 +210,14 @@ def verify(keras_file: Path | str, model_file: Path | str, columns: int = 1024, 
     tiny = np.finfo(np.float64).tiny
     elem_rel = float((diff / np.maximum(np.abs(y_keras), tiny)).max())
     if tol is None:
-        tol = DEFAULT_TOL[library_precision]
+        # the less precise side sets what agreement means: a float32 Keras model run by the
+        # double library still carries float32 rounding in its weights and Keras' outputs
+        tol = DEFAULT_TOL["float32" if "float32" in (keras_precision, library_precision)
+                          else "float64"]
     return VerifyResult(
         keras_file=str(keras_file), model_file=str(model_file),
-        library_precision=library_precision, n_columns=int(x.shape[0]),
+        library_precision=library_precision, library_path=library_used,
+        keras_precision=keras_precision, n_columns=int(x.shape[0]),
         n_outputs=int(y_keras.shape[1]), max_abs_error=max_abs, max_abs_output=scale,
         rel_error=rel, max_elementwise_rel=elem_rel, worst_column=int(worst[0]),
         worst_output=int(worst[1]), keras_value=float(y_keras[worst]),

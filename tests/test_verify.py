@@ -3,6 +3,7 @@ command line's handling of bad input (one line, no traceback)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,24 @@ def test_fkb_text_file_of_the_paper_architecture(paper_files: dict[str, Path],
     back = tmp_path / "from_fkb.colnn"
     assert main(["convert", str(fkb), "-o", str(back), "--from", "fkb"]) == 0
     assert verify(paper_files["float32.keras"], back, columns=256).passed
+
+
+def test_float32_keras_model_on_the_double_library(paper_files: dict[str, Path],
+                                                   lib_double: Path) -> None:
+    """The tolerance comes from the less precise side: a float32 Keras model run by the double
+    library agrees to float32 rounding (it once failed at ~3e-6 against 1e-12)."""
+    r = verify(paper_files["float32.keras"], paper_files["float32.colnn"], columns=256,
+               library=lib_double)
+    assert (r.library_precision, r.keras_precision, r.tol) == ("float64", "float32", 1e-5)
+    assert r.passed, r.report()
+    assert str(lib_double) in r.report() and "float32 Keras model" in r.report()
+
+
+def test_verify_output_holds_no_tensorflow_log_lines(paper_files: dict[str, Path]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "harness", "verify",
+                           str(paper_files["float32.keras"]), str(paper_files["float32.colnn"]),
+                           "--columns", "64"], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+    assert proc.stdout.rstrip().endswith("PASS")
