@@ -28,6 +28,16 @@ def installed(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path
     return prefix
 
 
+@pytest.fixture(scope="module")
+def installed_double(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
+    prefix = tmp_path_factory.mktemp("prefix_double")
+    subprocess.run(["cmake", "--build", str(repo_root / "build/double")], check=True,
+                   capture_output=True)
+    subprocess.run(["cmake", "--install", str(repo_root / "build/double"), "--prefix",
+                    str(prefix)], check=True, capture_output=True)
+    return prefix
+
+
 def build_example(name: str, prefix: Path, repo_root: Path, build: Path) -> Path:
     env = dict(os.environ, CMAKE_PREFIX_PATH=str(prefix))
     proc = subprocess.run(["cmake", "-S", str(repo_root / "coupler/examples" / name), "-B",
@@ -233,3 +243,48 @@ def test_two_schemes_in_one_c_host(installed: Path, tmp_path: Path) -> None:
     assert "bad id -> 1: colnn_scheme_run: scheme 42 does not exist" in text
     assert "conv still -> 0" in text
     assert "re-init id 3 (was 2)" in text
+
+
+@pytest.mark.parametrize("precision", ["single", "double"])
+@pytest.mark.parametrize("kind", ["model", "noisy ensemble"])
+def test_double_precision_columns_first_host(installed: Path, installed_double: Path,
+                                             c_host: Path, tmp_path: Path, repo_root: Path,
+                                             precision: str, kind: str) -> None:
+    """A real64 host holding (columns, features) chunks links and runs against the single and
+    the double library; the outputs are the library's own for the same columns; a chunk of the
+    wrong shape is an error naming the expected shape."""
+    prefix = installed if precision == "single" else installed_double
+    exe = build_example("gcm_layout", prefix, repo_root, tmp_path / "build")
+    if kind == "model":
+        model = tmp_path / "m.colnn"
+        write_model(member(np.random.default_rng(7)), model)
+        nml = namelist(tmp_path / "c.nml", model_file=model)
+    else:
+        from test_ensemble import make_ensemble
+        ens = make_ensemble(tmp_path / "ens", 3)
+        nml = namelist(tmp_path / "c.nml", ensemble=ens, noise_sd=0.2, noise_seed=4)
+    proc = subprocess.run([str(exe), str(nml), "6", "4", "77", "10"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    bad = lines[0]
+    assert bad.startswith("bad shape -> 1: colnn_coupler_run") and (
+        ("takes 6" in bad and "(columns, features)" in bad) or "inputs must be (3, 6)" in bad), bad
+    y = np.array([[float(v) for v in line.split()] for line in lines[1:]])
+    assert y.shape == (77, 4)
+    x = np.array([[0.01 * ((i * 7 + j * 3) % 23) - 0.1 for i in range(6)] for j in range(77)])
+    if kind == "model":
+        with NativeModel(model, precision=precision) as m:
+            # the host's chunks of 10 (the batch size can change the last bits: issue 17)
+            expected = np.concatenate([m.predict(x[j:j + 10].astype(m.dtype))
+                                       for j in range(0, 77, 10)]).astype(np.float64)
+        np.testing.assert_array_equal(y, expected)
+    elif precision == "single":
+        # the same ensemble through the C host (features-first, the library's precision): the
+        # noise key is (column, step) in both, so the staged path must give the same numbers
+        out = subprocess.run([str(c_host), str(nml), "6", "4", "77", "10"], capture_output=True,
+                             text=True, check=True).stdout
+        expected = np.array([[float(v) for v in line.split()] for line in out.splitlines()])
+        np.testing.assert_array_equal(y.astype(np.float32), expected.astype(np.float32))
+    else:
+        assert np.all(np.isfinite(y)) and np.abs(y).max() > 0

@@ -44,7 +44,11 @@ module colnn_coupler
     integer :: n_in = 0, n_out = 0
   contains
     procedure :: init => scheme_init
-    procedure :: run => scheme_run
+    procedure, private :: run_sp => scheme_run_sp
+    procedure, private :: run_dp => scheme_run_dp
+    !> outputs = NN(inputs) for one chunk: real32 or real64, (features, columns) or with
+    !> columns_first=.true. (columns, features)
+    generic :: run => run_sp, run_dp
     procedure :: finalize => scheme_finalize
     procedure :: sizes => scheme_sizes
     procedure :: config => scheme_config
@@ -58,6 +62,15 @@ module colnn_coupler
     logical :: used = .false.
   end type name_t
   type(name_t), allocatable, save :: live_names(:)
+
+  !> An ensemble works on (features, columns) arrays in the library's precision: a host's other
+  !> kind or layout is staged here (per thread, kept between calls, only growing).
+  real(wp), allocatable, save :: stage_in(:), stage_out(:)
+  !$omp threadprivate(stage_in, stage_out)
+
+  interface colnn_coupler_run
+    module procedure colnn_coupler_run_sp, colnn_coupler_run_dp
+  end interface colnn_coupler_run
 
   !> the scheme behind the module-level colnn_coupler_init/_run/_finalize
   type(colnn_scheme_t), save, target :: default_scheme
@@ -241,22 +254,62 @@ contains
     errmsg = ''
   end subroutine read_group
 
-  !> outputs(n_outputs, ncol) = NN(inputs(n_inputs, ncol)) for one chunk of columns.
+  !> outputs = NN(inputs) for one chunk of columns, real32 arrays: inputs(n_inputs, ncol),
+  !> outputs(n_outputs, ncol), or with `columns_first` (ncol, n_inputs), (ncol, n_outputs), a
+  !> host's own (columns, levels) chunk. Kind and layout are handled where the columns enter the
+  !> network's work blocks: the host makes no transposed or converted copy.
   !> column_offset: global index (0-based) of the chunk's first column (ensemble noise).
   !> step: the host's time step (the ensemble's noise key; chunks of one step share it).
-  !> targets: with online_training, one optimizer step on (inputs, targets) after the forward.
-  subroutine scheme_run(self, inputs, outputs, errmsg, errflg, column_offset, targets, step)
+  !> targets: with online_training, one optimizer step on (inputs, targets) after the forward
+  !> (arrays in the library's precision and (features, columns)).
+  subroutine scheme_run_sp(self, inputs, outputs, errmsg, errflg, column_offset, targets, step, &
+                           columns_first)
     class(colnn_scheme_t), intent(inout) :: self
-    real(wp), intent(in) :: inputs(:, :)
-    real(wp), intent(out) :: outputs(:, :)
+    real(sp), intent(in) :: inputs(:, :)
+    real(sp), intent(out) :: outputs(:, :)
     character(len=*), intent(out) :: errmsg
     integer, intent(out) :: errflg
     integer, intent(in), optional :: column_offset
     real(wp), intent(in), optional :: targets(:, :)
     integer, intent(in), optional :: step
-    integer :: stat
-    integer(8) :: col0
+    logical, intent(in), optional :: columns_first
+    call run_any(self, errmsg, errflg, column_offset, targets, step, columns_first, &
+                 xs=inputs, ys=outputs)
+  end subroutine scheme_run_sp
+
+  !> As run for real32 arrays, for real64 ones.
+  subroutine scheme_run_dp(self, inputs, outputs, errmsg, errflg, column_offset, targets, step, &
+                           columns_first)
+    class(colnn_scheme_t), intent(inout) :: self
+    real(dp), intent(in) :: inputs(:, :)
+    real(dp), intent(out) :: outputs(:, :)
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    integer, intent(in), optional :: column_offset
+    real(wp), intent(in), optional :: targets(:, :)
+    integer, intent(in), optional :: step
+    logical, intent(in), optional :: columns_first
+    call run_any(self, errmsg, errflg, column_offset, targets, step, columns_first, &
+                 xd=inputs, yd=outputs)
+  end subroutine scheme_run_dp
+
+  subroutine run_any(self, errmsg, errflg, column_offset, targets, step, columns_first, &
+                     xs, xd, ys, yd)
+    class(colnn_scheme_t), intent(inout) :: self
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    integer, intent(in), optional :: column_offset
+    real(wp), intent(in), optional :: targets(:, :)
+    integer, intent(in), optional :: step
+    logical, intent(in), optional :: columns_first
+    real(sp), intent(in), optional, target :: xs(:, :)
+    real(dp), intent(in), optional, target :: xd(:, :)
+    real(sp), intent(inout), optional, target :: ys(:, :)
+    real(dp), intent(inout), optional, target :: yd(:, :)
+    integer :: stat, nc
+    integer(8) :: col0, key
     real(wp) :: loss
+    logical :: cf, native
     errmsg = ''
     errflg = 0
     if (.not. self%initialized) then
@@ -265,17 +318,24 @@ contains
                'called, or it was finalized)'
       return
     end if
+    cf = .false.
+    if (present(columns_first)) cf = columns_first
     if (self%use_ensemble) then
       col0 = 0
       if (present(column_offset)) col0 = column_offset
-      if (present(step)) then
-        call self%ens%forward(inputs, outputs, stat, errmsg, column_offset=col0, &
-                              step=int(step, 8))
+      key = -1
+      if (present(step)) key = step
+      ! an ensemble takes (features, columns) in wp: the host's own arrays when they are that
+      native = .not. cf .and. ((present(xs) .and. wp == sp) .or. (present(xd) .and. wp == dp))
+      if (native) then
+        call ensemble_native(self, col0, key, stat, errmsg, xs, xd, ys, yd)
       else
-        call self%ens%forward(inputs, outputs, stat, errmsg, column_offset=col0)
+        call ensemble_staged(self, cf, col0, key, stat, errmsg, xs, xd, ys, yd)
       end if
+    else if (present(xs)) then
+      call self%net%forward(xs, ys, stat, errmsg, columns_first=cf)
     else
-      call self%net%forward(inputs, outputs, stat, errmsg)
+      call self%net%forward(xd, yd, stat, errmsg, columns_first=cf)
     end if
     if (stat == 0 .and. present(targets) .and. self%cfg%online_training) then
       ! a training step changes the weights the other threads are using
@@ -286,13 +346,169 @@ contains
       !$            'loop over chunks)'
       !$   return
       !$ end if
-      call self%trainer%online_step(self%net, inputs, targets, loss, stat, errmsg)
+      nc = size(targets, 2)
+      if (cf .or. (present(xs) .and. wp /= sp) .or. (present(xd) .and. wp /= dp)) then
+        errflg = 1
+        errmsg = 'colnn_coupler_run'//scheme_label(self)//': online training takes inputs '// &
+                 'and targets as (features, columns) in the library''s precision ('//wp_name//')'
+        return
+      end if
+      call train_step(self, targets, loss, stat, errmsg, xs, xd)
     end if
     if (stat /= 0) then
       errflg = 1
       errmsg = 'colnn_coupler_run'//scheme_label(self)//': '//trim(errmsg)
     end if
-  end subroutine scheme_run
+  end subroutine run_any
+
+  !> One optimizer step on the host's inputs, which are in wp (checked by the caller).
+  subroutine train_step(self, targets, loss, stat, errmsg, xs, xd)
+    class(colnn_scheme_t), intent(inout) :: self
+    real(wp), intent(in) :: targets(:, :)
+    real(wp), intent(out) :: loss
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    real(sp), intent(in), optional :: xs(:, :)
+    real(dp), intent(in), optional :: xd(:, :)
+#ifdef COLNN_DOUBLE
+    call self%trainer%online_step(self%net, xd, targets, loss, stat, errmsg)
+#else
+    call self%trainer%online_step(self%net, xs, targets, loss, stat, errmsg)
+#endif
+  end subroutine train_step
+
+  subroutine ensemble_native(self, col0, key, stat, errmsg, xs, xd, ys, yd)
+    class(colnn_scheme_t), intent(inout) :: self
+    integer(8), intent(in) :: col0, key
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    real(sp), intent(in), optional :: xs(:, :)
+    real(dp), intent(in), optional :: xd(:, :)
+    real(sp), intent(inout), optional :: ys(:, :)
+    real(dp), intent(inout), optional :: yd(:, :)
+#ifdef COLNN_DOUBLE
+    if (key >= 0) then
+      call self%ens%forward(xd, yd, stat, errmsg, column_offset=col0, step=key)
+    else
+      call self%ens%forward(xd, yd, stat, errmsg, column_offset=col0)
+    end if
+#else
+    if (key >= 0) then
+      call self%ens%forward(xs, ys, stat, errmsg, column_offset=col0, step=key)
+    else
+      call self%ens%forward(xs, ys, stat, errmsg, column_offset=col0)
+    end if
+#endif
+  end subroutine ensemble_native
+
+  !> An ensemble run on a host's other kind or layout, through the thread's staging buffers.
+  subroutine ensemble_staged(self, cf, col0, key, stat, errmsg, xs, xd, ys, yd)
+    class(colnn_scheme_t), intent(inout) :: self
+    logical, intent(in) :: cf
+    integer(8), intent(in) :: col0, key
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    real(sp), intent(in), optional :: xs(:, :)
+    real(dp), intent(in), optional :: xd(:, :)
+    real(sp), intent(inout), optional :: ys(:, :)
+    real(dp), intent(inout), optional :: yd(:, :)
+    integer :: nc, ni, no, fx, fy, ny
+    ni = self%n_in
+    no = self%n_out
+    if (present(xs)) then
+      fx = size(xs, merge(2, 1, cf)); nc = size(xs, merge(1, 2, cf))
+    else
+      fx = size(xd, merge(2, 1, cf)); nc = size(xd, merge(1, 2, cf))
+    end if
+    if (present(ys)) then
+      fy = size(ys, merge(2, 1, cf)); ny = size(ys, merge(1, 2, cf))
+    else
+      fy = size(yd, merge(2, 1, cf)); ny = size(yd, merge(1, 2, cf))
+    end if
+    if (fx /= ni .or. fy /= no .or. ny /= nc .or. nc < 1) then
+      stat = 3
+      errmsg = 'inputs must be '//shape_text(ni, nc, cf)//' and outputs '// &
+               shape_text(no, nc, cf)//', got '//shape_text(fx, nc, cf)//' and '// &
+               shape_text(fy, ny, cf)
+      return
+    end if
+    call reserve(stage_in, ni * nc)
+    call reserve(stage_out, no * nc)
+    call stage(stage_in, ni, nc)
+    call ensemble_on(stage_in, stage_out, ni, no, nc)
+    if (stat /= 0) return
+    call unstage(no, nc)
+  contains
+    subroutine ensemble_on(x, y, n_x, n_y, m)
+      integer, intent(in) :: n_x, n_y, m
+      real(wp), intent(in) :: x(n_x, m)
+      real(wp), intent(out) :: y(n_y, m)
+      if (key >= 0) then
+        call self%ens%forward(x, y, stat, errmsg, column_offset=col0, step=key)
+      else
+        call self%ens%forward(x, y, stat, errmsg, column_offset=col0)
+      end if
+    end subroutine ensemble_on
+    subroutine stage(buf, n, m)
+      real(wp), intent(out) :: buf(n, m)
+      integer, intent(in) :: n, m
+      if (present(xs)) then
+        if (cf) then
+          buf = real(transpose(xs), wp)
+        else
+          buf = real(xs, wp)
+        end if
+      else
+        if (cf) then
+          buf = real(transpose(xd), wp)
+        else
+          buf = real(xd, wp)
+        end if
+      end if
+    end subroutine stage
+    subroutine unstage(n, m)
+      integer, intent(in) :: n, m
+      call unstage_from(stage_out, n, m)
+    end subroutine unstage
+    subroutine unstage_from(buf, n, m)
+      integer, intent(in) :: n, m
+      real(wp), intent(in) :: buf(n, m)
+      if (present(ys)) then
+        if (cf) then
+          ys = real(transpose(buf), sp)
+        else
+          ys = real(buf, sp)
+        end if
+      else
+        if (cf) then
+          yd = real(transpose(buf), dp)
+        else
+          yd = real(buf, dp)
+        end if
+      end if
+    end subroutine unstage_from
+  end subroutine ensemble_staged
+
+  subroutine reserve(buf, n)
+    real(wp), allocatable, intent(inout) :: buf(:)
+    integer, intent(in) :: n
+    if (allocated(buf)) then
+      if (size(buf) >= n) return
+      deallocate (buf)
+    end if
+    allocate (buf(n))
+  end subroutine reserve
+
+  pure function shape_text(features, columns, cf) result(s)
+    integer, intent(in) :: features, columns
+    logical, intent(in) :: cf
+    character(len=:), allocatable :: s
+    if (cf) then
+      s = '('//itoa(columns)//', '//itoa(features)//')'
+    else
+      s = '('//itoa(features)//', '//itoa(columns)//')'
+    end if
+  end function shape_text
 
   subroutine scheme_finalize(self, errmsg, errflg)
     class(colnn_scheme_t), intent(inout) :: self
@@ -400,16 +616,33 @@ contains
   end subroutine colnn_coupler_init
 
   !> See colnn_scheme_t%run.
-  subroutine colnn_coupler_run(inputs, outputs, errmsg, errflg, column_offset, targets, step)
-    real(wp), intent(in) :: inputs(:, :)
-    real(wp), intent(out) :: outputs(:, :)
+  subroutine colnn_coupler_run_sp(inputs, outputs, errmsg, errflg, column_offset, targets, step, &
+                                  columns_first)
+    real(sp), intent(in) :: inputs(:, :)
+    real(sp), intent(out) :: outputs(:, :)
     character(len=*), intent(out) :: errmsg
     integer, intent(out) :: errflg
     integer, intent(in), optional :: column_offset
     real(wp), intent(in), optional :: targets(:, :)
     integer, intent(in), optional :: step
-    call default_scheme%run(inputs, outputs, errmsg, errflg, column_offset, targets, step)
-  end subroutine colnn_coupler_run
+    logical, intent(in), optional :: columns_first
+    call default_scheme%run(inputs, outputs, errmsg, errflg, column_offset, targets, step, &
+                            columns_first)
+  end subroutine colnn_coupler_run_sp
+
+  subroutine colnn_coupler_run_dp(inputs, outputs, errmsg, errflg, column_offset, targets, step, &
+                                  columns_first)
+    real(dp), intent(in) :: inputs(:, :)
+    real(dp), intent(out) :: outputs(:, :)
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    integer, intent(in), optional :: column_offset
+    real(wp), intent(in), optional :: targets(:, :)
+    integer, intent(in), optional :: step
+    logical, intent(in), optional :: columns_first
+    call default_scheme%run(inputs, outputs, errmsg, errflg, column_offset, targets, step, &
+                            columns_first)
+  end subroutine colnn_coupler_run_dp
 
   subroutine colnn_coupler_finalize(errmsg, errflg)
     character(len=*), intent(out) :: errmsg

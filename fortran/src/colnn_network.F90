@@ -8,7 +8,7 @@
 !> takes a caller's, so several host threads can share one (read-only) network. Workspaces are
 !> allocated on the first call and reused: the steady-state call allocates nothing.
 module colnn_network
-  use colnn_kinds, only: wp, i8, wp_name
+  use colnn_kinds, only: wp, sp, dp, i8, wp_name
   use colnn_status
   use colnn_strings, only: str
   use colnn_spec, only: layer_spec_t
@@ -74,7 +74,11 @@ module colnn_network
   contains
     procedure :: load => network_load
     procedure :: save => network_save
-    procedure :: forward => network_forward
+    procedure, private :: forward_sp => network_forward_sp
+    procedure, private :: forward_dp => network_forward_dp
+    !> y = network(x) for real32 or real64 arrays, (features, columns) or with
+    !> columns_first=.true. (columns, features), whatever the working precision
+    generic :: forward => forward_sp, forward_dp
     procedure :: forward_ws => network_forward_ws
     procedure :: num_params => network_num_params
     procedure :: is_loaded => network_is_loaded
@@ -302,23 +306,42 @@ contains
     end do
   end function network_num_params
 
-  !> y(n_outputs, nc) = network(x(n_inputs, nc)). Safe to call from several threads at once on
+  !> y = network(x) for real32 arrays: x(n_inputs, nc), y(n_outputs, nc), or with
+  !> `columns_first` x(nc, n_inputs), y(nc, n_outputs) (a host's (columns, levels) chunk). The
+  !> layout and kind are taken care of where the columns enter and leave the cache-sized work
+  !> blocks, so neither costs a copy of its own. Safe to call from several threads at once on
   !> different column chunks (a host's OpenMP loop over chunks, or its own threads): each
   !> calling thread has its own work arrays (thread-local, kept between calls), and the
   !> network itself is only read. Results do not depend on which thread computes a chunk.
-  subroutine network_forward(self, x, y, stat, errmsg)
+  subroutine network_forward_sp(self, x, y, stat, errmsg, columns_first)
     class(network_t), intent(inout) :: self
-    real(wp), intent(in) :: x(:, :)
-    real(wp), intent(out) :: y(:, :)
+    real(sp), intent(in) :: x(:, :)
+    real(sp), intent(out) :: y(:, :)
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
+    logical, intent(in), optional :: columns_first !! x, y are (columns, features)
 #ifdef _OPENMP
-    call self%forward_ws(thread_ws, x, y, stat, errmsg)
+    call engine(self, thread_ws, stat, errmsg, columns_first, xs=x, ys=y)
 #else
     ! without OpenMP there is no thread-local storage in Fortran: one workspace per network
-    call self%forward_ws(self%ws, x, y, stat, errmsg)
+    call engine(self, self%ws, stat, errmsg, columns_first, xs=x, ys=y)
 #endif
-  end subroutine network_forward
+  end subroutine network_forward_sp
+
+  !> As forward for real32 arrays, for real64 ones.
+  subroutine network_forward_dp(self, x, y, stat, errmsg, columns_first)
+    class(network_t), intent(inout) :: self
+    real(dp), intent(in) :: x(:, :)
+    real(dp), intent(out) :: y(:, :)
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    logical, intent(in), optional :: columns_first !! x, y are (columns, features)
+#ifdef _OPENMP
+    call engine(self, thread_ws, stat, errmsg, columns_first, xd=x, yd=y)
+#else
+    call engine(self, self%ws, stat, errmsg, columns_first, xd=x, yd=y)
+#endif
+  end subroutine network_forward_dp
 
   !> As forward, with a caller's workspace (one per thread when threads share the network).
   subroutine network_forward_ws(self, ws, x, y, stat, errmsg)
@@ -328,27 +351,59 @@ contains
     real(wp), intent(out) :: y(:, :)
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
-    integer :: nc, i, j, block, cache_block, n_threads, n_blocks, ib, j0, m, t, rows, cols
-    logical :: resize
+#ifdef COLNN_DOUBLE
+    call engine(self, ws, stat, errmsg, xd=x, yd=y)
+#else
+    call engine(self, ws, stat, errmsg, xs=x, ys=y)
+#endif
+  end subroutine network_forward_ws
+
+  !> The forward pass over one x and one y of either kind and layout (exactly one of xs, xd and
+  !> one of ys, yd).
+  subroutine engine(self, ws, stat, errmsg, columns_first, xs, xd, ys, yd)
+    class(network_t), intent(in) :: self
+    type(workspace_t), intent(inout) :: ws
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    logical, intent(in), optional :: columns_first
+    real(sp), intent(in), optional :: xs(:, :)
+    real(dp), intent(in), optional :: xd(:, :)
+    real(sp), intent(out), optional :: ys(:, :)
+    real(dp), intent(out), optional :: yd(:, :)
+    integer :: nc, block, cache_block, n_threads, n_blocks, ib, j0, m, t, rows, cols, fx, fy, ny
+    integer :: bad(2)
+    logical :: resize, cf
 
     stat = COLNN_OK
     errmsg = ''
+    cf = .false.
+    if (present(columns_first)) cf = columns_first
     if (.not. self%is_loaded()) then
       stat = COLNN_ERR_ARGUMENT
       errmsg = 'forward: no model is loaded'
       return
     end if
-    nc = size(x, 2)
-    if (size(x, 1) /= self%n_inputs) then
+    ! (features, columns) or (columns, features): fx, fy features; nc, ny columns
+    if (present(xs)) then
+      fx = size(xs, merge(2, 1, cf)); nc = size(xs, merge(1, 2, cf))
+    else
+      fx = size(xd, merge(2, 1, cf)); nc = size(xd, merge(1, 2, cf))
+    end if
+    if (present(ys)) then
+      fy = size(ys, merge(2, 1, cf)); ny = size(ys, merge(1, 2, cf))
+    else
+      fy = size(yd, merge(2, 1, cf)); ny = size(yd, merge(1, 2, cf))
+    end if
+    if (fx /= self%n_inputs) then
       stat = COLNN_ERR_ARGUMENT
-      errmsg = 'forward: input has '//str(size(x, 1))//' features, the model ('//self%source// &
-               ') takes '//str(self%n_inputs)
+      errmsg = 'forward: input has '//str(fx)//' features, the model ('//self%source// &
+               ') takes '//str(self%n_inputs)//' (arrays are '//layout_name(cf)//')'
       return
     end if
-    if (size(y, 1) /= self%n_outputs) then
+    if (fy /= self%n_outputs) then
       stat = COLNN_ERR_ARGUMENT
-      errmsg = 'forward: output array has '//str(size(y, 1))//' rows, the model ('// &
-               self%source//') gives '//str(self%n_outputs)
+      errmsg = 'forward: output array has '//str(fy)//' features, the model ('// &
+               self%source//') gives '//str(self%n_outputs)//' (arrays are '//layout_name(cf)//')'
       return
     end if
     if (nc < 1) then
@@ -356,28 +411,30 @@ contains
       errmsg = 'forward: zero columns'
       return
     end if
-    if (size(y, 2) /= nc) then
+    if (ny /= nc) then
       stat = COLNN_ERR_ARGUMENT
-      errmsg = 'forward: input has '//str(nc)//' columns but output has '//str(size(y, 2))
+      errmsg = 'forward: input has '//str(nc)//' columns but output has '//str(ny)
       return
     end if
     if (self%check_finite) then
-      if (.not. all(ieee_is_finite(x))) then
-        do j = 1, nc
-          do i = 1, self%n_inputs
-            if (.not. ieee_is_finite(x(i, j))) exit
-          end do
-          if (i <= self%n_inputs) exit
-        end do
+      bad = 0
+      if (present(xs)) then
+        if (.not. all(ieee_is_finite(xs))) bad = findloc(ieee_is_finite(xs), .false.)
+      else
+        if (.not. all(ieee_is_finite(xd))) bad = findloc(ieee_is_finite(xd), .false.)
+      end if
+      if (bad(1) > 0) then
+        if (cf) bad = bad([2, 1])
         stat = COLNN_ERR_NONFINITE
-        errmsg = 'forward: input feature '//str(i)//' of column '//str(j)//' is not finite'
+        errmsg = 'forward: input feature '//str(bad(1))//' of column '//str(bad(2))// &
+                 ' is not finite'
         return
       end if
     end if
 
     ! the buffers are sized once for the cache-sized block; a call with few columns splits them
     ! over the threads (so BLAS is never asked to thread a thin GEMM) and uses a prefix
-    cache_block = max(MIN_BLOCK, min(MAX_BLOCK, BLOCK_BYTES / (2 * self%max_width * (storage_size(x) / 8))))
+    cache_block = max(MIN_BLOCK, min(MAX_BLOCK, BLOCK_BYTES / (2 * self%max_width * (storage_size(1.0_wp) / 8))))
     n_threads = 1
     !$ n_threads = omp_get_max_threads()
     ! Fortran does not short-circuit .or., so size() must not see an unallocated array
@@ -412,35 +469,46 @@ contains
       !$ t = omp_get_thread_num() + 1
       j0 = (ib - 1) * block + 1
       m = min(block, nc - j0 + 1)
-      call run(self, ws%a(:, t), ws%b(:, t), m, x(:, j0:j0 + m - 1), y(:, j0:j0 + m - 1))
+      call run(self, ws%a(:, t), ws%b(:, t), m, j0, cf, xs, xd, ys, yd)
     end do
     !$omp end parallel do
 
     if (self%check_finite) then
-      if (.not. all(ieee_is_finite(y))) then
-        do j = 1, nc
-          do i = 1, self%n_outputs
-            if (.not. ieee_is_finite(y(i, j))) exit
-          end do
-          if (i <= self%n_outputs) exit
-        end do
+      bad = 0
+      if (present(ys)) then
+        if (.not. all(ieee_is_finite(ys))) bad = findloc(ieee_is_finite(ys), .false.)
+      else
+        if (.not. all(ieee_is_finite(yd))) bad = findloc(ieee_is_finite(yd), .false.)
+      end if
+      if (bad(1) > 0) then
+        if (cf) bad = bad([2, 1])
         stat = COLNN_ERR_NONFINITE
-        errmsg = 'forward: output '//str(i)//' of column '//str(j)//' is not finite ('// &
-                 self%source//')'
+        errmsg = 'forward: output '//str(bad(1))//' of column '//str(bad(2))// &
+                 ' is not finite ('//self%source//')'
       end if
     end if
-  end subroutine network_forward_ws
+  end subroutine engine
 
-  !> One block of m columns through every layer, ping-ponging between a and b.
-  subroutine run(self, a, b, m, x, y)
+  pure function layout_name(columns_first) result(s)
+    logical, intent(in) :: columns_first
+    character(len=19) :: s
+    s = merge('(columns, features)', '(features, columns)', columns_first)
+  end function layout_name
+
+  !> Columns j0..j0+m-1 through every layer, ping-ponging between a and b; they enter from and
+  !> leave to the caller's arrays in its kind and layout.
+  subroutine run(self, a, b, m, j0, cf, xs, xd, ys, yd)
     type(network_t), intent(in) :: self
     real(wp), intent(inout), contiguous :: a(:), b(:)
-    integer, intent(in) :: m
-    real(wp), intent(in) :: x(:, :)
-    real(wp), intent(inout) :: y(:, :)
+    integer, intent(in) :: m, j0
+    logical, intent(in) :: cf
+    real(sp), intent(in), optional :: xs(:, :)
+    real(dp), intent(in), optional :: xd(:, :)
+    real(sp), intent(inout), optional :: ys(:, :)
+    real(dp), intent(inout), optional :: yd(:, :)
     logical :: in_a
     integer :: s
-    call copy_in(self%n_inputs, m, x, a)
+    call copy_in(self%n_inputs, m, j0, cf, a, xs, xd)
     in_a = .true.
     do s = 1, size(self%plan)
       associate (st => self%plan(s))
@@ -462,24 +530,84 @@ contains
       end associate
     end do
     if (in_a) then
-      call copy_out(self%n_outputs, m, a, y)
+      call copy_out(self%n_outputs, m, j0, cf, a, ys, yd)
     else
-      call copy_out(self%n_outputs, m, b, y)
+      call copy_out(self%n_outputs, m, j0, cf, b, ys, yd)
     end if
   end subroutine run
 
-  subroutine copy_in(n, nc, x, a)
+  subroutine copy_in_wp(n, nc, x, a)
     integer, intent(in) :: n, nc
     real(wp), intent(in) :: x(:, :)
     real(wp), intent(out) :: a(n, nc)
     a = x
-  end subroutine copy_in
+  end subroutine copy_in_wp
 
-  subroutine copy_out(n, nc, a, y)
+  subroutine copy_out_wp(n, nc, a, y)
     integer, intent(in) :: n, nc
     real(wp), intent(in) :: a(n, nc)
     real(wp), intent(inout) :: y(:, :)
     y = a
+  end subroutine copy_out_wp
+
+  subroutine copy_in(n, nc, j0, cf, a, xs, xd)
+    integer, intent(in) :: n, nc, j0
+    logical, intent(in) :: cf
+    real(wp), intent(out) :: a(n, nc)
+    real(sp), intent(in), optional :: xs(:, :)
+    real(dp), intent(in), optional :: xd(:, :)
+    integer :: i, j
+    if (present(xs)) then
+      if (cf) then
+        do j = 1, nc
+          do i = 1, n
+            a(i, j) = real(xs(j0 + j - 1, i), wp)
+          end do
+        end do
+      else
+        a = real(xs(:, j0:j0 + nc - 1), wp)
+      end if
+    else
+      if (cf) then
+        do j = 1, nc
+          do i = 1, n
+            a(i, j) = real(xd(j0 + j - 1, i), wp)
+          end do
+        end do
+      else
+        a = real(xd(:, j0:j0 + nc - 1), wp)
+      end if
+    end if
+  end subroutine copy_in
+
+  subroutine copy_out(n, nc, j0, cf, a, ys, yd)
+    integer, intent(in) :: n, nc, j0
+    logical, intent(in) :: cf
+    real(wp), intent(in) :: a(n, nc)
+    real(sp), intent(inout), optional :: ys(:, :)
+    real(dp), intent(inout), optional :: yd(:, :)
+    integer :: i, j
+    if (present(ys)) then
+      if (cf) then
+        do i = 1, n
+          do j = 1, nc
+            ys(j0 + j - 1, i) = real(a(i, j), sp)
+          end do
+        end do
+      else
+        ys(:, j0:j0 + nc - 1) = real(a, sp)
+      end if
+    else
+      if (cf) then
+        do i = 1, n
+          do j = 1, nc
+            yd(j0 + j - 1, i) = real(a(i, j), dp)
+          end do
+        end do
+      else
+        yd(:, j0:j0 + nc - 1) = real(a, dp)
+      end if
+    end if
   end subroutine copy_out
 
   !> The epilogue of the step's main layer, then its elementwise layers, in place, over column
@@ -602,7 +730,7 @@ contains
     end if
     skip_softmax = .false.
     if (present(logits_gradient)) skip_softmax = logits_gradient .and. self%ends_in_softmax()
-    call copy_in(self%n_outputs, nc, dy, self%g_a)
+    call copy_in_wp(self%n_outputs, nc, dy, self%g_a)
     in_a = .true.
     do k = self%n_layers, 1, -1
       if (k == self%n_layers .and. skip_softmax) then
@@ -632,9 +760,9 @@ contains
     end do
     if (present(dx)) then
       if (in_a) then
-        call copy_out(self%n_inputs, nc, self%g_a, dx)
+        call copy_out_wp(self%n_inputs, nc, self%g_a, dx)
       else
-        call copy_out(self%n_inputs, nc, self%g_b, dx)
+        call copy_out_wp(self%n_inputs, nc, self%g_b, dx)
       end if
     end if
   end subroutine network_backward

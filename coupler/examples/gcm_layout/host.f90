@@ -1,0 +1,52 @@
+!> A GCM-style host: its state is double precision, held as (columns, levels) chunks as CCPP
+!> and most GCMs hold it, whatever the precision of the colnn library it links. The chunks go to
+!> the coupler as they are (columns_first=.true.): no transposed or converted copy on this side.
+!> The ensemble or model comes from the namelist; one or two schemes ('a', 'b') per file.
+!> Usage: gcm_layout NAMELIST N_INPUTS N_OUTPUTS N_COLUMNS PCOLS; prints the outputs, a column
+!> a line, in full double precision.
+program gcm_layout
+  use, intrinsic :: iso_fortran_env, only: real64
+  use colnn_coupler, only: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize
+  implicit none
+  character(len=1024) :: config, arg, errmsg
+  integer :: n_in, n_out, ncol, pcols, errflg, i, j, j0, m
+  real(real64), allocatable :: state(:, :), tend(:, :)
+
+  if (command_argument_count() /= 5) then
+    print '(a)', 'usage: gcm_layout NAMELIST N_INPUTS N_OUTPUTS N_COLUMNS PCOLS'
+    stop 2
+  end if
+  call get_command_argument(1, config)
+  call get_command_argument(2, arg); read (arg, *) n_in
+  call get_command_argument(3, arg); read (arg, *) n_out
+  call get_command_argument(4, arg); read (arg, *) ncol
+  call get_command_argument(5, arg); read (arg, *) pcols
+  call colnn_coupler_init(trim(config), n_in, n_out, errmsg, errflg)
+  if (errflg /= 0) then
+    print '(a)', 'init failed: '//trim(errmsg)
+    stop 1
+  end if
+  allocate (state(ncol, n_in), tend(ncol, n_out))
+  do i = 1, n_in
+    do j = 1, ncol
+      state(j, i) = 0.01_real64 * mod((i - 1) * 7 + (j - 1) * 3, 23) - 0.1_real64
+    end do
+  end do
+  do j0 = 1, ncol, pcols
+    m = min(pcols, ncol - j0 + 1)
+    call colnn_coupler_run(state(j0:j0 + m - 1, :), tend(j0:j0 + m - 1, :), errmsg, errflg, &
+                           column_offset=j0 - 1, step=1, columns_first=.true.)
+    if (errflg /= 0) then
+      print '(a)', 'run failed: '//trim(errmsg)
+      stop 1
+    end if
+  end do
+  ! a chunk of the wrong shape: an error that names what was expected
+  call colnn_coupler_run(state(1:3, 1:n_in - 1), tend(1:3, :), errmsg, errflg, &
+                         columns_first=.true.)
+  print '(a,i0,a)', 'bad shape -> ', errflg, ': '//trim(errmsg)
+  do j = 1, ncol
+    print '(*(es25.17,1x))', tend(j, :)
+  end do
+  call colnn_coupler_finalize(errmsg, errflg)
+end program gcm_layout
