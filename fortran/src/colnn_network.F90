@@ -559,8 +559,9 @@ contains
     integer :: i, j
     if (present(xs)) then
       if (cf) then
-        do j = 1, nc
-          do i = 1, n
+        ! read the host's columns where they are contiguous; the block is in cache
+        do i = 1, n
+          do j = 1, nc
             a(i, j) = real(xs(j0 + j - 1, i), wp)
           end do
         end do
@@ -569,8 +570,9 @@ contains
       end if
     else
       if (cf) then
-        do j = 1, nc
-          do i = 1, n
+        ! read the host's columns where they are contiguous; the block is in cache
+        do i = 1, n
+          do j = 1, nc
             a(i, j) = real(xd(j0 + j - 1, i), wp)
           end do
         end do
