@@ -196,6 +196,10 @@ int main(int argc, char **argv) {
   printf("conv still -> %d\n", colnn_scheme_run(conv, x, nc, yc, 0, 1, NULL, err, sizeof err));
   if (colnn_scheme_init(argv[1], "radiation", 6, 3, &dup, err, sizeof err)) { printf("re-init: %s\n", err); return 1; }
   printf("re-init id %d (was %d)\n", dup, rad);
+  int64_t calls, cols; double secs;
+  if (colnn_scheme_timers(conv, &calls, &cols, &secs, err, sizeof err)) { printf("timers: %s\n", err); return 1; }
+  printf("conv timers %lld calls %lld columns %s\n", (long long)calls, (long long)cols, secs > 0 ? "some time" : "no time");
+  printf("timers of finalized -> %d\n", colnn_scheme_timers(rad, &calls, &cols, &secs, err, sizeof err));
   return 0;
 }
 """
@@ -243,6 +247,8 @@ def test_two_schemes_in_one_c_host(installed: Path, tmp_path: Path) -> None:
     assert "bad id -> 1: colnn_scheme_run: scheme 42 does not exist" in text
     assert "conv still -> 0" in text
     assert "re-init id 3 (was 2)" in text
+    assert "conv timers 2 calls 10 columns some time" in text   # the failed call is not counted
+    assert "timers of finalized -> 1" in text
 
 
 @pytest.mark.parametrize("precision", ["single", "double"])

@@ -137,6 +137,10 @@ def test_coupled_network_runs_the_configured_steps(truth: dict, network: Path) -
     assert r["status"] == "completed" and r["steps"] == 2000 and r["failure_step"] is None
     assert r["nn_time_s"] > 0 and r["wall_time_s"] >= r["nn_time_s"] + r["dynamics_time_s"] - 1e-6
     assert r["model_hash"] == __import__("hashlib").sha256(network.read_bytes()).hexdigest()
+    # the coupler's own timers: one call per RK4 stage, K columns each
+    extra = r["extra"]
+    assert extra["coupler_calls"] == 4 * 2000 and extra["coupler_columns"] == 4 * 2000 * K
+    assert 0 < extra["coupler_seconds"] <= r["nn_time_s"] + 1e-3
     cfg = (base / "nn" / "run.nml").read_bytes()
     assert r["config_hash"] == __import__("hashlib").sha256(cfg).hexdigest()
     ds = diagnostics(base, "nn")

@@ -32,6 +32,12 @@ int colnn_scheme_run(int scheme, const colnn_real *inputs, int n_columns, colnn_
                      int64_t column_offset, int64_t step, const colnn_real *targets,
                      char *errmsg, size_t errmsg_len);
 int colnn_scheme_finalize(int scheme, char *errmsg, size_t errmsg_len);
+
+/* What the successful _run calls cost since init: their number, the columns they took, and
+ * their seconds summed over calls (over threads too, when called from several at once). */
+void colnn_coupler_timers(int64_t *calls, int64_t *columns, double *seconds);
+int colnn_scheme_timers(int scheme, int64_t *calls, int64_t *columns, double *seconds,
+                        char *errmsg, size_t errmsg_len);
 #ifdef __cplusplus
 }
 #endif

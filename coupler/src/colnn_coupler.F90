@@ -12,7 +12,7 @@ module colnn_coupler
   private
 
   public :: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize, colnn_coupler_config_t
-  public :: colnn_coupler_sizes, colnn_coupler_get_config, colnn_scheme_t
+  public :: colnn_coupler_sizes, colnn_coupler_get_config, colnn_scheme_t, colnn_coupler_timers
 
   !> Read from the namelist group &colnn_coupler of the configuration file.
   type :: colnn_coupler_config_t
@@ -42,6 +42,10 @@ module colnn_coupler
     type(trainer_t) :: trainer
     type(colnn_coupler_config_t) :: cfg
     integer :: n_in = 0, n_out = 0
+    !> what _run cost since init: calls, columns, and seconds summed over calls (over the
+    !> threads too, when a host calls from several at once)
+    integer(8) :: calls = 0, columns = 0
+    real(dp) :: seconds = 0
   contains
     procedure :: init => scheme_init
     procedure, private :: run_sp => scheme_run_sp
@@ -53,6 +57,7 @@ module colnn_coupler
     procedure :: sizes => scheme_sizes
     procedure :: config => scheme_config
     procedure :: label => scheme_label
+    procedure :: timers => scheme_timers
     final :: scheme_final
   end type colnn_scheme_t
 
@@ -162,6 +167,9 @@ contains
       return
     end if
     self%config_file = config_file
+    self%calls = 0
+    self%columns = 0
+    self%seconds = 0
     call register_name(found%name)
     self%initialized = .true.
   end subroutine scheme_init
@@ -307,11 +315,12 @@ contains
     real(sp), intent(inout), optional, target :: ys(:, :)
     real(dp), intent(inout), optional, target :: yd(:, :)
     integer :: stat, nc
-    integer(8) :: col0, key
+    integer(8) :: col0, key, t0, t1, rate
     real(wp) :: loss
     logical :: cf, native
     errmsg = ''
     errflg = 0
+    call system_clock(t0, rate)
     if (.not. self%initialized) then
       errflg = 1
       errmsg = 'colnn_coupler_run: the scheme is not initialised (its init failed, was not '// &
@@ -358,8 +367,33 @@ contains
     if (stat /= 0) then
       errflg = 1
       errmsg = 'colnn_coupler_run'//scheme_label(self)//': '//trim(errmsg)
+      return
     end if
+    call system_clock(t1)
+    if (present(xs)) then
+      nc = size(xs, merge(1, 2, cf))
+    else
+      nc = size(xd, merge(1, 2, cf))
+    end if
+    !$omp atomic
+    self%calls = self%calls + 1
+    !$omp atomic
+    self%columns = self%columns + nc
+    !$omp atomic
+    self%seconds = self%seconds + real(t1 - t0, dp) / real(rate, dp)
   end subroutine run_any
+
+  !> What the scheme's successful _run calls cost since init: their number, the columns they
+  !> took, and their seconds (summed over calls; over threads too when a host calls from
+  !> several at once, so compare with the host's CPU time rather than its wall time then).
+  subroutine scheme_timers(self, calls, columns, seconds)
+    class(colnn_scheme_t), intent(in) :: self
+    integer(8), intent(out) :: calls, columns
+    real(dp), intent(out) :: seconds
+    calls = self%calls
+    columns = self%columns
+    seconds = self%seconds
+  end subroutine scheme_timers
 
   !> One optimizer step on the host's inputs, which are in wp (checked by the caller).
   subroutine train_step(self, targets, loss, stat, errmsg, xs, xd)
@@ -655,6 +689,13 @@ contains
     integer, intent(out) :: n_inputs, n_outputs
     call default_scheme%sizes(n_inputs, n_outputs)
   end subroutine colnn_coupler_sizes
+
+  !> See colnn_scheme_t%timers.
+  subroutine colnn_coupler_timers(calls, columns, seconds)
+    integer(8), intent(out) :: calls, columns
+    real(dp), intent(out) :: seconds
+    call default_scheme%timers(calls, columns, seconds)
+  end subroutine colnn_coupler_timers
 
   !> The configuration the scheme was initialised with (for provenance: the model's path).
   subroutine colnn_coupler_get_config(config)

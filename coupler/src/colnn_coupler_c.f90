@@ -10,7 +10,7 @@ module colnn_coupler_c
   private
 
   public :: c_coupler_init, c_coupler_run, c_coupler_finalize
-  public :: c_scheme_init, c_scheme_run, c_scheme_finalize
+  public :: c_scheme_init, c_scheme_run, c_scheme_finalize, c_coupler_timers, c_scheme_timers
 
   !> The schemes a C host created, by id (1, 2, ...). An id is never reused, so a host that
   !> calls a finalized scheme gets an error instead of another scheme's outputs.
@@ -165,6 +165,44 @@ contains
     errflg = int(flg, c_int)
     call to_c(msg, errmsg, errmsg_len)
   end function c_scheme_finalize
+
+  !> void colnn_coupler_timers(int64_t *calls, int64_t *columns, double *seconds)
+  subroutine c_coupler_timers(calls, columns, seconds) bind(C, name='colnn_coupler_timers')
+    use colnn_coupler, only: colnn_coupler_timers
+    integer(c_int64_t), intent(out) :: calls, columns
+    real(c_double), intent(out) :: seconds
+    integer(8) :: a, b
+    real(8) :: t
+    call colnn_coupler_timers(a, b, t)
+    calls = a
+    columns = b
+    seconds = t
+  end subroutine c_coupler_timers
+
+  !> int colnn_scheme_timers(int scheme, int64_t *calls, int64_t *columns, double *seconds,
+  !>                         char *errmsg, size_t errmsg_len)
+  integer(c_int) function c_scheme_timers(scheme, calls, columns, seconds, errmsg, errmsg_len) &
+      bind(C, name='colnn_scheme_timers') result(errflg)
+    integer(c_int), intent(in), value :: scheme
+    integer(c_int64_t), intent(out) :: calls, columns
+    real(c_double), intent(out) :: seconds
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(colnn_scheme_t), pointer :: p
+    integer(8) :: a, b
+    real(8) :: t
+    errflg = 1
+    calls = 0
+    columns = 0
+    seconds = 0
+    if (.not. live(scheme, p, 'colnn_scheme_timers', errmsg, errmsg_len)) return
+    call p%timers(a, b, t)
+    calls = a
+    columns = b
+    seconds = t
+    errflg = 0
+    call to_c('', errmsg, errmsg_len)
+  end function c_scheme_timers
 
   logical function live(scheme, p, caller, errmsg, errmsg_len)
     integer(c_int), intent(in) :: scheme

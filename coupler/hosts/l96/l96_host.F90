@@ -12,7 +12,8 @@ module l96_host
   use mpi_f08
   use colnn, only: wp
   use colnn_coupler, only: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize, &
-                           colnn_coupler_config_t, colnn_coupler_get_config
+                           colnn_coupler_config_t, colnn_coupler_get_config, &
+                           colnn_coupler_timers
   use colnn_mpi, only: decompose_columns
   use host_common
   use host_h5
@@ -110,7 +111,10 @@ contains
     else
       call run_coarse(cfg, s, r, stat, errmsg)
     end if
-    if (cfg%mode == 'coarse' .and. cfg%closure == 'nn') call colnn_coupler_finalize(msg2, ierr)
+    if (cfg%mode == 'coarse' .and. cfg%closure == 'nn') then
+      call record_coupler_timers(r)
+      call colnn_coupler_finalize(msg2, ierr)
+    end if
     if (stat /= 0) then
       r%wall_s = wall_clock() - s%t_start
       call finish_run('colnn_l96', cfg%output_dir, s%rank, r, exit_code, errmsg)
@@ -848,4 +852,15 @@ contains
       mean_finite = sum(a, mask=ok) / count(ok)
     end if
   end function mean_finite
+
+  !> The coupler's own account of this rank's network calls, into result.json's extras.
+  subroutine record_coupler_timers(r)
+    type(run_result_t), intent(inout) :: r
+    integer(i8) :: calls, columns
+    real(dp) :: seconds
+    call colnn_coupler_timers(calls, columns, seconds)
+    call r%add_extra('coupler_calls', real(calls, dp))
+    call r%add_extra('coupler_columns', real(columns, dp))
+    call r%add_extra('coupler_seconds', seconds)
+  end subroutine record_coupler_timers
 end module l96_host
