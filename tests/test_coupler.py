@@ -276,7 +276,8 @@ def test_double_precision_columns_first_host(installed: Path, installed_double: 
     bad = lines[0]
     assert bad.startswith("bad shape -> 1: colnn_coupler_run") and (
         ("takes 6" in bad and "(columns, features)" in bad) or "inputs must be (3, 6)" in bad), bad
-    y = np.array([[float(v) for v in line.split()] for line in lines[1:]])
+    assert lines[1] == "ccpp scheme gives the same bits: T", lines[1]
+    y = np.array([[float(v) for v in line.split()] for line in lines[2:]])
     assert y.shape == (77, 4)
     x = np.array([[0.01 * ((i * 7 + j * 3) % 23) - 0.1 for i in range(6)] for j in range(77)])
     if kind == "model":
@@ -294,3 +295,9 @@ def test_double_precision_columns_first_host(installed: Path, installed_double: 
         np.testing.assert_array_equal(y.astype(np.float32), expected.astype(np.float32))
     else:
         assert np.all(np.isfinite(y)) and np.abs(y).max() > 0
+
+
+def test_the_ccpp_scheme_is_installed(installed: Path) -> None:
+    """What a CCPP host needs after install: the scheme's metadata and its Fortran module."""
+    assert (installed / "include" / "colnn" / "colnn_ccpp.meta").is_file()
+    assert list(installed.rglob("colnn_ccpp.mod")), "colnn_ccpp.mod is not installed"

@@ -4,7 +4,7 @@
 !> on different chunks (a host's OpenMP loop over chunks) with the results of a serial loop,
 !> bit for bit; online training (targets) is refused there. A single network or an ensemble (with input noise)
 !> stands behind it, and an optional online-training hook takes the host's targets.
-!> Arguments are described CCPP-style in colnn_coupler.meta.
+!> For a CCPP host, colnn_ccpp (colnn_ccpp.F90, .meta) is this scheme in CCPP's own terms.
 module colnn_coupler
   use colnn
   !$ use omp_lib, only: omp_in_parallel

@@ -7,10 +7,11 @@
 program gcm_layout
   use, intrinsic :: iso_fortran_env, only: real64
   use colnn_coupler, only: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize
+  use colnn_ccpp, only: colnn_ccpp_init, colnn_ccpp_run, colnn_ccpp_finalize
   implicit none
   character(len=1024) :: config, arg, errmsg
   integer :: n_in, n_out, ncol, pcols, errflg, i, j, j0, m
-  real(real64), allocatable :: state(:, :), tend(:, :)
+  real(real64), allocatable :: state(:, :), tend(:, :), tend_ccpp(:, :)
 
   if (command_argument_count() /= 5) then
     print '(a)', 'usage: gcm_layout NAMELIST N_INPUTS N_OUTPUTS N_COLUMNS PCOLS'
@@ -26,7 +27,7 @@ program gcm_layout
     print '(a)', 'init failed: '//trim(errmsg)
     stop 1
   end if
-  allocate (state(ncol, n_in), tend(ncol, n_out))
+  allocate (state(ncol, n_in), tend(ncol, n_out), tend_ccpp(ncol, n_out))
   do i = 1, n_in
     do j = 1, ncol
       state(j, i) = 0.01_real64 * mod((i - 1) * 7 + (j - 1) * 3, 23) - 0.1_real64
@@ -45,8 +46,25 @@ program gcm_layout
   call colnn_coupler_run(state(1:3, 1:n_in - 1), tend(1:3, :), errmsg, errflg, &
                          columns_first=.true.)
   print '(a,i0,a)', 'bad shape -> ', errflg, ': '//trim(errmsg)
+  call colnn_coupler_finalize(errmsg, errflg)
+  ! the same step through the CCPP scheme, as capgen would call it for each chunk
+  call colnn_ccpp_init(trim(config), n_in, n_out, errmsg, errflg)
+  if (errflg /= 0) then
+    print '(a)', 'ccpp init failed: '//trim(errmsg)
+    stop 1
+  end if
+  do j0 = 1, ncol, pcols
+    m = min(pcols, ncol - j0 + 1)
+    call colnn_ccpp_run(j0, 1, state(j0:j0 + m - 1, :), tend_ccpp(j0:j0 + m - 1, :), errmsg, &
+                        errflg)
+    if (errflg /= 0) then
+      print '(a)', 'ccpp run failed: '//trim(errmsg)
+      stop 1
+    end if
+  end do
+  call colnn_ccpp_finalize(errmsg, errflg)
+  print '(a,l1)', 'ccpp scheme gives the same bits: ', all(tend_ccpp == tend)
   do j = 1, ncol
     print '(*(es25.17,1x))', tend(j, :)
   end do
-  call colnn_coupler_finalize(errmsg, errflg)
 end program gcm_layout
