@@ -269,8 +269,12 @@ def test_double_precision_columns_first_host(installed: Path, installed_double: 
         from test_ensemble import make_ensemble
         ens = make_ensemble(tmp_path / "ens", 3)
         nml = namelist(tmp_path / "c.nml", ensemble=ens, noise_sd=0.2, noise_seed=4)
-    proc = subprocess.run([str(exe), str(nml), "6", "4", "77", "10"], capture_output=True,
-                          text=True)
+    # the usual 8 MB stack: the host's 24 MB local array stays off it unless -fopenmp leaked
+    # into the host's own flags through colnn's CMake target
+    flags = (tmp_path / "build" / "compile_commands.json").read_text()
+    assert "host.f90" in flags and "openmp" not in flags, flags
+    proc = subprocess.run(["bash", "-c", 'ulimit -s 8192 && exec "$0" "$@"', str(exe),
+                           str(nml), "6", "4", "77", "10"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     bad = lines[0]
@@ -301,3 +305,18 @@ def test_the_ccpp_scheme_is_installed(installed: Path) -> None:
     """What a CCPP host needs after install: the scheme's metadata and its Fortran module."""
     assert (installed / "include" / "colnn" / "colnn_ccpp.meta").is_file()
     assert list(installed.rglob("colnn_ccpp.mod")), "colnn_ccpp.mod is not installed"
+
+
+def test_the_installed_package_leaves_the_host_alone(installed: Path) -> None:
+    """What a host's build takes from the package: no MPI unless it asks (colnn::colnn_mpi has
+    its own targets file), no OpenMP or BLAS usage requirements, no absolute library paths,
+    and pkg-config's run path."""
+    cmake_dir = next(installed.rglob("colnnTargets.cmake")).parent
+    targets = (cmake_dir / "colnnTargets.cmake").read_text()
+    targets += "".join(p.read_text() for p in cmake_dir.glob("colnnTargets-*.cmake"))
+    assert "MPI::" not in targets and "OpenMP" not in targets and "openblas" not in targets
+    assert (cmake_dir / "colnnMPITargets.cmake").is_file()
+    for pc in installed.rglob("*.pc"):
+        text = pc.read_text()
+        assert "openblas" not in text and "-fopenmp" not in text, pc
+        assert "-Wl,-rpath,${libdir}" in text, pc

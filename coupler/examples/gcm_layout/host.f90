@@ -1,7 +1,9 @@
 !> A GCM-style host: its state is double precision, held as (columns, levels) chunks as CCPP
 !> and most GCMs hold it, whatever the precision of the colnn library it links. The chunks go to
 !> the coupler as they are (columns_first=.true.): no transposed or converted copy on this side.
-!> The ensemble or model comes from the namelist; one or two schemes ('a', 'b') per file.
+!> Like many GCMs it keeps a large work array as a local of a routine (here 24 MB): compiled
+!> without -fopenmp, that lives in static memory; if a library's OpenMP flags leaked into the
+!> host's build, it would move to the stack and overflow the usual 8 MB limit.
 !> Usage: gcm_layout NAMELIST N_INPUTS N_OUTPUTS N_COLUMNS PCOLS; prints the outputs, a column
 !> a line, in full double precision.
 program gcm_layout
@@ -28,6 +30,7 @@ program gcm_layout
     stop 1
   end if
   allocate (state(ncol, n_in), tend(ncol, n_out), tend_ccpp(ncol, n_out))
+  call dynamics_work()
   do i = 1, n_in
     do j = 1, ncol
       state(j, i) = 0.01_real64 * mod((i - 1) * 7 + (j - 1) * 3, 23) - 0.1_real64
@@ -67,4 +70,14 @@ program gcm_layout
   do j = 1, ncol
     print '(*(es25.17,1x))', tend(j, :)
   end do
+contains
+  !> A stand-in for a GCM routine with a large local work array.
+  subroutine dynamics_work()
+    real(real64) :: work(3000, 1000)
+    integer :: k
+    do k = 1, size(work, 2)
+      work(:, k) = k
+    end do
+    if (sum(work(1, :)) <= 0) print '(a)', 'unreachable'
+  end subroutine dynamics_work
 end program gcm_layout
