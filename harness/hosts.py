@@ -34,7 +34,7 @@ HOSTS = ("l96", "sw")
 SECTIONS = ("model", "run", "failure")
 #: keys of the coupler's &colnn_coupler group (coupler/src/colnn_coupler.F90) with their types
 COUPLER_KEYS: dict[str, type] = {"model_file": str, "ensemble": str, "noise_sd": float,
-                                 "noise_seed": int, "check_finite": bool,
+                                 "noise_units": str, "noise_seed": int, "check_finite": bool,
                                  "online_training": bool, "optimizer": str, "loss": str}
 #: keys whose values are paths: relative ones are taken from the TOML file's directory
 PATH_KEYS = {"init_file", "output_dir", "model_file", "ensemble"}
@@ -165,7 +165,12 @@ def host_run_from_dict(data: Mapping[str, Any], base_dir: Path, source: str = "c
             default = known[key]
             if isinstance(default, type):
                 default = default() if default is not bool else False
-            value = _check_type(where, value, default)
+            if section == "coupler" and key == "noise_sd" and isinstance(value, list):
+                # one sd per input feature
+                value = _check_type(where, value, [0.0] * len(value)) if value else \
+                    _check_type(where, value, 0.0)
+            else:
+                value = _check_type(where, value, default)
             if key in PATH_KEYS and isinstance(value, str) and value:
                 value = str((base_dir / value).resolve())
             checked[key] = value

@@ -154,7 +154,7 @@ def test_fortran_host_openmp_chunk_loop(fortran_host: Path, tmp_path: Path, kind
     (dict(model_file="MODEL"), 5, 4, "the model maps 6 inputs to 4 outputs, the host passes 5"),
     (dict(model_file="MODEL"), 6, 3, "expects 3"),
     (dict(model_file="/nonexistent/m.colnn"), 6, 4, "/nonexistent/m.colnn: no such file"),
-    (dict(ensemble="ENS", noise_sd=-1.0), 6, 4, "noise_sd must be >= 0"),
+    (dict(ensemble="ENS", noise_sd=-1.0), 6, 4, "noise_sd must be finite and >= 0"),
 ])
 def test_bad_configuration_fails_at_init(c_host: Path, tmp_path: Path, entries: dict, n_in: int,
                                          n_out: int, message: str) -> None:
@@ -320,3 +320,69 @@ def test_the_installed_package_leaves_the_host_alone(installed: Path) -> None:
         text = pc.read_text()
         assert "openblas" not in text and "-fopenmp" not in text, pc
         assert "-Wl,-rpath,${libdir}" in text, pc
+
+
+def _normalizing_member(path: Path, variance: np.ndarray) -> None:
+    """Normalization (mean 0, the given variances) then an identity Dense: the output is the
+    normalized input, so the noise the network saw can be read off its output."""
+    from harness.modelfile import Activation, LayerSpec, ModelSpec
+    n = variance.size
+    write_model(ModelSpec("float32", n, [
+        LayerSpec("normalization", "norm", {"epsilon": 0.0, "invert": False},
+                  {"mean": np.zeros(n), "variance": variance}),
+        LayerSpec("dense", "id", {"units": n, "use_bias": False,
+                                  "activation": Activation.make("linear")},
+                  {"kernel": np.eye(n)})]), path)
+
+
+@pytest.mark.parametrize("units, sd, expected", [
+    ("normalized", "0.1", [0.1] * 6),
+    ("auto", "0.1", [0.1] * 6),
+    ("raw", "0.1", [0.1 / s for s in (1, 10, 100, 1, 10, 100)]),
+    ("normalized", "0.1, 0.2, 0.3, 0.1, 0.2, 0.3", [0.1, 0.2, 0.3] * 2),
+])
+def test_noise_per_feature_in_normalized_units(c_host: Path, tmp_path: Path, units: str,
+                                               sd: str, expected: list[float]) -> None:
+    """Inputs in physical units (here variances 1, 1e2, 1e4): noise in the model's normalized
+    units is the same size for every feature; in raw units it drowns in some and vanishes in
+    others. Per-feature values too."""
+    variance = np.array([1.0, 1e2, 1e4] * 2)
+    ens = tmp_path / "ens"
+    ens.mkdir()
+    for m in range(2):
+        _normalizing_member(ens / f"m{m}.colnn", variance)
+    nml = tmp_path / "c.nml"
+    nml.write_text(f"&colnn_coupler ensemble = '{ens}', noise_sd = {sd}, noise_seed = 3, "
+                   f"noise_units = '{units}' /\n")
+    out = subprocess.run([str(c_host), str(nml), "6", "6", "4000", "500"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    y = np.array([[float(v) for v in line.split()] for line in out.stdout.splitlines()])
+    x = host_inputs(6, 4000).astype(np.float64)
+    # the mean of 2 members' independent noise: sd / sqrt(2)
+    seen = (y - x / np.sqrt(variance)).std(axis=0) * np.sqrt(2)
+    np.testing.assert_allclose(seen, expected, rtol=0.06)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("noise_sd = 0.1, 0.2", "noise_sd gives 2 values; give 1, or one per input feature (6)"),
+    ("noise_sd = 0.1, noise_units = 'sigma'", "noise_units must be 'auto', 'raw' or"),
+    ("noise_sd = 0.1, -0.2", "noise_sd must be finite and >= 0"),
+    ("noise_sd = 0.1, noise_units = 'normalized', MIXED", "does not"),
+    ("noise_sd = 0.1, MIXED", "some members normalize their inputs and some do not"),
+])
+def test_bad_noise_settings_fail_at_init(c_host: Path, tmp_path: Path, text: str,
+                                         message: str) -> None:
+    ens = tmp_path / "ens"
+    ens.mkdir()
+    _normalizing_member(ens / "a.colnn", np.ones(6))
+    if "MIXED" in text:
+        write_model(member(np.random.default_rng(0), n_out=6), ens / "b.colnn")
+        text = text.replace(", MIXED", "")
+    else:
+        _normalizing_member(ens / "b.colnn", np.ones(6))
+    nml = tmp_path / "c.nml"
+    nml.write_text(f"&colnn_coupler ensemble = '{ens}', {text} /\n")
+    out = subprocess.run([str(c_host), str(nml), "6", "6", "10", "5"], capture_output=True,
+                         text=True)
+    assert out.returncode == 1 and message in out.stderr, out.stderr

@@ -6,6 +6,7 @@ path before anything is written, never turned into another value."""
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,14 @@ def test_the_writer_refuses_what_it_cannot_write_exactly(tmp_path: Path) -> None
         namelist_text(run)
     with pytest.raises(HostError, match=r"run.dt: must be a finite number, got inf"):
         host_run_from_dict({"host": "sw", "run": {"dt": math.inf}}, tmp_path)
+
+
+def test_coupler_noise_per_feature(tmp_path: Path) -> None:
+    run = host_run_from_dict({"host": "l96", "coupler": {
+        "ensemble": "ens", "noise_sd": [0.1, 0.2, 0.3], "noise_units": "normalized"}}, tmp_path)
+    group = f90nml.reads(namelist_text(run))["colnn_coupler"]
+    assert group["noise_sd"] == [0.1, 0.2, 0.3] and group["noise_units"] == "normalized"
+    for bad, message in (([], "expected a number"), ([0.1, math.nan], "noise_sd[1]: must be a "
+                                                       "finite number")):
+        with pytest.raises(HostError, match=re.escape(message)):
+            host_run_from_dict({"host": "l96", "coupler": {"noise_sd": bad}}, tmp_path)

@@ -19,7 +19,11 @@ module colnn_coupler
     character(len=64) :: name = ''             !< the scheme's name (several schemes, one file)
     character(len=1024) :: model_file = ''     !< a colnn (or FKB) file, or
     character(len=1024) :: ensemble = ''       !< a directory of *.colnn files or a list file
-    real :: noise_sd = 0.0                     !< ensemble input noise (one sd for all inputs)
+    !> ensemble input noise: one sd for every input, or one per input feature
+    real, allocatable :: noise_sd(:)
+    !> 'auto' (normalized when every member begins with a Normalization layer, raw when none
+    !> does), 'normalized' (in the units after that layer) or 'raw' (the host's units)
+    character(len=16) :: noise_units = 'auto'
     integer :: noise_seed = 0
     logical :: check_finite = .true.           !< NaN/Inf inputs or outputs set errflg
     logical :: online_training = .false.       !< _run with targets takes one optimizer step
@@ -134,8 +138,9 @@ contains
       else
         call self%ens%load_list(trim(found%ensemble), stat, errmsg)
       end if
-      if (stat == 0 .and. found%noise_sd > 0) call self%ens%set_noise( &
-        [real(found%noise_sd, wp)], int(found%noise_seed, 8), stat, errmsg)
+      if (stat == 0 .and. any(found%noise_sd > 0)) then
+        call set_ensemble_noise(self, found, stat, errmsg)
+      end if
       if (stat == 0) then
         self%n_in = self%ens%n_inputs
         self%n_out = self%ens%n_outputs
@@ -174,6 +179,54 @@ contains
     self%initialized = .true.
   end subroutine scheme_init
 
+  !> The ensemble's input noise from the configuration: one sd or one per feature, in raw or
+  !> normalized units ('auto': normalized when every member normalizes its inputs).
+  subroutine set_ensemble_noise(self, cfg, stat, errmsg)
+    class(colnn_scheme_t), intent(inout) :: self
+    type(colnn_coupler_config_t), intent(in) :: cfg
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    character(len=512) :: msg
+    if (size(cfg%noise_sd) /= 1 .and. size(cfg%noise_sd) /= self%ens%n_inputs) then
+      stat = 3
+      errmsg = 'noise_sd gives '//itoa(size(cfg%noise_sd))//' values; give 1, or one per '// &
+               'input feature ('//itoa(self%ens%n_inputs)//')'
+      return
+    end if
+    select case (cfg%noise_units)
+    case ('raw')
+      call self%ens%set_noise(real(cfg%noise_sd, wp), int(cfg%noise_seed, 8), stat, errmsg)
+    case ('normalized')
+      call self%ens%set_noise(real(cfg%noise_sd, wp), int(cfg%noise_seed, 8), stat, errmsg, &
+                              normalized=.true.)
+    case default
+      ! 'auto': normalized if the members allow it, raw if none normalizes, an error if some do
+      call self%ens%set_noise(real(cfg%noise_sd, wp), int(cfg%noise_seed, 8), stat, msg, &
+                              normalized=.true.)
+      if (stat /= 0) then
+        if (any_normalizes(self%ens)) then
+          errmsg = 'noise_units = ''auto'': '//trim(msg)//' (some members normalize their '// &
+                   'inputs and some do not: say noise_units = ''raw'' or make them agree)'
+          return
+        end if
+        call self%ens%set_noise(real(cfg%noise_sd, wp), int(cfg%noise_seed, 8), stat, errmsg)
+      end if
+    end select
+  end subroutine set_ensemble_noise
+
+  logical function any_normalizes(ens)
+    type(ensemble_t), intent(in) :: ens
+    integer :: m
+    any_normalizes = .false.
+    do m = 1, ens%n_members
+      if (ens%members(m)%n_layers < 1) cycle
+      select type (first => ens%members(m)%layers(1)%layer)
+      type is (normalization_t)
+        if (.not. first%invert) any_normalizes = .true.
+      end select
+    end do
+  end function any_normalizes
+
   !> The &colnn_coupler group named `want` ('' : the file's only group), checked.
   subroutine read_group(config_file, want, found, errmsg, errflg)
     character(len=*), intent(in) :: config_file, want
@@ -182,14 +235,17 @@ contains
     integer, intent(out) :: errflg
     character(len=64) :: name
     character(len=1024) :: model_file, ensemble
-    real :: noise_sd
-    integer :: noise_seed, u, ios, n_groups, n_match
+    integer, parameter :: MAX_NOISE = 100000
+    real :: noise_sd(MAX_NOISE)
+    character(len=16) :: noise_units
+    integer :: noise_seed, u, ios, n_groups, n_match, n_sd
     logical :: check_finite, online_training
     character(len=256) :: optimizer
     character(len=64) :: loss
     character(len=512) :: iomsg
     character(len=:), allocatable :: context
-    namelist /colnn_coupler/ name, model_file, ensemble, noise_sd, noise_seed, check_finite, &
+    namelist /colnn_coupler/ name, model_file, ensemble, noise_sd, noise_units, noise_seed, &
+      check_finite, &
       online_training, optimizer, loss
 
     errflg = 1
@@ -204,7 +260,9 @@ contains
     n_match = 0
     do
       ! each group starts from the defaults: nothing carries over from the one before
-      name = ''; model_file = ''; ensemble = ''; noise_sd = 0; noise_seed = 0
+      ! an unset noise_sd element keeps -huge: the values given are the leading ones
+      name = ''; model_file = ''; ensemble = ''; noise_sd = -huge(1.0); noise_seed = 0
+      noise_units = 'auto'
       check_finite = .true.; online_training = .false.
       optimizer = 'adam learning_rate=0.0001'; loss = 'mse'
       read (u, nml=colnn_coupler, iostat=ios, iomsg=iomsg)
@@ -212,7 +270,9 @@ contains
       n_groups = n_groups + 1
       if (trim(name) /= want .and. len(want) > 0) cycle
       n_match = n_match + 1
-      if (n_match == 1) found = colnn_coupler_config_t(name, model_file, ensemble, noise_sd, &
+      n_sd = count(noise_sd /= -huge(1.0))
+      if (n_match == 1) found = colnn_coupler_config_t(name, model_file, ensemble, &
+                                                       noise_sd(1:n_sd), noise_units, &
                                                        noise_seed, check_finite, &
                                                        online_training, optimizer, loss)
     end do
@@ -246,11 +306,24 @@ contains
       errmsg = context//': '//trim(config_file)//': give exactly one of model_file and ensemble'
       return
     end if
-    if (found%noise_sd < 0 .or. found%noise_sd /= found%noise_sd) then
-      errmsg = context//': '//trim(config_file)//': noise_sd must be >= 0'
+    if (any(found%noise_sd < 0 .or. found%noise_sd /= found%noise_sd) .or. &
+        any(abs(found%noise_sd) > huge(1.0))) then
+      errmsg = context//': '//trim(config_file)//': noise_sd must be finite and >= 0'
       return
     end if
-    if (found%noise_sd > 0 .and. len_trim(found%ensemble) == 0) then
+    if (count(found%noise_sd /= -huge(1.0)) /= size(found%noise_sd)) then
+      errmsg = context//': '//trim(config_file)//': noise_sd must give its values from the '// &
+               'first feature on, without gaps'
+      return
+    end if
+    select case (found%noise_units)
+    case ('auto', 'raw', 'normalized')
+    case default
+      errmsg = context//': '//trim(config_file)//": noise_units must be 'auto', 'raw' or "// &
+               "'normalized', got '"//trim(found%noise_units)//"'"
+      return
+    end select
+    if (any(found%noise_sd > 0) .and. len_trim(found%ensemble) == 0) then
       errmsg = context//': '//trim(config_file)//': input noise needs an ensemble'
       return
     end if

@@ -11,6 +11,7 @@ module colnn_ensemble
   use colnn_status
   use colnn_strings, only: str
   use colnn_network, only: network_t, workspace_t
+  use colnn_normalization, only: normalization_t
   use colnn_textio, only: text_reader_t
   use colnn_strings, only: next_token
   use colnn_random, only: add_gaussian_noise
@@ -45,6 +46,10 @@ module colnn_ensemble
     type(network_t), allocatable :: members(:)
     type(path_t), allocatable :: paths(:)
     real(wp), allocatable :: noise_sd(:)     !< (n_inputs); all zero: no noise
+    !> (n_inputs, n_members): each member's noise in raw input units (noise_sd itself, or
+    !> noise_sd times the member's input normalization when the noise is in normalized units)
+    real(wp), allocatable :: member_sd(:, :)
+    logical :: noise_normalized = .false.
     logical :: has_noise = .false.
     integer(i8) :: seed = 0
     integer(i8) :: calls = 0                 !< forward calls so far (part of the noise key)
@@ -89,6 +94,7 @@ contains
     end if
     if (allocated(self%paths)) deallocate (self%paths)
     if (allocated(self%noise_sd)) deallocate (self%noise_sd)
+    if (allocated(self%member_sd)) deallocate (self%member_sd)
     self%n_members = 0
     self%n_inputs = 0
     self%n_outputs = 0
@@ -140,8 +146,9 @@ contains
     self%n_members = n
     self%n_inputs = self%members(1)%n_inputs
     self%n_outputs = self%members(1)%n_outputs
-    allocate (self%noise_sd(self%n_inputs))
+    allocate (self%noise_sd(self%n_inputs), self%member_sd(self%n_inputs, n))
     self%noise_sd = 0
+    self%member_sd = 0
   end subroutine ensemble_load_files
 
   !> Members are the files ending in `suffix` (default '.colnn') in `dir`, in name order.
@@ -239,12 +246,18 @@ contains
   end subroutine ensemble_load_list
 
   !> Gaussian input noise: `sd` has one value per input feature, or one for all (size 1).
-  subroutine ensemble_set_noise(self, sd, seed, stat, errmsg)
+  subroutine ensemble_set_noise(self, sd, seed, stat, errmsg, normalized)
     class(ensemble_t), intent(inout) :: self
     real(wp), intent(in) :: sd(:)
     integer(i8), intent(in) :: seed
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
+    !> sd is in the units each member sees after its leading Normalization layer (every member
+    !> must begin with one); the noise added to the raw inputs is scaled per member and feature
+    logical, intent(in), optional :: normalized
+    real(wp), allocatable :: scale(:)
+    integer :: m
+    logical :: norm
     stat = COLNN_OK
     errmsg = ''
     if (.not. self%is_loaded()) then
@@ -268,6 +281,23 @@ contains
     else
       self%noise_sd = sd
     end if
+    norm = .false.
+    if (present(normalized)) norm = normalized
+    do m = 1, self%n_members
+      if (norm) then
+        call input_scale(self%members(m), scale, stat)
+        if (stat /= 0) then
+          stat = COLNN_ERR_ARGUMENT
+          errmsg = 'ensemble set_noise: noise in normalized units needs every member to begin '// &
+                   'with a Normalization layer; '//self%paths(m)%s//' does not'
+          return
+        end if
+        self%member_sd(:, m) = self%noise_sd * scale
+      else
+        self%member_sd(:, m) = self%noise_sd
+      end if
+    end do
+    self%noise_normalized = norm
     self%has_noise = any(self%noise_sd > 0)
     self%seed = seed
     self%calls = 0
@@ -447,6 +477,22 @@ contains
     end if
   end subroutine grow
 
+  !> The divisor of a network's leading Normalization layer per input feature (stat /= 0: the
+  !> network does not begin with one that normalizes).
+  subroutine input_scale(net, scale, stat)
+    type(network_t), intent(in) :: net
+    real(wp), allocatable, intent(out) :: scale(:)
+    integer, intent(out) :: stat
+    stat = 1
+    if (net%n_layers < 1) return
+    select type (first => net%layers(1)%layer)
+    type is (normalization_t)
+      if (first%invert) return
+      scale = first%sd
+      stat = 0
+    end select
+  end subroutine input_scale
+
   logical function in_parallel()
     in_parallel = .false.
     !$ in_parallel = omp_in_parallel()
@@ -461,7 +507,7 @@ contains
     character(len=512) :: msg
     associate (y => sc%yout(1:self%n_outputs, 1:nc, m))
       if (self%has_noise) then
-        call add_gaussian_noise(self%seed, m, key, col0, self%n_inputs, nc, self%noise_sd, &
+        call add_gaussian_noise(self%seed, m, key, col0, self%n_inputs, nc, self%member_sd(:, m), &
                                 x, sc%xn(1:self%n_inputs, 1:nc, m))
         call self%members(m)%forward_ws(sc%ws(m), sc%xn(1:self%n_inputs, 1:nc, m), y, &
                                         sc%member_stat(m), msg)

@@ -112,7 +112,7 @@ contains
       call run_coarse(cfg, s, r, stat, errmsg)
     end if
     if (cfg%mode == 'coarse' .and. cfg%closure == 'nn') then
-      call record_coupler_timers(r)
+      call record_coupler_timers(r, s%comm)
       call colnn_coupler_finalize(msg2, ierr)
     end if
     if (stat /= 0) then
@@ -853,14 +853,19 @@ contains
     end if
   end function mean_finite
 
-  !> The coupler's own account of this rank's network calls, into result.json's extras.
-  subroutine record_coupler_timers(r)
+  !> The coupler's own account of the network calls, into result.json's extras: calls and
+  !> columns summed over the ranks, seconds of the slowest rank.
+  subroutine record_coupler_timers(r, comm)
     type(run_result_t), intent(inout) :: r
-    integer(i8) :: calls, columns
-    real(dp) :: seconds
-    call colnn_coupler_timers(calls, columns, seconds)
-    call r%add_extra('coupler_calls', real(calls, dp))
-    call r%add_extra('coupler_columns', real(columns, dp))
-    call r%add_extra('coupler_seconds', seconds)
+    type(MPI_Comm), intent(in) :: comm
+    integer(i8) :: counts(2), total(2)
+    real(dp) :: seconds, slowest
+    integer :: ierr
+    call colnn_coupler_timers(counts(1), counts(2), seconds)
+    call MPI_Allreduce(counts, total, 2, MPI_INTEGER8, MPI_SUM, comm, ierr)
+    call MPI_Allreduce(seconds, slowest, 1, MPI_DOUBLE_PRECISION, MPI_MAX, comm, ierr)
+    call r%add_extra('coupler_calls', real(total(1), dp))
+    call r%add_extra('coupler_columns', real(total(2), dp))
+    call r%add_extra('coupler_seconds', slowest)
   end subroutine record_coupler_timers
 end module l96_host
