@@ -26,8 +26,17 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise HarnessError(f"give the file to write with -o OUT (or a study directory to run "
                            f"its convert stage; {args.input} is not one)")
     limit = {} if args.read_timeout is None else {"read_timeout": args.read_timeout}
-    spec = convert(args.input, args.output, src_format=args.src_format, dst_format=args.dst_format,
-                   fkb_precision=args.fkb_precision, **limit)
+    if args.inputs_meta or args.outputs_meta:
+        from .convert import load_any, save_any
+        from .features import read_feature_csv, with_features
+        spec = load_any(args.input, args.src_format, fkb_precision=args.fkb_precision, **limit)
+        spec = with_features(
+            spec, read_feature_csv(args.inputs_meta) if args.inputs_meta else None,
+            read_feature_csv(args.outputs_meta) if args.outputs_meta else None, str(args.input))
+        save_any(spec, args.output, args.dst_format)
+    else:
+        spec = convert(args.input, args.output, src_format=args.src_format,
+                       dst_format=args.dst_format, fkb_precision=args.fkb_precision, **limit)
     print(f"{args.input} -> {args.output}: {len(spec.layers)} layers, {spec.n_inputs} -> "
           f"{spec.n_outputs}, {spec.n_params} parameters, {spec.precision}")
     return 0
@@ -57,6 +66,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
         act_text = f"  {act.to_text()}" if act is not None else ""
         print(f"  {i:3d} {layer.type:20s} {layer.name:24s} {n_in:6d} -> {n_out:<6d}{act_text}")
         n_in = n_out
+    from .features import features_of
+    for side in ("input", "output"):
+        features = features_of(spec, side)
+        if features:
+            print(f"{side}s (name level units):")
+            for k, f in enumerate(features, start=1):
+                print(f"  {k:4d} {f.name:20s} {f.level:10s} {f.units}")
+        else:
+            print(f"{side}s: not described (harness convert --{side}s-meta CSV)")
     return 0
 
 
@@ -171,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="model file to write")
     c.add_argument("--from", dest="src_format", choices=formats, help="format of IN")
     c.add_argument("--to", dest="dst_format", choices=formats, help="format of OUT")
+    c.add_argument("--inputs-meta", metavar="CSV",
+                   help="what each input feature is: a CSV file with the header name,level,units "
+                        "and one row per input, in order (written as meta lines; the coupler "
+                        "checks a host's declared variables against them)")
+    c.add_argument("--outputs-meta", metavar="CSV", help="the same for the outputs")
     c.add_argument("--fkb-precision", choices=["float32", "float64"], default="float32",
                    help="precision to read an FKB IN's values in: FKB files do not say theirs; "
                         "FKB's default build writes single, its REAL64 build double "

@@ -179,22 +179,22 @@ TWO_SCHEMES_C = r"""
 int main(int argc, char **argv) {
   char err[1024];
   int conv = 0, rad = 0, dup = 0, nc = 5;
-  if (colnn_scheme_init(argv[1], "convection", 6, 4, &conv, err, sizeof err)) { printf("init conv: %s\n", err); return 1; }
-  if (colnn_scheme_init(argv[1], "radiation", 6, 3, &rad, err, sizeof err)) { printf("init rad: %s\n", err); return 1; }
+  if (colnn_scheme_init(argv[1], "convection", 6, 4, NULL, NULL, &conv, err, sizeof err)) { printf("init conv: %s\n", err); return 1; }
+  if (colnn_scheme_init(argv[1], "radiation", 6, 3, NULL, NULL, &rad, err, sizeof err)) { printf("init rad: %s\n", err); return 1; }
   colnn_real x[6 * 5], yc[4 * 5], yr[3 * 5];
   for (int i = 0; i < 6 * nc; i++) x[i] = (colnn_real)(0.05 * (i % 11) - 0.2);
   if (colnn_scheme_run(conv, x, nc, yc, 0, 1, NULL, err, sizeof err)) { printf("run conv: %s\n", err); return 1; }
   if (colnn_scheme_run(rad, x, nc, yr, 0, 1, NULL, err, sizeof err)) { printf("run rad: %s\n", err); return 1; }
   for (int j = 0; j < nc; j++) { for (int i = 0; i < 4; i++) printf("%.8e ", (double)yc[j * 4 + i]); printf("\n"); }
   for (int j = 0; j < nc; j++) { for (int i = 0; i < 3; i++) printf("%.8e ", (double)yr[j * 3 + i]); printf("\n"); }
-  printf("same name -> %d: %s\n", colnn_scheme_init(argv[1], "radiation", 6, 3, &dup, err, sizeof err), err);
-  printf("unknown name -> %d: %s\n", colnn_scheme_init(argv[1], "chemistry", 6, 3, &dup, err, sizeof err), err);
-  printf("no name -> %d: %s\n", colnn_scheme_init(argv[1], "", 6, 3, &dup, err, sizeof err), err);
+  printf("same name -> %d: %s\n", colnn_scheme_init(argv[1], "radiation", 6, 3, NULL, NULL, &dup, err, sizeof err), err);
+  printf("unknown name -> %d: %s\n", colnn_scheme_init(argv[1], "chemistry", 6, 3, NULL, NULL, &dup, err, sizeof err), err);
+  printf("no name -> %d: %s\n", colnn_scheme_init(argv[1], "", 6, 3, NULL, NULL, &dup, err, sizeof err), err);
   if (colnn_scheme_finalize(rad, err, sizeof err)) { printf("finalize: %s\n", err); return 1; }
   printf("after finalize -> %d: %s\n", colnn_scheme_run(rad, x, nc, yr, 0, 1, NULL, err, sizeof err), err);
   printf("bad id -> %d: %s\n", colnn_scheme_run(42, x, nc, yr, 0, 1, NULL, err, sizeof err), err);
   printf("conv still -> %d\n", colnn_scheme_run(conv, x, nc, yc, 0, 1, NULL, err, sizeof err));
-  if (colnn_scheme_init(argv[1], "radiation", 6, 3, &dup, err, sizeof err)) { printf("re-init: %s\n", err); return 1; }
+  if (colnn_scheme_init(argv[1], "radiation", 6, 3, NULL, NULL, &dup, err, sizeof err)) { printf("re-init: %s\n", err); return 1; }
   printf("re-init id %d (was %d)\n", dup, rad);
   int64_t calls, cols; double secs;
   if (colnn_scheme_timers(conv, &calls, &cols, &secs, err, sizeof err)) { printf("timers: %s\n", err); return 1; }
@@ -386,3 +386,55 @@ def test_bad_noise_settings_fail_at_init(c_host: Path, tmp_path: Path, text: str
     out = subprocess.run([str(c_host), str(nml), "6", "6", "10", "5"], capture_output=True,
                          text=True)
     assert out.returncode == 1 and message in out.stderr, out.stderr
+
+
+DECLARED_C = r"""
+#include <stdio.h>
+#include "colnn_coupler.h"
+int main(int argc, char **argv) {
+  char err[1024];
+  int s = 0;
+  int rc = colnn_scheme_init(argv[1], "", 6, 4, argv[2], argv[3][0] ? argv[3] : NULL, &s,
+                             err, sizeof err);
+  printf("%d: %s\n", rc, err);
+  return 0;
+}
+"""
+
+
+def test_declared_variables_are_checked_at_init(installed: Path, tmp_path: Path) -> None:
+    """A host that declares its variables gets an error naming the position, the host's value
+    and the model's when they differ, and when the model does not describe its inputs."""
+    from harness.features import Feature, with_features
+    spec = member(np.random.default_rng(0))
+    ins = [Feature("ta", lev, "K") for lev in ("850", "500", "250")] + \
+        [Feature("qv", lev, "kg/kg") for lev in ("850", "500", "250")]
+    outs = [Feature("dtdt", lev, "K/s") for lev in ("850", "500", "250", "100")]
+    described, plain = tmp_path / "described.colnn", tmp_path / "plain.colnn"
+    write_model(with_features(spec, ins, outs), described)
+    write_model(spec, plain)
+    src = tmp_path / "declare.c"
+    src.write_text(DECLARED_C)
+    pc = next(installed.glob("lib*/pkgconfig"))
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "colnn_coupler"],
+                           capture_output=True, text=True, check=True,
+                           env=dict(os.environ, PKG_CONFIG_PATH=str(pc))).stdout.split()
+    exe = tmp_path / "declare"
+    subprocess.run(["gcc", "-o", str(exe), str(src), *flags], check=True)
+    good_in = "\n".join(f.text() for f in ins)
+    good_out = "\n".join(f.text() for f in outs)
+
+    def init(model: Path, inputs: str, outputs: str = "") -> str:
+        nml = namelist(tmp_path / "c.nml", model_file=model)
+        return subprocess.run([str(exe), str(nml), inputs, outputs], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    assert init(described, good_in, good_out) == "0:"
+    assert init(described, good_in.replace("ta 500 K", "ta  500   K")) == "0:"  # blanks
+    bad = init(described, good_in.replace("qv 500 kg/kg", "qv 500 g/kg"))
+    assert bad.startswith("1: colnn_coupler_init: input_vars(5) is 'qv 500 g/kg', the model")
+    assert "has 'qv 500 kg/kg' at input 5" in bad
+    bad = init(described, good_in, good_out.replace("dtdt 100 K/s\n", "").rsplit("\n", 1)[0])
+    assert "output_vars declares 2 variables" in bad or "output_vars declares 3" in bad, bad
+    bad = init(plain, good_in)
+    assert "does not describe its inputs (record them with harness convert --inputs-meta" in bad

@@ -26,8 +26,11 @@ int colnn_coupler_finalize(char *errmsg, size_t errmsg_len);
  * (name "" : the file's only group). Two live schemes cannot share a name. A finalized id
  * stays invalid: using it is an error, never another scheme. colnn_scheme_run has the
  * arguments and the thread safety of colnn_coupler_run. */
+/* input_vars, output_vars: NULL, or what the host passes / expects at each position, one
+ * "NAME LEVEL UNITS" a line, checked against the model's recorded features. */
 int colnn_scheme_init(const char *config, const char *name, int n_inputs, int n_outputs,
-                      int *scheme, char *errmsg, size_t errmsg_len);
+                      const char *input_vars, const char *output_vars, int *scheme,
+                      char *errmsg, size_t errmsg_len);
 int colnn_scheme_run(int scheme, const colnn_real *inputs, int n_columns, colnn_real *outputs,
                      int64_t column_offset, int64_t step, const colnn_real *targets,
                      char *errmsg, size_t errmsg_len);

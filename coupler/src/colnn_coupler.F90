@@ -89,13 +89,19 @@ contains
   !> Reads the scheme's &colnn_coupler group from `config_file`, loads its model, checks that it
   !> maps n_inputs host features to n_outputs. `name` picks the group whose `name` key matches
   !> (a file may hold several); without it the file must hold one group.
-  subroutine scheme_init(self, config_file, n_inputs, n_outputs, errmsg, errflg, name)
+  subroutine scheme_init(self, config_file, n_inputs, n_outputs, errmsg, errflg, name, &
+                         input_vars, output_vars)
     class(colnn_scheme_t), intent(inout) :: self
     character(len=*), intent(in) :: config_file  !! namelist file with &colnn_coupler group(s)
     integer, intent(in) :: n_inputs, n_outputs   !! features per column the host passes, expects
     character(len=*), intent(out) :: errmsg
     integer, intent(out) :: errflg
     character(len=*), intent(in), optional :: name !! the group's `name` (several schemes)
+    !> what the host passes at each input position, 'NAME LEVEL UNITS' (checked against the
+    !> model's recorded features: harness convert --inputs-meta)
+    character(len=*), intent(in), optional :: input_vars(:)
+    !> what the host expects at each output position, 'NAME LEVEL UNITS'
+    character(len=*), intent(in), optional :: output_vars(:)
     character(len=:), allocatable :: want, context
     type(colnn_coupler_config_t) :: found
     logical :: is_dir
@@ -171,6 +177,13 @@ contains
       call release(self)
       return
     end if
+    if (present(input_vars)) call check_declared(self, 'input', input_vars, context, errmsg, errflg)
+    if (errflg == 0 .and. present(output_vars)) &
+      call check_declared(self, 'output', output_vars, context, errmsg, errflg)
+    if (errflg /= 0) then
+      call release(self)
+      return
+    end if
     self%config_file = config_file
     self%calls = 0
     self%columns = 0
@@ -178,6 +191,88 @@ contains
     call register_name(found%name)
     self%initialized = .true.
   end subroutine scheme_init
+
+  !> The host's declared variables of one side against the model's recorded features (every
+  !> ensemble member's).
+  subroutine check_declared(self, side, declared, context, errmsg, errflg)
+    class(colnn_scheme_t), intent(in) :: self
+    character(len=*), intent(in) :: side, declared(:), context
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    integer :: m
+    errflg = 0
+    errmsg = ''
+    if (self%use_ensemble) then
+      do m = 1, self%ens%n_members
+        call check_against(self%ens%members(m), side, declared, context, errmsg, errflg)
+        if (errflg /= 0) return
+      end do
+    else
+      call check_against(self%net, side, declared, context, errmsg, errflg)
+    end if
+  end subroutine check_declared
+
+  subroutine check_against(net, side, declared, context, errmsg, errflg)
+    type(network_t), intent(in) :: net
+    character(len=*), intent(in) :: side, declared(:), context
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    character(len=256), allocatable :: recorded(:)
+    integer :: k, n, pos, m_index
+    character(len=:), allocatable :: key
+    errflg = 1
+    n = merge(net%n_inputs, net%n_outputs, side == 'input')
+    if (size(declared) /= n) then
+      errmsg = context//': '//side//'_vars declares '//itoa(size(declared))// &
+               ' variables, the model ('//net%source//') has '//itoa(n)//' '//side//'s'
+      return
+    end if
+    allocate (recorded(n))
+    recorded = ''
+    key = side//'_feature '
+    do k = 1, size(net%meta)
+      if (index(net%meta(k), key) /= 1) cycle
+      read (net%meta(k)(len(key) + 1:), *, iostat=pos) m_index
+      if (pos /= 0 .or. m_index < 1 .or. m_index > n) cycle
+      pos = index(net%meta(k)(len(key) + 1:), ' ') + len(key)
+      recorded(m_index) = squeeze(net%meta(k)(pos + 1:))
+    end do
+    if (all(recorded == '')) then
+      errmsg = context//': the host declares its '//side//' variables, but the model ('// &
+               net%source//') does not describe its '//side//'s (record them with harness '// &
+               'convert --'//side//'s-meta CSV)'
+      return
+    end if
+    do k = 1, n
+      if (squeeze(declared(k)) /= recorded(k)) then
+        errmsg = context//': '//side//'_vars('//itoa(k)//") is '"//squeeze(declared(k))// &
+                 "', the model ("//net%source//") has '"//trim(recorded(k))//"' at "//side// &
+                 ' '//itoa(k)
+        return
+      end if
+    end do
+    errflg = 0
+    errmsg = ''
+  end subroutine check_against
+
+  !> Blank-separated tokens joined by single blanks.
+  pure function squeeze(text) result(s)
+    character(len=*), intent(in) :: text
+    character(len=:), allocatable :: s
+    integer :: k
+    logical :: gap
+    s = ''
+    gap = .false.
+    do k = 1, len_trim(text)
+      if (text(k:k) == ' ' .or. text(k:k) == achar(9)) then
+        gap = len(s) > 0
+      else
+        if (gap) s = s//' '
+        s = s//text(k:k)
+        gap = .false.
+      end if
+    end do
+  end function squeeze
 
   !> The ensemble's input noise from the configuration: one sd or one per feature, in raw or
   !> normalized units ('auto': normalized when every member normalizes its inputs).
@@ -713,13 +808,16 @@ contains
   ! The module-level scheme: one per program, as CCPP calls a scheme.
 
   !> Reads the namelist, loads the model, checks it maps n_inputs host features to n_outputs.
-  subroutine colnn_coupler_init(config_file, n_inputs, n_outputs, errmsg, errflg, name)
+  subroutine colnn_coupler_init(config_file, n_inputs, n_outputs, errmsg, errflg, name, &
+                                input_vars, output_vars)
     character(len=*), intent(in) :: config_file
     integer, intent(in) :: n_inputs, n_outputs
     character(len=*), intent(out) :: errmsg
     integer, intent(out) :: errflg
     character(len=*), intent(in), optional :: name
-    call default_scheme%init(config_file, n_inputs, n_outputs, errmsg, errflg, name)
+    character(len=*), intent(in), optional :: input_vars(:), output_vars(:)
+    call default_scheme%init(config_file, n_inputs, n_outputs, errmsg, errflg, name, &
+                             input_vars, output_vars)
   end subroutine colnn_coupler_init
 
   !> See colnn_scheme_t%run.

@@ -82,11 +82,14 @@ contains
   end function c_coupler_finalize
 
   !> int colnn_scheme_init(const char *config, const char *name, int n_inputs, int n_outputs,
-  !>                       int *scheme, char *errmsg, size_t errmsg_len)
-  integer(c_int) function c_scheme_init(config, name, n_inputs, n_outputs, scheme, errmsg, &
-                                        errmsg_len) bind(C, name='colnn_scheme_init') result(errflg)
+  !>                       const char *input_vars, const char *output_vars, int *scheme,
+  !>                       char *errmsg, size_t errmsg_len)
+  integer(c_int) function c_scheme_init(config, name, n_inputs, n_outputs, input_vars, &
+                                        output_vars, scheme, errmsg, errmsg_len) &
+      bind(C, name='colnn_scheme_init') result(errflg)
     character(kind=c_char), intent(in) :: config(*), name(*)
     integer(c_int), intent(in), value :: n_inputs, n_outputs
+    type(c_ptr), intent(in), value :: input_vars, output_vars
     integer(c_int), intent(out) :: scheme
     character(kind=c_char), intent(out) :: errmsg(*)
     integer(c_size_t), intent(in), value :: errmsg_len
@@ -96,7 +99,18 @@ contains
     integer :: flg
     scheme = 0
     allocate (p)
-    call p%init(to_f(config), int(n_inputs), int(n_outputs), msg, flg, name=to_f(name))
+    if (c_associated(input_vars) .and. c_associated(output_vars)) then
+      call p%init(to_f(config), int(n_inputs), int(n_outputs), msg, flg, name=to_f(name), &
+                  input_vars=lines(input_vars), output_vars=lines(output_vars))
+    else if (c_associated(input_vars)) then
+      call p%init(to_f(config), int(n_inputs), int(n_outputs), msg, flg, name=to_f(name), &
+                  input_vars=lines(input_vars))
+    else if (c_associated(output_vars)) then
+      call p%init(to_f(config), int(n_inputs), int(n_outputs), msg, flg, name=to_f(name), &
+                  output_vars=lines(output_vars))
+    else
+      call p%init(to_f(config), int(n_inputs), int(n_outputs), msg, flg, name=to_f(name))
+    end if
     errflg = int(flg, c_int)
     call to_c(msg, errmsg, errmsg_len)
     if (flg /= 0) then
@@ -203,6 +217,46 @@ contains
     errflg = 0
     call to_c('', errmsg, errmsg_len)
   end function c_scheme_timers
+
+  !> The lines of a NUL-terminated C string (one declared variable a line).
+  function lines(text) result(out)
+    type(c_ptr), intent(in) :: text
+    character(len=256), allocatable :: out(:)
+    character(kind=c_char), pointer :: c(:)
+    integer :: n, k, start, count
+    character(len=:), allocatable :: f
+    call c_f_pointer(text, c, [huge(1) / 2])
+    n = 0
+    do while (c(n + 1) /= c_null_char)
+      n = n + 1
+    end do
+    allocate (character(len=n) :: f)
+    do k = 1, n
+      f(k:k) = c(k)
+    end do
+    count = 0
+    do k = 1, n
+      if (f(k:k) == new_line('a')) count = count + 1
+    end do
+    if (n > 0) then
+      if (f(n:n) /= new_line('a')) count = count + 1
+    end if
+    allocate (out(count))
+    start = 1
+    count = 0
+    do k = 1, n + 1
+      if (k > n) then
+        if (start <= n) then
+          count = count + 1
+          out(count) = f(start:n)
+        end if
+      else if (f(k:k) == new_line('a')) then
+        count = count + 1
+        out(count) = f(start:k - 1)
+        start = k + 1
+      end if
+    end do
+  end function lines
 
   logical function live(scheme, p, caller, errmsg, errmsg_len)
     integer(c_int), intent(in) :: scheme
