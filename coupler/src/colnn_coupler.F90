@@ -7,6 +7,7 @@
 !> For a CCPP host, colnn_ccpp (colnn_ccpp.F90, .meta) is this scheme in CCPP's own terms.
 module colnn_coupler
   use colnn
+  use colnn_strings, only: str
   !$ use omp_lib, only: omp_in_parallel
   implicit none
   private
@@ -123,7 +124,7 @@ contains
     end if
     if (len(want) > len(found%name)) then
       errflg = 1
-      errmsg = context//': a scheme name has at most '//itoa(len(found%name))//' characters'
+      errmsg = context//': a scheme name has at most '//str(len(found%name))//' characters'
       return
     end if
     if (name_is_live(want)) then
@@ -171,9 +172,9 @@ contains
     end if
     if (self%n_in /= n_inputs .or. self%n_out /= n_outputs) then
       errflg = 1
-      errmsg = context//': the model maps '//itoa(self%n_in)//' inputs to '//itoa(self%n_out)// &
-               ' outputs, the host passes '//itoa(n_inputs)//' features and expects '// &
-               itoa(n_outputs)
+      errmsg = context//': the model maps '//str(self%n_in)//' inputs to '//str(self%n_out)// &
+               ' outputs, the host passes '//str(n_inputs)//' features and expects '// &
+               str(n_outputs)
       call release(self)
       return
     end if
@@ -223,8 +224,8 @@ contains
     errflg = 1
     n = merge(net%n_inputs, net%n_outputs, side == 'input')
     if (size(declared) /= n) then
-      errmsg = context//': '//side//'_vars declares '//itoa(size(declared))// &
-               ' variables, the model ('//net%source//') has '//itoa(n)//' '//side//'s'
+      errmsg = context//': '//side//'_vars declares '//str(size(declared))// &
+               ' variables, the model ('//net%source//') has '//str(n)//' '//side//'s'
       return
     end if
     allocate (recorded(n))
@@ -245,9 +246,9 @@ contains
     end if
     do k = 1, n
       if (squeeze(declared(k)) /= recorded(k)) then
-        errmsg = context//': '//side//'_vars('//itoa(k)//") is '"//squeeze(declared(k))// &
+        errmsg = context//': '//side//'_vars('//str(k)//") is '"//squeeze(declared(k))// &
                  "', the model ("//net%source//") has '"//trim(recorded(k))//"' at "//side// &
-                 ' '//itoa(k)
+                 ' '//str(k)
         return
       end if
     end do
@@ -284,8 +285,8 @@ contains
     character(len=512) :: msg
     if (size(cfg%noise_sd) /= 1 .and. size(cfg%noise_sd) /= self%ens%n_inputs) then
       stat = 3
-      errmsg = 'noise_sd gives '//itoa(size(cfg%noise_sd))//' values; give 1, or one per '// &
-               'input feature ('//itoa(self%ens%n_inputs)//')'
+      errmsg = 'noise_sd gives '//str(size(cfg%noise_sd))//' values; give 1, or one per '// &
+               'input feature ('//str(self%ens%n_inputs)//')'
       return
     end if
     select case (cfg%noise_units)
@@ -374,7 +375,7 @@ contains
     close (u)
     if (ios > 0) then
       errmsg = context//': '//trim(config_file)//': bad &colnn_coupler namelist (group '// &
-               itoa(n_groups + 1)//'): '//trim(iomsg)
+               str(n_groups + 1)//'): '//trim(iomsg)
       return
     end if
     if (n_groups == 0) then
@@ -383,7 +384,7 @@ contains
       return
     end if
     if (len(want) == 0 .and. n_groups > 1) then
-      errmsg = context//': '//trim(config_file)//' holds '//itoa(n_groups)//' &colnn_coupler '// &
+      errmsg = context//': '//trim(config_file)//' holds '//str(n_groups)//' &colnn_coupler '// &
                'groups: give the scheme name to use'
       return
     end if
@@ -393,7 +394,7 @@ contains
       return
     end if
     if (n_match > 1) then
-      errmsg = context//': '//trim(config_file)//': '//itoa(n_match)//" &colnn_coupler groups "// &
+      errmsg = context//': '//trim(config_file)//': '//str(n_match)//" &colnn_coupler groups "// &
                "have name = '"//want//"'"
       return
     end if
@@ -706,9 +707,9 @@ contains
     logical, intent(in) :: cf
     character(len=:), allocatable :: s
     if (cf) then
-      s = '('//itoa(columns)//', '//itoa(features)//')'
+      s = '('//str(columns)//', '//str(features)//')'
     else
-      s = '('//itoa(features)//', '//itoa(columns)//')'
+      s = '('//str(features)//', '//str(columns)//')'
     end if
   end function shape_text
 
@@ -796,13 +797,6 @@ contains
     end do
   end subroutine unregister_name
 
-  pure function itoa(i) result(s)
-    integer, intent(in) :: i
-    character(len=:), allocatable :: s
-    character(len=16) :: buf
-    write (buf, '(i0)') i
-    s = trim(buf)
-  end function itoa
 
   ! ------------------------------------------------------------------------------------------
   ! The module-level scheme: one per program, as CCPP calls a scheme.
