@@ -93,6 +93,7 @@ FIGURES: dict[str, str] = {
     "mse_vs_steps": "fig4_mse_vs_steps.png",
     "by_hyperparameter": "fig4_by_hyperparameter.png",
     "bias_curves": "fig3_bias_curves.png",
+    "survival": "fig4_survival.png",
 }
 
 DPI = 120
@@ -1250,6 +1251,115 @@ def _why_excluded(r: pd.Series) -> str:
     return "no coupled run produced a result"
 
 
+# ------------------------------------------------------------------------- survival statistics
+
+def _survival_inputs(df: pd.DataFrame, n_steps: int | None) -> Any:
+    from .survival import survival_data
+    use = usable_candidates(df)
+    return survival_data(use, _censored(use, n_steps), n_steps)
+
+
+def _fig_survival(data: Any, path: Path) -> None:
+    """Kaplan-Meier survival fraction per hyperparameter value (the paper's Fig. 4 panels as
+    survival curves): one panel per hyperparameter, continuous ones split at the median."""
+    from lifelines import KaplanMeierFitter
+    from .survival import km_groups
+    panels = [h for h in HYPERPARAMETERS if h[0] != "n_params"]
+    ncols = 4
+    nrows = math.ceil(len(panels) / ncols)
+    fig = _new_figure(4.0 * ncols, 3.2 * nrows, layout=None)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.09, top=0.9, wspace=0.3, hspace=0.45)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (col, label, _, categorical) in zip(axes, panels):
+        for group, idx in km_groups(data, data.frame[col], categorical):
+            if idx.size == 0:
+                continue
+            kmf = KaplanMeierFitter().fit(data.durations[idx], data.events[idx])
+            sf = kmf.survival_function_
+            ax.step(sf.index.to_numpy(), sf.iloc[:, 0].to_numpy(), where="post",
+                    label=f"{group} (n={idx.size})")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("steps")
+        ax.legend(fontsize=7, loc="lower left")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    axes[0].set_ylabel("fraction not yet failed")
+    fig.suptitle("Kaplan-Meier: fraction of candidates still stable, per hyperparameter value "
+                 "(censored at the budget)", fontsize=11)
+    _save(fig, path)
+
+
+def _survival_section(df: pd.DataFrame, n_steps: int | None, fig: str | None) -> list[str]:
+    from .survival import (concordance, cox_hazard_ratios, km_groups, logrank_by_group,
+                           spearman_bootstrap)
+    data = _survival_inputs(df, n_steps)
+    lines = ["## Survival statistics (censoring-aware)", ""]
+    cens = data.censored_fraction
+    lines.append(f"{data.n} candidates, {data.n_events} failed within the budget, "
+                 f"{data.n - data.n_events} censored ({_share(cens)}). A censored candidate "
+                 "survived at least the budget; these statistics use that, where Spearman's rho "
+                 "counts all of them as tied at the budget. With more than half censored, or "
+                 "fewer than ~10 failures, read every number below as a rough indication.")
+    lines.append("")
+    c = concordance(data, -data.frame["val_mse"].to_numpy(dtype=float))
+    if c["c"] is None:
+        lines.append(f"- **Concordance** (Harrell's C, offline error vs steps to failure): "
+                     f"{c['note']}.")
+    else:
+        ci = (f"95% bootstrap CI {c['low']:.2f} to {c['high']:.2f}" if c["low"] is not None
+              else "no bootstrap CI (too few comparable resamples)")
+        lines.append(f"- **Concordance** (Harrell's C, offline error vs steps to failure): "
+                     f"**{c['c']:.3f}** ({ci}, n = {c['n']}): the probability that of two "
+                     "comparable candidates the one with the lower validation MSE stays stable "
+                     "longer; 0.5 means offline error says nothing about stability, 1 that it "
+                     "orders them perfectly.")
+    use = usable_candidates(df)
+    sb = spearman_bootstrap(use["val_mse"].to_numpy(dtype=float),
+                            use["steps_to_failure"].to_numpy(dtype=float))
+    if sb["low"] is None:
+        lines.append(f"- **Spearman's rho**, bootstrap CI: {sb['note']}.")
+    else:
+        lines.append(f"- **Spearman's rho** (the paper's statistic, val_mse vs steps), 95% "
+                     f"bootstrap CI **{sb['low']:+.2f} to {sb['high']:+.2f}**: its ties at the "
+                     "budget make it weaker the more candidates are censored.")
+    lines += ["", "**Log-rank tests** (do the survival curves of a hyperparameter's values "
+              "differ? continuous ones split at the median; p < 0.05: the groups fail at "
+              "different rates):", ""]
+    rows = []
+    for col, label, _, categorical in HYPERPARAMETERS:
+        if col == "n_params":
+            continue
+        groups = km_groups(data, data.frame[col], categorical)
+        r = logrank_by_group(data, groups)
+        sizes = ", ".join(f"{g}: {i.size}" for g, i in groups if i.size)
+        rows.append([label, sizes or "–", _p_is(r["p"]) if r["p"] is not None else r["note"]])
+    lines += _md_table(["hyperparameter", "groups (n)", "log-rank p"], rows)
+    covariates = {"log10 val_mse": np.log10(data.frame["val_mse"].to_numpy(dtype=float))}
+    for col, label, _, _ in HYPERPARAMETERS:
+        covariates[label] = _coded(data.frame, col).to_numpy(dtype=float)
+    lines += ["", "**Cox proportional hazards**, one covariate at a time, standardized "
+              "(hazard ratio per standard deviation; HR > 1: candidates with a higher value "
+              "fail sooner; a CI that contains 1 says the data do not decide):", ""]
+    rows = []
+    for r in cox_hazard_ratios(data, covariates):
+        if r["hr"] is None:
+            rows.append([r["covariate"], "–", "–", r["note"]])
+        else:
+            rows.append([r["covariate"], f"{r['hr']:.2f}", f"{r['low']:.2f} to {r['high']:.2f}",
+                         _p_is(r["p"])])
+    lines += _md_table(["covariate", "hazard ratio", "95% CI", "p"], rows)
+    if fig:
+        lines += ["", f"![Kaplan-Meier survival curves per hyperparameter]({fig})"]
+    else:
+        lines += ["", "No survival curves drawn: no candidate was coupled."]
+    return lines + [""]
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
 # ----------------------------------------------------------------------------------- entry point
 
 def write_report(study_dir: Path | str) -> Path:
@@ -1276,6 +1386,8 @@ def write_report(study_dir: Path | str) -> Path:
         made["mse_vs_steps"] = FIGURES["mse_vs_steps"]
         _fig_by_hyperparameter(use, n_steps, out_dir / FIGURES["by_hyperparameter"])
         made["by_hyperparameter"] = FIGURES["by_hyperparameter"]
+        _fig_survival(_survival_inputs(df, n_steps), out_dir / FIGURES["survival"])
+        made["survival"] = FIGURES["survival"]
     facts = None
     if study.curves is not None and len(study.curves):
         label = study.summary.get("bias_label") or "bias"
@@ -1291,6 +1403,7 @@ def write_report(study_dir: Path | str) -> Path:
     lines = _header(study)
     lines += _overall_section(study, overall, bias, made.get("mse_vs_steps"))
     lines += _table2_section(table, made.get("by_hyperparameter"))
+    lines += _survival_section(df, n_steps, made.get("survival"))
     lines += _optimizer_section(opt, n_steps)
     lines += _curves_section(study, made.get("bias_curves"), facts)
     lines += _ensemble_section(df)

@@ -39,6 +39,7 @@ class PyColnnHarness(PythonPackage):
         depends_on("py-optuna@3.5:")
         depends_on("py-mpi4py@3.1:")
         depends_on("py-f90nml@1.4:")  # the hosts' namelist files
+        depends_on("py-lifelines@0.27:")  # the report's survival statistics
         depends_on("py-tensorflow@2.16:", when="+keras")
         depends_on("py-keras@3:", when="+keras")
 
