@@ -6,7 +6,9 @@ Keras: Input(94) -> 5 x [Dense(256), BatchNormalization, LeakyReLU(0.3), Dropout
 
 Methods, each timed on the same (columns, 94) float32 batch:
   colnn         the Fortran library, batched, through its C binding (NativeModel.forward_raw on
-                preallocated arrays; the ctypes call overhead is measured and printed)
+                preallocated arrays; the ctypes call overhead is measured and printed), with its
+                default batch-invariant kernel
+  colnn-blas    the same with set_batch_invariant(False): the dense layers call the BLAS
   tf.predict    model.predict_on_batch(x)
   tf.function   tf.function(lambda t: model(t, training=False), jit_compile=False), called on a
                 tensor converted once (TensorFlow's best case)
@@ -59,7 +61,7 @@ REL_TOL = 1e-4           # max abs error / max |Keras output| allowed before any
 TARGET_VS_TF = {1: 5.0, 64: 1.5, 1024: 1.0, 8192: 1.0}
 TARGET_VS_LOOP = {8192: 8.0}
 
-METHODS = ("colnn", "tf.predict", "tf.function", "fkb-loop", "numpy")
+METHODS = ("colnn", "colnn-blas", "tf.predict", "tf.function", "fkb-loop", "numpy")
 
 
 # --------------------------------------------------------------------------------------------
@@ -585,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         model.save(keras_path)
         how = write_colnn_file(keras_path, colnn_path)
         native = NativeModel(colnn_path, library=lib_path)
+        native_blas = NativeModel(colnn_path, library=lib_path)
+        native_blas.set_batch_invariant(False)
         if native.dtype != np.float32:
             raise SystemExit(f"{lib_path} is not the single-precision library")
         fkb, fkb_cmd = build_fkb_loop(workdir, stages, np)
@@ -645,8 +649,14 @@ def main(argv: list[str] | None = None) -> int:
             np_run = make_numpy_forward(np, stages, x)
             fkb_forward = fkb.fkb_forward
 
+            y_blas = np.empty((nc, N_OUTPUTS), np.float32)
+            ybp = y_blas.ctypes.data
+
             def run_colnn():
                 native.forward_raw(xp, nc, yp)
+
+            def run_colnn_blas():
+                native_blas.forward_raw(xp, nc, ybp)
 
             def run_tf_predict():
                 return model.predict_on_batch(x)
@@ -657,14 +667,15 @@ def main(argv: list[str] | None = None) -> int:
             def run_fkb():
                 fkb_forward(nc, N_INPUTS, N_OUTPUTS, xp, yfp)
 
-            runs = {"colnn": run_colnn, "tf.predict": run_tf_predict,
+            runs = {"colnn": run_colnn, "colnn-blas": run_colnn_blas, "tf.predict": run_tf_predict,
                     "tf.function": run_tf_function, "fkb-loop": run_fkb, "numpy": np_run}
 
             # correctness first: nothing wrong is ever timed
             native.predict(x, out=y)          # the checked call; raises on a library error
             if native.forward_raw(xp, nc, yp) != 0:
                 raise SystemExit("colnn_forward (forward_raw) returned an error status")
-            outs = {"colnn": y.copy(), "tf.predict": np.asarray(run_tf_predict()),
+            native_blas.predict(x, out=y_blas)
+            outs = {"colnn": y.copy(), "colnn-blas": y_blas.copy(), "tf.predict": np.asarray(run_tf_predict()),
                     "tf.function": run_tf_function()}
             if fkb_forward(nc, N_INPUTS, N_OUTPUTS, xp, yfp) != 0:
                 raise SystemExit("fkb_forward: size mismatch")
@@ -684,7 +695,8 @@ def main(argv: list[str] | None = None) -> int:
             settle()
             row["time"] = measure_set(runs, args.repeats, args.min_time, args.rounds)
             # and the buffers the timed calls wrote still hold the checked result
-            for name, after in (("colnn", y), ("fkb-loop", y_fkb), ("numpy", np_run())):
+            for name, after in (("colnn", y), ("colnn-blas", y_blas), ("fkb-loop", y_fkb),
+                                ("numpy", np_run())):
                 if not float(np.max(np.abs(after - ref))) / scale <= REL_TOL:
                     raise SystemExit(f"{name}: the output after timing differs from Keras'")
             for name in METHODS:
@@ -693,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
             row["colnn_gflops"] = 2.0 * macs * nc / row["time"]["colnn"]["median_s"] / 1e9
             row["best_tf"] = max(("tf.predict", "tf.function"), key=lambda m: cps[m])
             row["ratio"] = {"vs_best_tf": cps["colnn"] / cps[row["best_tf"]],
+                            "blas_vs_best_tf": cps["colnn-blas"] / cps[row["best_tf"]],
+                            "invariant_vs_blas": cps["colnn"] / cps["colnn-blas"],
                             "vs_fkb_loop": cps["colnn"] / cps["fkb-loop"],
                             "vs_numpy": cps["colnn"] / cps["numpy"]}
             row["target"] = {"vs_best_tf": TARGET_VS_TF.get(nc),
@@ -714,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("ratios of columns/s (target in brackets; met / MISSED):")
     hdr = (f"{'columns':>8} {'best TF':>12} {'colnn/best TF':>22} {'colnn/fkb-loop':>22} "
-           f"{'colnn/numpy':>12}")
+           f"{'colnn/numpy':>12} {'colnn-blas/best TF':>19} {'colnn/colnn-blas':>17}")
     print(hdr)
     print("-" * len(hdr))
 
@@ -729,7 +743,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['columns']:>8} {row['best_tf']:>12} "
               f"{with_target(r['vs_best_tf'], tg['vs_best_tf']):>22} "
               f"{with_target(r['vs_fkb_loop'], tg['vs_fkb_loop']):>22} "
-              f"{r['vs_numpy']:>11.2f}x")
+              f"{r['vs_numpy']:>11.2f}x {r['blas_vs_best_tf']:>18.2f}x "
+              f"{r['invariant_vs_blas']:>16.2f}x")
     print()
     big = max(results["rows"], key=lambda r: r["columns"])
     print(f"colnn at {big['columns']:,} columns: {big['colnn_gflops']:.1f} GFLOP/s = "

@@ -16,7 +16,8 @@ import numpy as np
 
 from .errors import HarnessError
 
-__all__ = ["ColnnError", "NativeModel", "NativeEnsemble", "library_path", "load_library", "STATUS_NAMES"]
+__all__ = ["ColnnError", "NativeModel", "NativeEnsemble", "library_path", "load_library", "STATUS_NAMES",
+           "batch_invariant_kernel"]
 
 Precision = Literal["single", "double"]
 
@@ -78,6 +79,12 @@ def load_library(path: Path | str | None = None, precision: Precision = "single"
     lib.colnn_forward.restype = c_int
     lib.colnn_set_check_finite.argtypes = [c_void_p, c_int]
     lib.colnn_set_check_finite.restype = c_int
+    lib.colnn_set_batch_invariant.argtypes = [c_void_p, c_int]
+    lib.colnn_set_batch_invariant.restype = c_int
+    lib.colnn_ensemble_set_batch_invariant.argtypes = [c_void_p, c_int]
+    lib.colnn_ensemble_set_batch_invariant.restype = c_int
+    lib.colnn_batch_invariant_kernel.argtypes = [c_char_p, c_size_t]
+    lib.colnn_batch_invariant_kernel.restype = None
     for name in ("colnn_num_inputs", "colnn_num_outputs", "colnn_num_layers"):
         getattr(lib, name).argtypes = [c_void_p]
         getattr(lib, name).restype = c_int
@@ -127,6 +134,14 @@ def load_library(path: Path | str | None = None, precision: Precision = "single"
     lib.colnn_version.restype = None
     _libraries[key] = lib
     return lib
+
+
+def batch_invariant_kernel(library: Path | str | None = None,
+                           precision: Precision = "single") -> str:
+    """The instruction set of the library's batch-invariant kernel here: avx512, avx2, generic."""
+    buf = ctypes.create_string_buffer(32)
+    load_library(library, precision).colnn_batch_invariant_kernel(buf, 32)
+    return buf.value.decode()
 
 
 class NativeModel:
@@ -184,6 +199,11 @@ class NativeModel:
 
     def set_check_finite(self, flag: bool) -> None:
         self._lib.colnn_set_check_finite(self._live_handle(), int(flag))
+
+    def set_batch_invariant(self, flag: bool) -> None:
+        """True (the library's default): each column's outputs are the same bits whatever the
+        number of columns per call; False: the BLAS path."""
+        self._lib.colnn_set_batch_invariant(self._live_handle(), int(flag))
 
     def predict(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Forward pass of x (columns, n_inputs) -> (columns, n_outputs)."""
@@ -370,6 +390,10 @@ class NativeEnsemble:
 
     def __del__(self) -> None:
         self.close()
+
+    def set_batch_invariant(self, flag: bool) -> None:
+        """As NativeModel.set_batch_invariant, for every member."""
+        self._lib.colnn_ensemble_set_batch_invariant(self._handle, int(flag))
 
     def set_noise(self, sd: float | np.ndarray, seed: int) -> None:
         sd_arr = np.ascontiguousarray(np.atleast_1d(np.asarray(sd, dtype=self.dtype)))

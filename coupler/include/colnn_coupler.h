@@ -8,7 +8,7 @@
 extern "C" {
 #endif
 /* config: a Fortran namelist file with group &colnn_coupler (model_file or ensemble, noise_sd,
- * noise_seed, check_finite, online_training, optimizer, loss). The model must map n_inputs
+ * noise_seed, check_finite, batch_invariant, online_training, optimizer, loss). The model must map n_inputs
  * host features to n_outputs. */
 int colnn_coupler_init(const char *config, int n_inputs, int n_outputs, char *errmsg,
                        size_t errmsg_len);

@@ -27,6 +27,9 @@ module colnn_coupler
     character(len=16) :: noise_units = 'auto'
     integer :: noise_seed = 0
     logical :: check_finite = .true.           !< NaN/Inf inputs or outputs set errflg
+    !> each column's outputs the same bits whatever the chunk size or processor layout
+    !> (network_t%batch_invariant; the library's default unless set)
+    logical :: batch_invariant = BATCH_INVARIANT_DEFAULT
     logical :: online_training = .false.       !< _run with targets takes one optimizer step
     character(len=256) :: optimizer = 'adam learning_rate=0.0001'
     character(len=64) :: loss = 'mse'
@@ -152,6 +155,7 @@ contains
         self%n_in = self%ens%n_inputs
         self%n_out = self%ens%n_outputs
         self%ens%members(:)%check_finite = found%check_finite
+        call self%ens%set_batch_invariant(found%batch_invariant)
       end if
     else
       call self%net%load(trim(found%model_file), stat, errmsg)
@@ -159,6 +163,7 @@ contains
         self%n_in = self%net%n_inputs
         self%n_out = self%net%n_outputs
         self%net%check_finite = found%check_finite
+        call self%net%set_batch_invariant(found%batch_invariant)
       end if
       if (stat == 0 .and. found%online_training) then
         call self%trainer%configure(trim(found%optimizer), trim(found%loss), stat, errmsg)
@@ -335,14 +340,13 @@ contains
     real :: noise_sd(MAX_NOISE)
     character(len=16) :: noise_units
     integer :: noise_seed, u, ios, n_groups, n_match, n_sd
-    logical :: check_finite, online_training
+    logical :: check_finite, online_training, batch_invariant
     character(len=256) :: optimizer
     character(len=64) :: loss
     character(len=512) :: iomsg
     character(len=:), allocatable :: context
     namelist /colnn_coupler/ name, model_file, ensemble, noise_sd, noise_units, noise_seed, &
-      check_finite, &
-      online_training, optimizer, loss
+      check_finite, batch_invariant, online_training, optimizer, loss
 
     errflg = 1
     context = 'colnn_coupler_init'
@@ -359,7 +363,7 @@ contains
       ! an unset noise_sd element keeps -huge: the values given are the leading ones
       name = ''; model_file = ''; ensemble = ''; noise_sd = -huge(1.0); noise_seed = 0
       noise_units = 'auto'
-      check_finite = .true.; online_training = .false.
+      check_finite = .true.; online_training = .false.; batch_invariant = BATCH_INVARIANT_DEFAULT
       optimizer = 'adam learning_rate=0.0001'; loss = 'mse'
       read (u, nml=colnn_coupler, iostat=ios, iomsg=iomsg)
       if (ios /= 0) exit
@@ -367,10 +371,15 @@ contains
       if (trim(name) /= want .and. len(want) > 0) cycle
       n_match = n_match + 1
       n_sd = count(noise_sd /= -huge(1.0))
-      if (n_match == 1) found = colnn_coupler_config_t(name, model_file, ensemble, &
-                                                       noise_sd(1:n_sd), noise_units, &
-                                                       noise_seed, check_finite, &
-                                                       online_training, optimizer, loss)
+      if (n_match == 1) found = colnn_coupler_config_t(name=name, model_file=model_file, &
+                                                       ensemble=ensemble, &
+                                                       noise_sd=noise_sd(1:n_sd), &
+                                                       noise_units=noise_units, &
+                                                       noise_seed=noise_seed, &
+                                                       check_finite=check_finite, &
+                                                       batch_invariant=batch_invariant, &
+                                                       online_training=online_training, &
+                                                       optimizer=optimizer, loss=loss)
     end do
     close (u)
     if (ios > 0) then

@@ -46,6 +46,13 @@ void colnn_free(colnn_model *model);
 int colnn_forward(colnn_model *model, const colnn_real *x, int n_columns, colnn_real *y,
                   char *errmsg, size_t errmsg_len);
 int colnn_set_check_finite(colnn_model *model, int flag);
+/* flag != 0 (the default): each column's outputs are a pure function of its inputs and the model,
+ * the same bits whatever the number of columns per call, the chunking, the threads or the MPI
+ * layout (dense layers use an fma-chain kernel instead of the BLAS); 0: the BLAS, whose results
+ * change in the last bits with the call's shape. Kept across colnn_load of the same handle. */
+int colnn_set_batch_invariant(colnn_model *model, int flag);
+/* the instruction set the batch-invariant kernel uses here: "avx512", "avx2" or "generic" */
+void colnn_batch_invariant_kernel(char *buf, size_t buf_len);
 
 int colnn_num_inputs(colnn_model *model);
 int colnn_num_outputs(colnn_model *model);
@@ -101,6 +108,8 @@ int colnn_ensemble_info(colnn_ensemble *ens, int *n_members, int *n_inputs, int 
 /* n_sd = 1 (one standard deviation for all inputs) or n_inputs; all >= 0 */
 int colnn_ensemble_set_noise(colnn_ensemble *ens, const colnn_real *sd, int n_sd, int64_t seed,
                              char *errmsg, size_t errmsg_len);
+/* as colnn_set_batch_invariant, for every member */
+int colnn_ensemble_set_batch_invariant(colnn_ensemble *ens, int flag);
 int colnn_ensemble_forward(colnn_ensemble *ens, const colnn_real *x, int n_columns,
                            colnn_real *mean, colnn_real *spread, colnn_real *members,
                            int64_t column_offset, char *errmsg, size_t errmsg_len);

@@ -7,7 +7,8 @@ module colnn
   use colnn_spec, only: layer_spec_t
   use colnn_layer, only: layer_t
   use colnn_registry, only: layer_factory, register_layer
-  use colnn_network, only: network_t, workspace_t
+  use colnn_network, only: network_t, workspace_t, BATCH_INVARIANT_DEFAULT
+  use colnn_blas, only: invariant_kernel_name
   use colnn_ensemble, only: ensemble_t
   use colnn_losses, only: loss_t, builtin_loss_t, parse_loss
   use colnn_optimizers, only: optimizer_t, parse_optimizer
@@ -24,7 +25,7 @@ module colnn
   public :: COLNN_OK, COLNN_ERR_IO, COLNN_ERR_FORMAT, COLNN_ERR_ARGUMENT, COLNN_ERR_NONFINITE, &
             COLNN_ERR_UNSUPPORTED, COLNN_ERR_MEMORY, COLNN_ERR_NOT_IMPLEMENTED, status_name
   public :: activation_t, parse_activation, layer_spec_t, layer_t, layer_factory, register_layer
-  public :: network_t, workspace_t, ensemble_t
+  public :: network_t, workspace_t, ensemble_t, BATCH_INVARIANT_DEFAULT, invariant_kernel_name
   public :: loss_t, builtin_loss_t, parse_loss, optimizer_t, parse_optimizer, trainer_t
   public :: dense_t, dropout_t, batchnorm_t, normalization_t, activation_layer_t
   public :: colnn_version

@@ -13,6 +13,7 @@ module colnn_c_api
   use colnn_trainer, only: trainer_t
   use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
   use colnn, only: colnn_version
+  use colnn_blas, only: invariant_kernel_name
   implicit none
   private
 
@@ -34,6 +35,8 @@ module colnn_c_api
   public :: c_colnn_load, c_colnn_save, c_colnn_free, c_colnn_forward, c_colnn_num_inputs, &
             c_colnn_num_outputs, c_colnn_num_layers, c_colnn_num_params, c_colnn_real_bytes, &
             c_colnn_set_check_finite, c_colnn_layer_info, c_colnn_version
+  public :: c_colnn_set_batch_invariant, c_colnn_ensemble_set_batch_invariant, &
+            c_colnn_batch_invariant_kernel
 
 contains
 
@@ -182,6 +185,40 @@ contains
     box%net%check_finite = flag /= 0
     stat = COLNN_OK
   end function c_colnn_set_check_finite
+
+  !> int colnn_set_batch_invariant(colnn_model *m, int flag): flag /= 0: each column's outputs
+  !> are the same bits whatever the number of columns per call (see colnn.h)
+  integer(c_int) function c_colnn_set_batch_invariant(handle, flag) &
+      bind(C, name='colnn_set_batch_invariant') result(stat)
+    type(c_ptr), intent(in), value :: handle
+    integer(c_int), intent(in), value :: flag
+    type(handle_box_t), pointer :: box
+    stat = COLNN_ERR_ARGUMENT
+    if (.not. get_net(handle, box)) return
+    call box%net%set_batch_invariant(flag /= 0)
+    stat = COLNN_OK
+  end function c_colnn_set_batch_invariant
+
+  !> int colnn_ensemble_set_batch_invariant(colnn_ensemble *e, int flag): for every member
+  integer(c_int) function c_colnn_ensemble_set_batch_invariant(handle, flag) &
+      bind(C, name='colnn_ensemble_set_batch_invariant') result(stat)
+    type(c_ptr), intent(in), value :: handle
+    integer(c_int), intent(in), value :: flag
+    type(ensemble_box_t), pointer :: box
+    stat = COLNN_ERR_ARGUMENT
+    if (.not. c_associated(handle)) return
+    call c_f_pointer(handle, box)
+    call box%ens%set_batch_invariant(flag /= 0)
+    stat = COLNN_OK
+  end function c_colnn_ensemble_set_batch_invariant
+
+  !> void colnn_batch_invariant_kernel(char *buf, size_t len): the instruction set of the
+  !> batch-invariant kernel on this machine ('avx512', 'avx2' or 'generic')
+  subroutine c_colnn_batch_invariant_kernel(buf, buflen) bind(C, name='colnn_batch_invariant_kernel')
+    character(kind=c_char), intent(out) :: buf(*)
+    integer(c_size_t), intent(in), value :: buflen
+    call f_to_c_buffer(invariant_kernel_name(), buf, buflen)
+  end subroutine c_colnn_batch_invariant_kernel
 
   !> int colnn_layer_info(model, index (1-based), char *type, size_t type_len, char *name,
   !>                      size_t name_len, int *n_in, int *n_out)

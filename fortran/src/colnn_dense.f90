@@ -5,7 +5,7 @@ module colnn_dense
   use colnn_spec, only: layer_spec_t
   use colnn_layer, only: layer_t
   use colnn_activations, only: activation_t
-  use colnn_blas, only: gemm_nn, gemm_nt, gemm_tn
+  use colnn_blas, only: gemm_nn, gemm_nt, gemm_tn, gemm_nn_invariant
   implicit none
   private
 
@@ -82,7 +82,11 @@ contains
     integer, intent(in) :: nc
     real(wp), intent(in) :: x(self%n_in, nc)
     real(wp), intent(out) :: y(self%n_out, nc)
-    call gemm_nn(self%n_out, nc, self%n_in, self%w, x, y)
+    if (self%batch_invariant) then
+      call gemm_nn_invariant(self%n_out, nc, self%n_in, self%w, x, y)
+    else
+      call gemm_nn(self%n_out, nc, self%n_in, self%w, x, y)
+    end if
   end subroutine dense_forward_core
 
   subroutine dense_epilogue(self, nc, a)

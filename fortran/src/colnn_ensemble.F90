@@ -61,6 +61,7 @@ module colnn_ensemble
     procedure :: load_dir => ensemble_load_dir
     procedure :: load_list => ensemble_load_list
     procedure :: set_noise => ensemble_set_noise
+    procedure :: set_batch_invariant => ensemble_set_batch_invariant
     procedure :: forward => ensemble_forward
     procedure :: destroy => ensemble_destroy
     procedure :: is_loaded => ensemble_is_loaded
@@ -244,6 +245,17 @@ contains
     end if
     call self%load_files(paths(1:n), stat, errmsg)
   end subroutine ensemble_load_list
+
+  !> Batch-invariant products for every member (network_t%set_batch_invariant).
+  subroutine ensemble_set_batch_invariant(self, flag)
+    class(ensemble_t), intent(inout) :: self
+    logical, intent(in) :: flag  !! .true.: every column the same bits in any call shape
+    integer :: m
+    if (.not. allocated(self%members)) return
+    do m = 1, size(self%members)
+      call self%members(m)%set_batch_invariant(flag)
+    end do
+  end subroutine ensemble_set_batch_invariant
 
   !> Gaussian input noise: `sd` has one value per input feature, or one for all (size 1).
   subroutine ensemble_set_noise(self, sd, seed, stat, errmsg, normalized)

@@ -23,6 +23,9 @@ module colnn_layer
     integer :: n_in = 0
     integer :: n_out = 0
     character(len=:), allocatable :: name
+    !> Set by the network: the layer's products must give each column the same bits whatever
+    !> the number of columns in the call (layers with a GEMM use gemm_nn_invariant then).
+    logical :: batch_invariant = .false.
   contains
     procedure(init_iface), deferred :: init
     procedure(forward_iface), deferred :: forward

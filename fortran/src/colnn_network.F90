@@ -24,7 +24,11 @@ module colnn_network
   implicit none
   private
 
-  public :: network_t, workspace_t, layer_slot_t
+  public :: network_t, workspace_t, layer_slot_t, BATCH_INVARIANT_DEFAULT
+
+  !> The default of network_t%batch_invariant (bench/batch_invariance.py measured the cost; the
+  !> README's "Batch invariance" section gives the figures behind this choice).
+  logical, parameter :: BATCH_INVARIANT_DEFAULT = .true.
 
   type :: layer_slot_t
     class(layer_t), allocatable :: layer
@@ -62,6 +66,10 @@ module colnn_network
     character(len=256), allocatable :: meta(:)
     !> Check inputs and outputs for NaN/Inf on each forward (one cheap pass each).
     logical :: check_finite = .true.
+    !> Each column's outputs are a pure function of its inputs and the model, whatever the
+    !> number of columns per call, the chunking, the threads or the MPI layout (set with
+    !> set_batch_invariant; kept across load).
+    logical :: batch_invariant = BATCH_INVARIANT_DEFAULT
     integer :: max_width = 0
     type(step_t), allocatable :: plan(:)
     type(workspace_t) :: ws
@@ -82,6 +90,7 @@ module colnn_network
     procedure :: forward_ws => network_forward_ws
     procedure :: num_params => network_num_params
     procedure :: is_loaded => network_is_loaded
+    procedure :: set_batch_invariant => network_set_batch_invariant
     procedure :: destroy => network_destroy
     procedure :: forward_train => network_forward_train
     procedure :: backward => network_backward
@@ -102,6 +111,18 @@ module colnn_network
   integer, parameter :: L1_BYTES = 16384
 
 contains
+
+  !> Batch-invariant products on or off (see `batch_invariant`); may come before or after load.
+  subroutine network_set_batch_invariant(self, flag)
+    class(network_t), intent(inout) :: self
+    logical, intent(in) :: flag  !! .true.: every column the same bits in any call shape
+    integer :: k
+    self%batch_invariant = flag
+    if (.not. allocated(self%layers)) return
+    do k = 1, size(self%layers)
+      if (allocated(self%layers(k)%layer)) self%layers(k)%layer%batch_invariant = flag
+    end do
+  end subroutine network_set_batch_invariant
 
   pure logical function network_is_loaded(self)
     class(network_t), intent(in) :: self
@@ -234,6 +255,7 @@ contains
     else
       allocate (self%meta(0))
     end if
+    call self%set_batch_invariant(self%batch_invariant)
     call build_plan(self)
   end subroutine network_load
 
