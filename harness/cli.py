@@ -96,8 +96,8 @@ def _cmd_host_run(args: argparse.Namespace) -> int:
 
 def _cmd_host_defaults(args: argparse.Namespace) -> int:
     from .hosts import host_defaults
-    for group, values in host_defaults(args.host).items():
-        print(f"[{group.split('_', 1)[1]}]  # &{group}")
+    for group, values in host_defaults(args.host, executable=args.executable).items():
+        print(f"[{group.removeprefix(args.host + '_')}]  # &{group}")
         for key, value in values.items():
             print(f"{key} = {json.dumps(value)}")
         print()
@@ -242,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     hr.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
     hr.set_defaults(func=_cmd_host_run)
     hd = hsub.add_parser("defaults", help="the configuration keys of a host, with defaults")
-    hd.add_argument("host", choices=["l96", "sw"])
+    hd.add_argument("host", help="a built-in host (l96, sw) or, with --executable, your own")
+    hd.add_argument("--executable", default="",
+                    help="the host program of a host of your own (docs/host-protocol.md)")
     hd.set_defaults(func=_cmd_host_defaults)
 
     lc = sub.add_parser("l96-calibrate",

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import tomllib
@@ -35,7 +36,7 @@ SECTIONS = ("model", "run", "failure")
 #: keys of the coupler's &colnn_coupler group (coupler/src/colnn_coupler.F90) with their types
 COUPLER_KEYS: dict[str, type] = {"model_file": str, "ensemble": str, "noise_sd": float,
                                  "noise_units": str, "noise_seed": int, "check_finite": bool,
-                                 "online_training": bool, "optimizer": str, "loss": str}
+                                 "batch_invariant": bool, "online_training": bool, "optimizer": str, "loss": str}
 #: keys whose values are paths: relative ones are taken from the TOML file's directory
 PATH_KEYS = {"init_file", "output_dir", "model_file", "ensemble"}
 
@@ -44,10 +45,22 @@ class HostError(HarnessError):
     """A host configuration is invalid, or a host program could not run."""
 
 
-def host_executable(host: str, precision: str = "single") -> Path:
-    """``colnn_<host>`` of the build tree (or of $COLNN_HOST_BIN, a directory)."""
+_HOST_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def host_executable(host: str, precision: str = "single", executable: str = "") -> Path:
+    """The host program: `executable` when given (a host of one's own, following
+    docs/host-protocol.md), else ``colnn_<host>`` of the build tree (or of $COLNN_HOST_BIN, a
+    directory) for the built-in hosts."""
+    if executable:
+        exe = Path(executable)
+        if not exe.is_file() or not os.access(exe, os.X_OK):
+            raise HostError(f"{exe}: the {host} host program does not exist or is not "
+                            f"executable")
+        return exe
     if host not in HOSTS:
-        raise HostError(f"unknown host {host!r} (hosts: {', '.join(HOSTS)})")
+        raise HostError(f"unknown host {host!r} (built-in hosts: {', '.join(HOSTS)}; a host "
+                        f"of your own needs its executable)")
     env = os.environ.get("COLNN_HOST_BIN")
     base = Path(env) if env else Path(__file__).resolve().parent.parent / "build" / precision / "coupler"
     exe = base / f"colnn_{host}"
@@ -58,9 +71,10 @@ def host_executable(host: str, precision: str = "single") -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def host_defaults(host: str, precision: str = "single") -> dict[str, dict[str, Any]]:
+def host_defaults(host: str, precision: str = "single",
+                  executable: str = "") -> dict[str, dict[str, Any]]:
     """{group: {key: default}} as the host program reports them."""
-    exe = host_executable(host, precision)
+    exe = host_executable(host, precision, executable)
     proc = subprocess.run([str(exe), "--defaults"], capture_output=True, text=True,
                           env=_mpi_env(1), timeout=60)
     if proc.returncode != 0:
@@ -81,6 +95,8 @@ class HostRun:
 
     host: str
     output_dir: Path
+    #: the host program; empty: colnn_<host> of the build tree (see host_executable)
+    executable: str = ""
     model: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
     failure: dict[str, Any] = field(default_factory=dict)
@@ -139,8 +155,17 @@ def host_run_from_dict(data: Mapping[str, Any], base_dir: Path, source: str = "c
     """Validates a parsed configuration (key names and types) into a HostRun."""
     data = dict(data)
     host = data.pop("host", None)
-    if host not in HOSTS:
-        raise HostError(f"{source}: host must be one of {', '.join(HOSTS)}, got {host!r}")
+    executable = data.pop("executable", "") or ""
+    if not isinstance(executable, str):
+        raise HostError(f"{source}: executable must be a path, got {executable!r}")
+    if executable:
+        executable = str((base_dir / executable).resolve())
+    if not isinstance(host, str) or not _HOST_NAME.match(host):
+        raise HostError(f"{source}: host must be one of {', '.join(HOSTS)} or, with "
+                        f"executable, a lower-case name of letters, digits and _, got {host!r}")
+    if host not in HOSTS and not executable:
+        raise HostError(f"{source}: host must be one of {', '.join(HOSTS)}, or give the "
+                        f"executable of host {host!r}")
     ranks = data.pop("ranks", 1)
     threads = data.pop("threads", 1)
     precision = data.pop("precision", "single")
@@ -149,7 +174,12 @@ def host_run_from_dict(data: Mapping[str, Any], base_dir: Path, source: str = "c
             raise HostError(f"{source}: {key} must be a positive integer, got {value!r}")
     if precision not in ("single", "double"):
         raise HostError(f"{source}: precision must be 'single' or 'double', got {precision!r}")
-    defaults = host_defaults(host, precision)
+    defaults = host_defaults(host, precision, executable)
+    missing = [g for g in (f"{host}_{s}" for s in SECTIONS) if g not in defaults]
+    if missing:
+        raise HostError(f"{host_executable(host, precision, executable)} --defaults: no "
+                        f"namelist group {', '.join('&' + g for g in missing)} (the host "
+                        f"protocol, docs/host-protocol.md)")
     sections: dict[str, dict[str, Any]] = {}
     for section in (*SECTIONS, "coupler"):
         values = data.pop(section, {})
@@ -176,12 +206,12 @@ def host_run_from_dict(data: Mapping[str, Any], base_dir: Path, source: str = "c
             checked[key] = value
         sections[section] = checked
     if data:
-        raise HostError(f"{source}: unknown top-level keys {sorted(data)} (known: host, ranks, "
-                        f"threads, precision, model, run, failure, coupler)")
+        raise HostError(f"{source}: unknown top-level keys {sorted(data)} (known: host, "
+                        f"executable, ranks, threads, precision, model, run, failure, coupler)")
     out = output_dir or Path(sections["run"].pop("output_dir", base_dir / "run"))
     sections["run"].pop("output_dir", None)
-    return HostRun(host=host, output_dir=Path(out), ranks=ranks, threads=threads,
-                   precision=precision, **sections)
+    return HostRun(host=host, output_dir=Path(out), executable=executable, ranks=ranks,
+                   threads=threads, precision=precision, **sections)
 
 
 def load_host_run(path: Path | str, output_dir: Path | None = None) -> HostRun:
@@ -209,8 +239,8 @@ def namelist_text(run: HostRun) -> str:
         groups[group] = f90nml.Namelist(values)
     text = io.StringIO()
     groups.write(text)
-    return (f"! written by the harness for colnn_{run.host}; rerun with: colnn_{run.host} "
-            f"run.nml\n{text.getvalue()}")
+    exe = run.executable or f"colnn_{run.host}"
+    return f"! written by the harness for {exe}; rerun with: {exe} run.nml\n{text.getvalue()}"
 
 
 #: what mpirun (or srun, for a job step) puts into its ranks' environment; a host started from
@@ -229,14 +259,36 @@ def _mpi_env(threads: int) -> dict[str, str]:
     return env
 
 
+#: result.json's required fields (docs/host-protocol.md) and their types
+RESULT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "schema": int, "host": str, "steps": int, "max_steps": int,
+    "failure_step": (int, type(None)), "reason": (str, type(None)),
+    "variable": (str, type(None)), "message": str, "wall_time_s": (int, float), "extra": dict}
+RESULT_STATUSES = ("completed", "failed", "error")
+
+
 def read_result(output_dir: Path | str) -> dict[str, Any]:
+    """result.json of a host run, checked against the protocol's required fields."""
     path = Path(output_dir) / "result.json"
     try:
-        return json.loads(path.read_text())
+        result = json.loads(path.read_text())
     except OSError as exc:
         raise HostError(f"cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HostError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(result, dict):
+        raise HostError(f"{path}: not a JSON object")
+    if result.get("status") not in RESULT_STATUSES:
+        raise HostError(f"{path}: status must be one of {', '.join(RESULT_STATUSES)}, got "
+                        f"{result.get('status')!r}")
+    if result["status"] != "error":
+        for key, tp in RESULT_FIELDS.items():
+            value = result.get(key)
+            if key not in result or isinstance(value, bool) or not isinstance(value, tp):
+                names = " or ".join("null" if t is type(None) else t.__name__
+                                    for t in (tp if isinstance(tp, tuple) else (tp,)))
+                raise HostError(f"{path}: field {key!r} missing or not {names} (got {value!r})")
+    return result
 
 
 def run_host(run: HostRun, timeout: float | None = None) -> dict[str, Any]:
@@ -244,7 +296,7 @@ def run_host(run: HostRun, timeout: float | None = None) -> dict[str, Any]:
 
     A run that fails its criteria is a result (status 'failed'), not an exception; a host that
     cannot start (status 'error') raises HostError with the host's message."""
-    exe = host_executable(run.host, run.precision)
+    exe = host_executable(run.host, run.precision, run.executable)
     nml = run.output_dir / "run.nml"
     stale = run.output_dir / "result.json"
     try:
@@ -266,7 +318,7 @@ def run_host(run: HostRun, timeout: float | None = None) -> dict[str, Any]:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_mpi_env(run.threads),
                               timeout=timeout, cwd=run.output_dir)
     except subprocess.TimeoutExpired:
-        raise HostError(f"colnn_{run.host} ran past {timeout} s ({nml})") from None
+        raise HostError(f"{exe.name} ran past {timeout} s ({nml})") from None
     log = run.output_dir / "host.log"
     try:
         log.write_text(proc.stdout + proc.stderr)
@@ -276,11 +328,11 @@ def run_host(run: HostRun, timeout: float | None = None) -> dict[str, Any]:
                         f"{_space_note(run.output_dir)}; the host said: "
                         f"{proc.stderr.strip()[-2000:]}") from None
     if not stale.exists():
-        raise HostError(f"colnn_{run.host} {nml} wrote no result.json (exit {proc.returncode}):"
+        raise HostError(f"{exe.name} {nml} wrote no result.json (exit {proc.returncode}):"
                         f" {proc.stderr.strip()[-2000:]}{_space_note(run.output_dir)}")
     result = read_result(run.output_dir)
     if result.get("status") == "error":
-        raise HostError(f"colnn_{run.host}: {result.get('message')}"
+        raise HostError(f"{exe.name}: {result.get('message')}"
                         f"{_space_note(run.output_dir)}")
     return result
 

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from .errors import HarnessError
+from .plugins import HostPlugin, split_in_time
+
+if TYPE_CHECKING:
+    from .study.config import CoupleConfig, HostConfig
 
 __all__ = ["read_truth", "training_pairs", "fit_cubic", "DriftCalibration", "calibrate_drift",
-           "false_alarm_rates", "n_features"]
+           "false_alarm_rates", "n_features", "L96Plugin"]
 
 INPUTS = ("local", "stencil", "full")
 
@@ -134,3 +139,65 @@ def false_alarm_rates(truth: Path | str, cal: DriftCalibration,
     z = np.maximum(np.abs(mean - cal.clim_mean) / cal.sd_window_mean,
                    np.abs(std - cal.clim_std) / cal.sd_window_std)
     return {s: float((z > s).mean()) for s in sigmas}
+
+
+class L96Plugin(HostPlugin):
+    """The two-scale Lorenz-96 host (``colnn_l96``) for studies: a column is one slow variable
+    X_k; the network replaces the coupling term U_k. Failure: bounds, NaN and the drift test of
+    window mean and std (calibrated here); baselines: no closure and the fitted cubic."""
+
+    name = "l96"
+    baselines = ("none", "cubic")
+    study_defaults = {"data.dt": 0.001, "data.steps": 200_000, "data.spinup_steps": 2_000,
+                      "data.sample_interval": 10, "couple.dt": 0.005, "couple.steps": 20_000,
+                      "couple.baselines": ["none", "cubic"]}
+    calibrated_keys = frozenset({"drift_check", "drift_window", "drift_sample_interval",
+                                 "drift_sigma", "clim_mean", "clim_std", "sd_window_mean",
+                                 "sd_window_std"})
+    study_run_keys = frozenset({"inputs", "stencil_halfwidth", "cubic_coeffs"})
+
+    def check(self, host: "HostConfig") -> None:
+        if host.inputs not in INPUTS:
+            raise ValueError(f"host.inputs: must be 'local', 'stencil' or 'full', got "
+                             f"{host.inputs!r}")
+
+    def inputs_label(self, host: "HostConfig") -> str:
+        return host.inputs
+
+    def run_keys(self, host: "HostConfig") -> dict[str, Any]:
+        return {"inputs": host.inputs, "stencil_halfwidth": host.stencil_halfwidth}
+
+    def baseline_run_keys(self, closure: str, calibration: dict[str, Any]) -> dict[str, Any]:
+        return {"cubic_coeffs": calibration["cubic_coeffs"]} if closure == "cubic" else {}
+
+    def calibrate(self, first: Path, last: Path, couple: "CoupleConfig") -> dict[str, Any]:
+        x, u, _ = read_truth(first)
+        n_snap = read_truth(last)[0].shape[0]
+        dt = couple.dt
+        window = round(couple.drift_window_time / dt)
+        sample = round(couple.drift_sample_time / dt)
+        if abs(window * dt - couple.drift_window_time) > 1e-9 * couple.drift_window_time or \
+                abs(sample * dt - couple.drift_sample_time) > 1e-9 * couple.drift_sample_time:
+            raise HarnessError(f"couple.drift_window_time and drift_sample_time must be "
+                               f"multiples of couple.dt = {dt}")
+        cal = calibrate_drift(first, couple.drift_window_time, couple.drift_sample_time)
+        sigmas = tuple(sorted({3.0, 4.0, 5.0, float(couple.drift_sigma)}))
+        rates = false_alarm_rates(last, cal, sigmas)
+        return {"n_snapshots": int(n_snap), "drift": cal.as_dict(),
+                "false_alarm_rates": {str(k): v for k, v in rates.items()},
+                "cubic_coeffs": fit_cubic(x, u),
+                "failure": {"drift_check": bool(couple.drift), "drift_window": window,
+                            "drift_sample_interval": sample, "drift_sigma": couple.drift_sigma,
+                            "clim_mean": cal.clim_mean, "clim_std": cal.clim_std,
+                            "sd_window_mean": cal.sd_window_mean,
+                            "sd_window_std": cal.sd_window_std},
+                "bias_variable": "bias",
+                "bias_label": "bias of the mean of X vs the truth climatology"}
+
+    def training_pairs(self, truth: Path, host: "HostConfig",
+                       validation_fraction: float) -> dict[str, np.ndarray]:
+        x, u, _ = read_truth(truth)
+        cut = split_in_time(x.shape[0], validation_fraction, truth)
+        xt, yt = training_pairs(x[:cut], u[:cut], host.inputs, host.stencil_halfwidth)
+        xv, yv = training_pairs(x[cut:], u[cut:], host.inputs, host.stencil_halfwidth)
+        return {"x_train": xt, "y_train": yt, "x_val": xv, "y_val": yv}

@@ -7,13 +7,18 @@ A truth file holds snapshots ``u, v, h`` and the forcing ``theta_u, theta_v, the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from .errors import HarnessError
+from .plugins import HostPlugin, split_in_time
 
-__all__ = ["read_truth", "training_pairs", "N_INPUTS", "N_OUTPUTS"]
+if TYPE_CHECKING:
+    from .study.config import CoupleConfig, HostConfig
+
+__all__ = ["read_truth", "training_pairs", "N_INPUTS", "N_OUTPUTS", "SWPlugin"]
 
 N_INPUTS, N_OUTPUTS = 15, 3
 FIELDS = ("u", "v", "h")
@@ -46,3 +51,49 @@ def training_pairs(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     inputs = np.stack(feats, axis=-1).reshape(-1, N_INPUTS)
     targets = np.stack([data[name] for name in TARGETS], axis=-1).reshape(-1, N_OUTPUTS)
     return inputs, targets
+
+
+class SWPlugin(HostPlugin):
+    """The 2-D shallow-water host (``colnn_sw``) for studies: a column is one grid cell seeing
+    the 5-point stencil of u, v and h; the network replaces the forcing. Failure: NaN, depth and
+    speed bounds and an energy bound (a multiple of the truth's maximum, calibrated here);
+    baselines: no forcing and the truth forcing."""
+
+    name = "sw"
+    baselines = ("none", "truth")
+    study_defaults = {"data.dt": 900.0, "data.steps": 28_800, "data.spinup_steps": 4_800,
+                      "data.sample_interval": 48, "couple.dt": 900.0, "couple.steps": 6_000,
+                      "couple.baselines": ["none", "truth"]}
+    calibrated_keys = frozenset({"energy_max", "energy_warn", "clim_ke", "clim_pe",
+                                 "clim_h_std", "clim_speed_mean"})
+
+    def inputs_label(self, host: "HostConfig") -> str:
+        return "u, v, h on the 5-point stencil"
+
+    def calibrate(self, first: Path, last: Path, couple: "CoupleConfig") -> dict[str, Any]:
+        try:
+            with h5py.File(first, "r") as f:
+                clim = {name: np.asarray(f[name][...], dtype=np.float64)
+                        for name in ("ke", "pe", "h_std", "mean_speed", "energy")}
+            with h5py.File(last, "r") as f:
+                n_snap = int(f["u"].shape[0])
+        except (OSError, KeyError) as exc:
+            raise HarnessError(f"{first}: not a shallow-water truth file ({exc})") from None
+        e_max = float(clim["energy"].max())
+        return {"n_snapshots": n_snap, "truth_energy_max": e_max,
+                "failure": {"energy_max": couple.energy_factor * e_max,
+                            "energy_warn": couple.warn_factor * e_max,
+                            "clim_ke": float(clim["ke"].mean()),
+                            "clim_pe": float(clim["pe"].mean()),
+                            "clim_h_std": float(clim["h_std"].mean()),
+                            "clim_speed_mean": float(clim["mean_speed"].mean())},
+                "bias_variable": "bias_ke",
+                "bias_label": "relative bias of kinetic energy vs the truth climatology"}
+
+    def training_pairs(self, truth: Path, host: "HostConfig",
+                       validation_fraction: float) -> dict[str, np.ndarray]:
+        data, _ = read_truth(truth)
+        cut = split_in_time(data["u"].shape[0], validation_fraction, truth)
+        xt, yt = training_pairs({k: v[:cut] for k, v in data.items()})
+        xv, yv = training_pairs({k: v[cut:] for k, v in data.items()})
+        return {"x_train": xt, "y_train": yt, "x_val": xv, "y_val": yv}

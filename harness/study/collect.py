@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path
+from .config import host_plugin
 from .layout import (StudyDir, atomic_write_json, atomic_write_text, read_json,
                      search_distributions)
 
@@ -60,7 +61,7 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
     cfg = sd.config
     n_steps = cfg.couple.steps
     cal = read_json(sd.root / "data" / "calibration.json") or {}
-    bias_var = cal.get("bias_variable", "bias" if cfg.host.name == "l96" else "bias_ke")
+    bias_var = cal.get("bias_variable", "bias")
     runs: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
     for index, task in enumerate(sd.plan["couple"]):
@@ -86,12 +87,14 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
                        message=result.get("message", "") or "")
             for key, value in (result.get("extra") or {}).items():
                 if isinstance(value, (int, float)):
-                    if key == "energy_warn_step" and value < 0:
-                        value = n_steps     # never above the warning level: censored
+                    if key.endswith("_step") and value < 0:
+                        value = n_steps     # the protocol's "never happened": censored
                     row[f"extra_{key}"] = value
             if result.get("status") == "failed":
                 row["failure_step"] = result.get("failure_step", np.nan)
-            curve = _bias_curve(rdir / "diagnostics.h5", bias_var, cfg.couple.dt)
+            diagnostics = result.get("diagnostics")
+            curve = _bias_curve(rdir / diagnostics, bias_var, cfg.couple.dt) \
+                if isinstance(diagnostics, str) and diagnostics else None
             if curve is not None:
                 row["mean_abs_bias"] = float(np.nanmean(np.abs(curve[1]))) \
                     if curve[1].size else np.nan
@@ -164,8 +167,8 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
         curves, columns=["name", "ic", "time", "bias"]).to_csv(index=False))
     summary = {"study": cfg.name, "host": cfg.host.name, "n_steps": n_steps, "dt": cfg.couple.dt,
                "initial_conditions": cfg.couple.initial_conditions,
-               "bias_label": cal.get("bias_label", bias_var), "inputs": cfg.host.inputs
-               if cfg.host.name == "l96" else "u, v, h on the 5-point stencil",
+               "bias_label": cal.get("bias_label", bias_var),
+               "inputs": host_plugin(cfg).inputs_label(cfg.host),
                "candidates": cfg.training.candidates, "seed": cfg.seed,
                "failure": {**cfg.host.failure, **cal.get("failure", {})},
                "calibration": {k: v for k, v in cal.items()

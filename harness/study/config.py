@@ -9,6 +9,7 @@ errors that name the key's path (``couple.steps``). The host's own namelist keys
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import tomllib
@@ -19,26 +20,21 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import HarnessError
+from ..plugins import HostPlugin, PluginError, load_plugin
 
 __all__ = ["StudyError", "StudyConfig", "HostConfig", "DataConfig", "SpaceConfig",
            "TrainingConfig", "CoupleConfig", "ExecutorConfig", "SlurmConfig", "ContainerConfig",
            "MpiConfig",
-           "load_config", "config_from_dict", "config_to_dict", "STAGES", "OPTIMIZERS"]
+           "load_config", "config_from_dict", "config_to_dict", "host_plugin", "STAGES",
+           "OPTIMIZERS"]
 
 STAGES = ("data", "train", "convert", "couple", "collect", "report")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 EXECUTORS = ("local", "slurm", "mpi")
-#: baselines each host offers (coarse-mode closures without a network)
-BASELINES = {"l96": ("none", "cubic"), "sw": ("none", "truth")}
-#: host-specific defaults applied where the study file leaves a value out (None)
-HOST_DEFAULTS: dict[str, dict[str, Any]] = {
-    "l96": {"data.dt": 0.001, "data.steps": 200_000, "data.spinup_steps": 2_000,
-            "data.sample_interval": 10, "couple.dt": 0.005, "couple.steps": 20_000,
-            "couple.baselines": ["none", "cubic"]},
-    "sw": {"data.dt": 900.0, "data.steps": 28_800, "data.spinup_steps": 4_800,
-           "data.sample_interval": 48, "couple.dt": 900.0, "couple.steps": 6_000,
-           "couple.baselines": ["none", "truth"]},
-}
+#: &<host>_run keys of the host protocol that the study sets on every run (docs/host-protocol.md)
+PROTOCOL_RUN_KEYS = frozenset({"mode", "closure", "n_steps", "dt", "seed", "init_file",
+                               "init_index", "output_dir", "spinup_steps", "sample_interval",
+                               "inject_nan_step", "inject_nan_column", "inject_value"})
 
 
 class StudyError(HarnessError):
@@ -50,13 +46,19 @@ class HostConfig:
     """The host program and the namelist values shared by its truth and coupled runs."""
 
     name: str = "l96"
+    #: the host's study plugin, "module:Class" (empty: a built-in host or an entry point of
+    #: group colnn.hosts with this name; see harness/plugins.py)
+    plugin: str = ""
+    #: the host program (empty: colnn_<name> of the build tree or $COLNN_HOST_BIN)
+    executable: str = ""
     #: &<host>_model keys (e.g. k, f for l96; nx, wind_scale is in run for sw)
     model: dict[str, Any] = field(default_factory=dict)
     #: &<host>_run keys applied to every run (truth and coupled), e.g. wind_scale for sw
     run: dict[str, Any] = field(default_factory=dict)
     #: &<host>_failure keys for coupled runs (e.g. max_abs); calibrated keys are filled in
     failure: dict[str, Any] = field(default_factory=dict)
-    #: l96: what a network column sees: 'local' (X_k), 'stencil' (X_{k-w}..X_{k+w}), 'full'
+    #: what a network column sees, for hosts that offer a choice (l96: 'local' (X_k),
+    #: 'stencil' (X_{k-w}..X_{k+w}), 'full'); the host's plugin checks it
     inputs: str = "stencil"
     stencil_halfwidth: int = 1
 
@@ -285,20 +287,18 @@ _SAFE_WORD = re.compile(r"^[A-Za-z0-9_.,-]*$")
 def _check(cfg: StudyConfig) -> None:
     """Values each key can take, and the host-specific defaults filled in."""
     host = cfg.host
-    if host.name not in BASELINES:
-        raise StudyError(f"host.name: must be one of {', '.join(BASELINES)}, got {host.name!r}")
-    for dotted, value in HOST_DEFAULTS[host.name].items():
+    plugin = host_plugin(cfg)
+    for dotted, value in plugin.study_defaults.items():
         section, key = dotted.split(".")
         obj = getattr(cfg, section)
         if getattr(obj, key) is None:
             setattr(obj, key, value)
     if not cfg.name.strip():
         raise StudyError("name: must not be empty")
-    if host.inputs not in ("local", "stencil", "full"):
-        raise StudyError(f"host.inputs: must be 'local', 'stencil' or 'full', got {host.inputs!r}")
-    if host.name != "l96" and (host.inputs != "stencil" or host.stencil_halfwidth != 1):
-        raise StudyError("host.inputs and host.stencil_halfwidth apply to the l96 host only "
-                         "(sw columns always see the 5-point stencil of u, v, h)")
+    try:
+        plugin.check(host)
+    except ValueError as exc:
+        raise StudyError(str(exc)) from None
     _positive("host.stencil_halfwidth", host.stencil_halfwidth)
     d = cfg.data
     if d.runs < 2:
@@ -342,9 +342,9 @@ def _check(cfg: StudyConfig) -> None:
         raise StudyError(f"couple.ensemble_top_k: {c.ensemble_top_k} > training.candidates "
                          f"{t.candidates}")
     for i, b in enumerate(c.baselines):
-        if b not in BASELINES[host.name]:
+        if b not in plugin.baselines:
             raise StudyError(f"couple.baselines[{i}]: the {host.name} host's baselines are "
-                             f"{', '.join(BASELINES[host.name])}, got {b!r}")
+                             f"{', '.join(plugin.baselines)}, got {b!r}")
     if len(set(c.baselines)) != len(c.baselines):
         raise StudyError(f"couple.baselines: duplicates in {c.baselines!r}")
     e = cfg.executor
@@ -410,28 +410,37 @@ def _check_options(path: str, options: list[str], pattern: re.Pattern[str]) -> N
                              f"shell characters, got {option!r}")
 
 
+def host_plugin(cfg: StudyConfig) -> HostPlugin:
+    """The plugin of the study's host (cached per name and spec)."""
+    try:
+        return _plugin(cfg.host.name, cfg.host.plugin)
+    except PluginError as exc:
+        raise StudyError(f"host: {exc}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _plugin(name: str, spec: str) -> HostPlugin:
+    return load_plugin(name, spec)
+
+
 def _check_host_keys(cfg: StudyConfig) -> None:
     """The [host.*] namelist keys against the host program's own list (names and types)."""
     from ..hosts import HostError, host_run_from_dict
 
-    owned = {"mode", "closure", "n_steps", "dt", "seed", "init_file", "init_index",
-             "output_dir", "inputs", "stencil_halfwidth", "spinup_steps", "sample_interval",
-             "cubic_coeffs", "inject_nan_step", "inject_nan_column",
-             "inject_value"}
+    plugin = host_plugin(cfg)
+    owned = PROTOCOL_RUN_KEYS | set(plugin.run_keys(cfg.host)) | plugin.study_run_keys
     taken = sorted(owned & set(cfg.host.run))
     if taken:
         raise StudyError(f"host.run: {', '.join(taken)} are set by the study (see [data] and "
                          f"[couple]); remove them from [host.run]")
-    calibrated = {"drift_check", "drift_window", "drift_sample_interval", "drift_sigma",
-                  "clim_mean", "clim_std", "sd_window_mean", "sd_window_std", "energy_max",
-                  "energy_warn", "clim_ke", "clim_pe", "clim_h_std", "clim_speed_mean"}
-    taken = sorted(calibrated & set(cfg.host.failure))
+    taken = sorted(plugin.calibrated_keys & set(cfg.host.failure))
     if taken:
         raise StudyError(f"host.failure: {', '.join(taken)} are calibrated on the truth runs "
                          f"by the study (see [couple]); remove them from [host.failure]")
     try:
-        host_run_from_dict({"host": cfg.host.name, "model": cfg.host.model,
-                            "run": cfg.host.run, "failure": cfg.host.failure},
+        host_run_from_dict({"host": cfg.host.name, "executable": cfg.host.executable,
+                            "model": cfg.host.model, "run": cfg.host.run,
+                            "failure": cfg.host.failure},
                            Path.cwd(), source="host", output_dir=Path("."))
     except HostError as exc:
         raise StudyError(str(exc)) from None
@@ -458,6 +467,11 @@ def load_config(path: Path | str, check_host: bool = True) -> StudyConfig:
         raise StudyError(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(f"{path}: not valid TOML: {exc}") from None
+    host = data.get("host")
+    if isinstance(host, dict) and isinstance(host.get("executable"), str) and host["executable"]:
+        # the study directory keeps the configuration: a path relative to the study file
+        # would name another place from there
+        host["executable"] = str((path.parent / host["executable"]).resolve())
     return config_from_dict(data, str(path), check_host)
 
 

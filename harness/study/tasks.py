@@ -27,7 +27,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import HarnessError
-from .config import StudyError
+from .config import StudyError, host_plugin
 from .layout import StudyDir, atomic_write_json, read_json
 
 __all__ = ["run_task", "calibration", "training_data", "STAGE_TASKS", "UpstreamUnfinished"]
@@ -65,16 +65,17 @@ def task_data(sd: StudyDir, index: int) -> dict[str, Any]:
     run = {**cfg.host.run, "mode": "truth", "dt": d.dt, "n_steps": d.steps,
            "spinup_steps": d.spinup_steps, "sample_interval": d.sample_interval,
            "seed": _truth_seed(sd, index)}
-    spec = {"host": cfg.host.name, "model": cfg.host.model, "run": run}
+    spec = {"host": cfg.host.name, "executable": cfg.host.executable, "model": cfg.host.model,
+            "run": run}
     result = run_host(host_run_from_dict(spec, sd.root, output_dir=out))
     if result.get("status") != "completed":
         raise StudyError(f"truth run {out} did not complete: {result.get('reason')} "
                          f"{result.get('message', '')}")
-    return {"steps": result.get("steps"), "wall_s": result.get("wall_s")}
+    return {"steps": result.get("steps"), "wall_s": result.get("wall_time_s")}
 
 
 def _truth_file(sd: StudyDir, index: int) -> Path:
-    path = sd.truth_dir(index) / "truth.h5"
+    path = sd.truth_dir(index) / host_plugin(sd.config).truth_file
     if sd.task_state("data", index) != "ok" or not path.is_file():
         raise UpstreamUnfinished(f"{path}: the truth run is not finished "
                                  "(run the data stage first)")
@@ -91,48 +92,15 @@ def calibration(sd: StudyDir) -> dict[str, Any]:
     first, last = _truth_file(sd, 0), _truth_file(sd, cfg.data.runs - 1)
     out: dict[str, Any] = {"training_truth": str(first.relative_to(sd.root)),
                            "init_file": str(last)}
-    if cfg.host.name == "l96":
-        from ..l96 import calibrate_drift, false_alarm_rates, fit_cubic, read_truth
-        x, u, _ = read_truth(first)
-        n_snap = read_truth(last)[0].shape[0]
-        cal = calibrate_drift(first, c.drift_window_time, c.drift_sample_time)
-        window = round(c.drift_window_time / c.dt)
-        sample = round(c.drift_sample_time / c.dt)
-        if abs(window * c.dt - c.drift_window_time) > 1e-9 * c.drift_window_time or \
-                abs(sample * c.dt - c.drift_sample_time) > 1e-9 * c.drift_sample_time:
-            raise StudyError(f"couple.drift_window_time and drift_sample_time must be "
-                             f"multiples of couple.dt = {c.dt}")
-        sigmas = tuple(sorted({3.0, 4.0, 5.0, float(c.drift_sigma)}))
-        rates = false_alarm_rates(last, cal, sigmas)
-        out["drift"] = cal.as_dict()
-        out["false_alarm_rates"] = {str(k): v for k, v in rates.items()}
-        out["cubic_coeffs"] = fit_cubic(x, u)
-        out["failure"] = {"drift_check": bool(c.drift), "drift_window": window,
-                          "drift_sample_interval": sample, "drift_sigma": c.drift_sigma,
-                          "clim_mean": cal.clim_mean, "clim_std": cal.clim_std,
-                          "sd_window_mean": cal.sd_window_mean,
-                          "sd_window_std": cal.sd_window_std}
-        out["bias_variable"] = "bias"
-        out["bias_label"] = "bias of the mean of X vs the truth climatology"
-    else:
-        import h5py
-        try:
-            with h5py.File(first, "r") as f:
-                clim = {name: np.asarray(f[name][...], dtype=np.float64)
-                        for name in ("ke", "pe", "h_std", "mean_speed", "energy")}
-            with h5py.File(last, "r") as f:
-                n_snap = int(f["u"].shape[0])
-        except (OSError, KeyError) as exc:
-            raise StudyError(f"{first}: not a shallow-water truth file ({exc})") from None
-        e_max = float(clim["energy"].max())
-        out["truth_energy_max"] = e_max
-        out["failure"] = {"energy_max": c.energy_factor * e_max,
-                          "energy_warn": c.warn_factor * e_max,
-                          "clim_ke": float(clim["ke"].mean()), "clim_pe": float(clim["pe"].mean()),
-                          "clim_h_std": float(clim["h_std"].mean()),
-                          "clim_speed_mean": float(clim["mean_speed"].mean())}
-        out["bias_variable"] = "bias_ke"
-        out["bias_label"] = "relative bias of kinetic energy vs the truth climatology"
+    try:
+        found = host_plugin(cfg).calibrate(first, last, c)
+    except HarnessError as exc:
+        raise StudyError(str(exc)) from None
+    for key in ("failure", "n_snapshots", "bias_variable", "bias_label"):
+        if key not in found:
+            raise StudyError(f"host plugin of {cfg.host.name!r}: calibrate() gave no {key!r}")
+    n_snap = int(found.pop("n_snapshots"))
+    out.update(found)
     n_ic = c.initial_conditions
     if n_snap < n_ic:
         raise StudyError(f"{last}: {n_snap} snapshots for {n_ic} initial conditions")
@@ -148,24 +116,12 @@ def training_data(sd: StudyDir) -> dict[str, np.ndarray]:
     are not neighbours of training samples."""
     cfg = sd.config
     truth = _truth_file(sd, 0)
-    if cfg.host.name == "l96":
-        from ..l96 import read_truth, training_pairs
-        x, u, _ = read_truth(truth)
-        n_t = x.shape[0]
-        cut = int(round(n_t * (1 - cfg.training.validation_fraction)))
-        xt, yt = training_pairs(x[:cut], u[:cut], cfg.host.inputs, cfg.host.stencil_halfwidth)
-        xv, yv = training_pairs(x[cut:], u[cut:], cfg.host.inputs, cfg.host.stencil_halfwidth)
-    else:
-        from ..sw import read_truth, training_pairs
-        data, _ = read_truth(truth)
-        n_t = data["u"].shape[0]
-        cut = int(round(n_t * (1 - cfg.training.validation_fraction)))
-        xt, yt = training_pairs({k: v[:cut] for k, v in data.items()})
-        xv, yv = training_pairs({k: v[cut:] for k, v in data.items()})
-    if cut < 1 or cut >= n_t:
-        raise StudyError(f"{truth}: {n_t} snapshots cannot be split with validation_fraction "
-                         f"{cfg.training.validation_fraction}")
-    return {"x_train": xt, "y_train": yt, "x_val": xv, "y_val": yv}
+    try:
+        return host_plugin(cfg).training_pairs(truth, cfg.host,
+                                               cfg.training.validation_fraction)
+    except HarnessError as exc:
+        raise StudyError(str(exc)) from None
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,8 +361,8 @@ def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
                            "init_index": cal["init_indices"][ic]}
     if c.output_interval:
         run["output_interval"] = c.output_interval
-    if cfg.host.name == "l96":
-        run.update(inputs=cfg.host.inputs, stencil_halfwidth=cfg.host.stencil_halfwidth)
+    plugin = host_plugin(cfg)
+    run.update(plugin.run_keys(cfg.host))
     coupler: dict[str, Any] = {}
     outcome: dict[str, Any] = {"name": name, "kind": kind, "ic": ic}
     if kind == "candidate":
@@ -419,8 +375,7 @@ def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
         coupler["model_file"] = str(sd.candidate_dir(name) / "model.colnn")
     elif kind == "baseline":
         run["closure"] = task["closure"]
-        if task["closure"] == "cubic":
-            run["cubic_coeffs"] = cal["cubic_coeffs"]
+        run.update(plugin.baseline_run_keys(task["closure"], cal))
     else:
         members = ensemble_members(sd)
         if len(members) < 2:
@@ -430,7 +385,8 @@ def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
         coupler.update(ensemble=str(_ensemble_dir(sd, members)),
                        noise_sd=c.ensemble_noise_sd, noise_seed=cfg.seed)
         outcome["members"] = members
-    spec = {"host": cfg.host.name, "model": cfg.host.model, "run": run,
+    spec = {"host": cfg.host.name, "executable": cfg.host.executable, "model": cfg.host.model,
+            "run": run,
             "failure": {**cfg.host.failure, **cal["failure"]}, "coupler": coupler}
     result = run_host(host_run_from_dict(spec, sd.root, output_dir=rdir), timeout=c.timeout)
     return {**outcome, "run_status": result.get("status"), "steps": result.get("steps"),
