@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import HarnessError
+from .status import TaskState
 
 __all__ = ["main", "build_parser"]
 
@@ -164,7 +165,7 @@ def _cmd_task(args: argparse.Namespace) -> int:
     failed = 0
     for index in range(args.index, last):
         marker = run_task(sd.root, args.stage, index, force=args.force, study=sd)
-        if marker.get("status") != "ok":
+        if marker.get("status") != TaskState.OK:
             print(f"harness: {args.stage} task {index} failed: {marker.get('message')}",
                   file=sys.stderr)
             failed += 1

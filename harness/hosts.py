@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import f90nml
 
 from .errors import HarnessError
+from .status import RunStatus
 
 __all__ = ["HOSTS", "HostRun", "host_executable", "host_defaults", "load_host_run",
            "host_run_from_dict", "namelist_text", "run_host", "read_result"]
@@ -264,7 +265,7 @@ RESULT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "schema": int, "host": str, "steps": int, "max_steps": int,
     "failure_step": (int, type(None)), "reason": (str, type(None)),
     "variable": (str, type(None)), "message": str, "wall_time_s": (int, float), "extra": dict}
-RESULT_STATUSES = ("completed", "failed", "error")
+RESULT_STATUSES = tuple(RunStatus)
 
 
 def read_result(output_dir: Path | str) -> dict[str, Any]:
@@ -281,7 +282,7 @@ def read_result(output_dir: Path | str) -> dict[str, Any]:
     if result.get("status") not in RESULT_STATUSES:
         raise HostError(f"{path}: status must be one of {', '.join(RESULT_STATUSES)}, got "
                         f"{result.get('status')!r}")
-    if result["status"] != "error":
+    if result["status"] != RunStatus.ERROR:
         for key, tp in RESULT_FIELDS.items():
             value = result.get(key)
             if key not in result or isinstance(value, bool) or not isinstance(value, tp):
@@ -331,7 +332,7 @@ def run_host(run: HostRun, timeout: float | None = None) -> dict[str, Any]:
         raise HostError(f"{exe.name} {nml} wrote no result.json (exit {proc.returncode}):"
                         f" {proc.stderr.strip()[-2000:]}{_space_note(run.output_dir)}")
     result = read_result(run.output_dir)
-    if result.get("status") == "error":
+    if result.get("status") == RunStatus.ERROR:
         raise HostError(f"{exe.name}: {result.get('message')}"
                         f"{_space_note(run.output_dir)}")
     return result

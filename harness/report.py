@@ -37,6 +37,7 @@ from scipy import stats
 
 from .atomic import atomic_path, atomic_write_text
 from .errors import HarnessError
+from .status import ConvertStatus, TrainStatus
 
 __all__ = [
     "Study",
@@ -983,11 +984,11 @@ def _header(study: Study) -> list[str]:
     ts = cands["train_status"]
     cs = cands["convert_status"]
     counts = [f"{len(cands)} candidates"]
-    for status in ("ok", "diverged", "error", "missing"):
+    for status in TrainStatus:
         k = int((ts == status).sum())
-        if k or status in ("ok", "diverged"):
+        if k or status in (TrainStatus.OK, TrainStatus.DIVERGED):
             counts.append(f"training {status}: {k}")
-    conv_failed = int(cs.isin(["failed", "verify_failed"]).sum())
+    conv_failed = int(cs.isin([ConvertStatus.FAILED, ConvertStatus.VERIFY_FAILED]).sum())
     counts.append(f"conversion failed: {conv_failed}")
     counts.append(f"coupled: {int(_coupled(cands).sum())}")
     counts.append(f"in the correlations: {len(usable_candidates(df))}")
@@ -1242,11 +1243,11 @@ def _excluded_section(study: Study) -> list[str]:
 
 
 def _why_excluded(r: pd.Series) -> str:
-    if r["train_status"] and r["train_status"] != "ok":
+    if r["train_status"] and r["train_status"] != TrainStatus.OK:
         return f"training {r['train_status']}"
     if not _finite(r["val_mse"]):
         return "no validation MSE"
-    if r["convert_status"] and r["convert_status"] != "ok":
+    if r["convert_status"] and r["convert_status"] != ConvertStatus.OK:
         return f"conversion {r['convert_status'].replace('_', ' ')}"
     return "no coupled run produced a result"
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path
+from ..status import ConvertStatus, RunOutcome, RunStatus, TaskState, TrainStatus
 from .config import host_plugin
 from .layout import (StudyDir, atomic_write_json, atomic_write_text, read_json,
                      search_distributions)
@@ -68,18 +69,18 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
         marker = _marker(sd, "couple", index)
         rdir = sd.run_dir(task["name"], task["ic"])
         row: dict[str, Any] = {"name": task["name"], "kind": task["kind"], "ic": task["ic"],
-                               "status": "missing", "steps": np.nan, "failure_step": np.nan,
+                               "status": RunOutcome.MISSING, "steps": np.nan, "failure_step": np.nan,
                                "reason": "", "variable": "", "wall_s": np.nan, "nn_s": np.nan,
                                "message": ""}
         if marker is None:
             pass
-        elif marker.get("status") != "ok":
-            row.update(status="error", message=marker.get("message", ""))
-        elif marker.get("run_status") == "skipped":
-            row.update(status="skipped", message=marker.get("message", ""))
+        elif marker.get("status") != TaskState.OK:
+            row.update(status=RunOutcome.ERROR, message=marker.get("message", ""))
+        elif marker.get("run_status") == RunOutcome.SKIPPED:
+            row.update(status=RunOutcome.SKIPPED, message=marker.get("message", ""))
         else:
             result = read_json(rdir / "result.json") or {}
-            row.update(status=result.get("status", "missing"), steps=result.get("steps", np.nan),
+            row.update(status=result.get("status", RunOutcome.MISSING), steps=result.get("steps", np.nan),
                        reason=result.get("reason", "") or "",
                        variable=result.get("variable", "") or "",
                        wall_s=result.get("wall_time_s", np.nan),
@@ -90,7 +91,7 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
                     if key.endswith("_step") and value < 0:
                         value = n_steps     # the protocol's "never happened": censored
                     row[f"extra_{key}"] = value
-            if result.get("status") == "failed":
+            if result.get("status") == RunStatus.FAILED:
                 row["failure_step"] = result.get("failure_step", np.nan)
             diagnostics = result.get("diagnostics")
             curve = _bias_curve(rdir / diagnostics, bias_var, cfg.couple.dt) \
@@ -112,17 +113,19 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
         conv = read_json(cdir / "convert.json")
         train_marker = _marker(sd, "train", cand["index"])
         if train is not None:
-            train_status = train.get("status", "error")
-        elif train_marker is not None and train_marker.get("status") == "error":
-            train_status = "error"
+            train_status = train.get("status", TrainStatus.ERROR)
+        elif train_marker is not None and train_marker.get("status") == TaskState.ERROR:
+            train_status = TrainStatus.ERROR
         else:
-            train_status = "missing"
+            train_status = TrainStatus.MISSING
         models[cand["name"]] = {
             "name": cand["name"], "kind": "candidate", **{h: cand[h] for h in HYPER},
             "n_params": (train or {}).get("n_params", np.nan),
-            "val_mse": (train or {}).get("val_mse", np.nan) if train_status == "ok" else np.nan,
+            "val_mse": ((train or {}).get("val_mse", np.nan) if train_status == TrainStatus.OK
+                        else np.nan),
             "train_status": train_status, "epochs": (train or {}).get("epochs", np.nan),
-            "convert_status": (conv or {}).get("status", "missing" if train_status == "ok"
+            "convert_status": (conv or {}).get("status", ConvertStatus.MISSING
+                                               if train_status == TrainStatus.OK
                                                else ""),
             "verify_max_abs_err": (conv or {}).get("max_abs_error", np.nan),
             "train_s": (train or {}).get("train_s", np.nan), "members": ""}
@@ -140,9 +143,9 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
 
     rows = []
     for name, model in models.items():
-        mine = runs_df[(runs_df["name"] == name) & runs_df["status"].isin(("completed", "failed"))]
-        failed = mine[mine["status"] == "failed"]
-        stf = np.where(mine["status"] == "failed", mine["failure_step"], n_steps).astype(float)
+        mine = runs_df[(runs_df["name"] == name) & runs_df["status"].isin((RunStatus.COMPLETED, RunStatus.FAILED))]
+        failed = mine[mine["status"] == RunStatus.FAILED]
+        stf = np.where(mine["status"] == RunStatus.FAILED, mine["failure_step"], n_steps).astype(float)
         reasons = Counter(r for r in failed["reason"] if r)
         model.update(n_runs=int(len(mine)), n_failed=int(len(failed)), n_steps=n_steps,
                      steps_to_failure=float(np.median(stf)) if stf.size else np.nan,

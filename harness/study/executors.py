@@ -29,6 +29,7 @@ from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..status import TaskState
 from .config import STAGES, StudyError
 from .layout import StudyDir, atomic_write_json
 from .tasks import run_task
@@ -58,7 +59,7 @@ def _check_stage_errors(sd: StudyDir, stage: str) -> None:
     tasks are recorded and the study goes on (the table shows them)."""
     counts = sd.counts(stage)
     if stage == "data" and counts["error"]:
-        bad = [i for i in range(sd.n_tasks(stage)) if sd.task_state(stage, i) == "error"]
+        bad = [i for i in range(sd.n_tasks(stage)) if sd.task_state(stage, i) == TaskState.ERROR]
         msg = json.loads(sd.marker(stage, bad[0]).read_text()).get("message", "")
         raise StudyError(f"{sd.root}: truth run {bad[0]} failed: {msg}")
 
@@ -107,7 +108,7 @@ class LocalExecutor(Executor):
     @staticmethod
     def _note(bar: Any, marker: dict[str, Any]) -> None:
         bar.update(1)
-        if marker.get("status") == "error":
+        if marker.get("status") == TaskState.ERROR:
             bar.write(f"  {marker.get('stage')} task {marker.get('index')}: "
                       f"{marker.get('message', '')}")
 

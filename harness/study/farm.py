@@ -14,6 +14,7 @@ from collections import deque
 from pathlib import Path
 from typing import Sequence
 
+from ..status import TaskState
 from .layout import StudyDir
 from .tasks import run_task
 
@@ -47,7 +48,7 @@ def farm(root: Path | str, stages: Sequence[str], progress: bool = True) -> int:
             if size == 1 or stage in SERIAL:
                 while todo:
                     marker = run_task(sd.root, stage, todo.popleft(), study=sd)
-                    errors += marker.get("status") == "error"
+                    errors += marker.get("status") == TaskState.ERROR
                     bar.update(1)
             else:
                 busy = 0
@@ -59,8 +60,8 @@ def farm(root: Path | str, stages: Sequence[str], progress: bool = True) -> int:
                     marker = comm.recv(source=MPI.ANY_SOURCE, status=status)
                     idle.append(status.Get_source())
                     busy -= 1
-                    errors += marker.get("status") == "error"
-                    if marker.get("status") == "error":
+                    errors += marker.get("status") == TaskState.ERROR
+                    if marker.get("status") == TaskState.ERROR:
                         bar.write(f"  {stage} task {marker.get('index')}: "
                                   f"{marker.get('message', '')}")
                     bar.update(1)

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..atomic import atomic_write_text as _atomic_write_text
 
+from ..status import TaskState
 from .config import STAGES, StudyConfig, StudyError, config_from_dict, config_to_dict
 
 __all__ = ["StudyDir", "atomic_write_text", "atomic_write_json", "read_json",
@@ -208,24 +209,25 @@ class StudyDir:
         """'ok', 'error' (retry on resume), 'waiting' (for an unfinished earlier task: rerun
         after it) or 'pending' (never finished)."""
         try:
-            return str(json.loads(self.marker(stage, index).read_text()).get("status", "error"))
+            marker = json.loads(self.marker(stage, index).read_text())
+            return str(marker.get("status", TaskState.ERROR))
         except FileNotFoundError:
-            return "pending"
+            return TaskState.PENDING
         except (json.JSONDecodeError, OSError):
-            return "error"
+            return TaskState.ERROR
 
     def pending(self, stage: str, retry_errors: bool = True) -> list[int]:
         if stage not in STAGES:
             raise StudyError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
         states = [self.task_state(stage, i) for i in range(self.n_tasks(stage))]
-        return [i for i, s in enumerate(states)
-                if s in ("pending", "waiting") or (retry_errors and s == "error")]
+        again = {TaskState.PENDING, TaskState.WAITING} | ({TaskState.ERROR} if retry_errors else set())
+        return [i for i, s in enumerate(states) if s in again]
 
     def counts(self, stage: str) -> dict[str, int]:
-        out = {"ok": 0, "error": 0, "waiting": 0, "pending": 0}
+        out = {str(s): 0 for s in TaskState}
         for i in range(self.n_tasks(stage)):
             state = self.task_state(stage, i)
-            out[state if state in out else "error"] += 1
+            out[state if state in out else TaskState.ERROR] += 1
         return out
 
     def remove(self, path: Path) -> None:

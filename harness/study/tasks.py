@@ -27,6 +27,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import HarnessError
+from ..status import ConvertStatus, RunOutcome, RunStatus, TaskState, TrainStatus
 from .config import StudyError, host_plugin
 from .layout import StudyDir, atomic_write_json, read_json
 
@@ -38,7 +39,7 @@ class UpstreamUnfinished(StudyError):
 
 
 def _unfinished(sd: StudyDir, stage: str, indices: Any) -> str | None:
-    unfinished = [i for i in indices if sd.task_state(stage, i) != "ok"]
+    unfinished = [i for i in indices if sd.task_state(stage, i) != TaskState.OK]
     if not unfinished:
         return None
     shown = ", ".join(map(str, unfinished[:8])) + (", ..." if len(unfinished) > 8 else "")
@@ -68,7 +69,7 @@ def task_data(sd: StudyDir, index: int) -> dict[str, Any]:
     spec = {"host": cfg.host.name, "executable": cfg.host.executable, "model": cfg.host.model,
             "run": run}
     result = run_host(host_run_from_dict(spec, sd.root, output_dir=out))
-    if result.get("status") != "completed":
+    if result.get("status") != RunStatus.COMPLETED:
         raise StudyError(f"truth run {out} did not complete: {result.get('reason')} "
                          f"{result.get('message', '')}")
     return {"steps": result.get("steps"), "wall_s": result.get("wall_time_s")}
@@ -76,7 +77,7 @@ def task_data(sd: StudyDir, index: int) -> dict[str, Any]:
 
 def _truth_file(sd: StudyDir, index: int) -> Path:
     path = sd.truth_dir(index) / host_plugin(sd.config).truth_file
-    if sd.task_state("data", index) != "ok" or not path.is_file():
+    if sd.task_state("data", index) != TaskState.OK or not path.is_file():
         raise UpstreamUnfinished(f"{path}: the truth run is not finished "
                                  "(run the data stage first)")
     return path
@@ -232,10 +233,10 @@ def task_train(sd: StudyDir, index: int) -> dict[str, Any]:
     if not losses or not np.all(np.isfinite(losses)):
         bad = next((i for i, v in enumerate(history.get("loss", [])) if not np.isfinite(v)),
                    len(history.get("loss", [])) - 1)
-        record.update(status="diverged",
+        record.update(status=TrainStatus.DIVERGED,
                       message=f"the training loss became non-finite in epoch {bad + 1}")
         atomic_write_json(cdir / "train.json", record)
-        return {"train_status": "diverged"}
+        return {"train_status": TrainStatus.DIVERGED}
     # the host passes physical values: fold the target scaling into the last Dense layer
     last = model.layers[-1]
     kernel, bias = last.get_weights()
@@ -245,17 +246,17 @@ def task_train(sd: StudyDir, index: int) -> dict[str, Any]:
                       dtype=np.float64)
     val_mse = float(np.mean(((pred - yv) / y_std) ** 2))
     if not np.isfinite(val_mse):
-        record.update(status="diverged", message="the validation predictions are not finite")
+        record.update(status=TrainStatus.DIVERGED, message="the validation predictions are not finite")
         atomic_write_json(cdir / "train.json", record)
-        return {"train_status": "diverged"}
+        return {"train_status": TrainStatus.DIVERGED}
     tmp = cdir / ".model.tmp.keras"
     model.save(tmp)
     os.replace(tmp, cdir / "model.keras")
-    record.update(status="ok", val_mse=val_mse, train_mse=history["loss"][-1],
+    record.update(status=TrainStatus.OK, val_mse=val_mse, train_mse=history["loss"][-1],
                   best_val_loss=float(min(history["val_loss"])),
                   y_mean=y_mean.tolist(), y_std=y_std.tolist())
     atomic_write_json(cdir / "train.json", record)
-    return {"train_status": "ok", "val_mse": val_mse}
+    return {"train_status": TrainStatus.OK, "val_mse": val_mse}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,15 +283,16 @@ def task_convert(sd: StudyDir, index: int) -> dict[str, Any]:
     (cdir / "model.colnn").unlink(missing_ok=True)
     train = read_json(cdir / "train.json")
     record: dict[str, Any] = {"name": cand["name"]}
-    if train is None or train.get("status") != "ok":
-        status = "missing" if train is None else train.get("status")
-        record.update(status="skipped", message=f"no trained model (training: {status})")
+    if train is None or train.get("status") != TrainStatus.OK:
+        status = TrainStatus.MISSING if train is None else train.get("status")
+        record.update(status=ConvertStatus.SKIPPED, message=f"no trained model (training: {status})")
     else:
         try:
             convert(cdir / "model.keras", cdir / "model.colnn")
             result = verify(cdir / "model.keras", cdir / "model.colnn",
                             inputs=_verify_inputs(sd), tol=sd.config.training.verify_tol)
-            record.update(status="ok" if result.passed else "verify_failed",
+            passed = ConvertStatus.OK if result.passed else ConvertStatus.VERIFY_FAILED
+            record.update(status=passed,
                           verify=result.as_dict(), max_abs_error=result.max_abs_error,
                           rel_error=result.rel_error)
             if not result.passed:
@@ -298,7 +300,7 @@ def task_convert(sd: StudyDir, index: int) -> dict[str, Any]:
                                      f"> {result.tol:.1e}")
         except HarnessError as exc:
             (cdir / "model.colnn").unlink(missing_ok=True)
-            record.update(status="failed", message=str(exc))
+            record.update(status=ConvertStatus.FAILED, message=str(exc))
     atomic_write_json(cdir / "convert.json", record)
     return {"convert_status": record["status"]}
 
@@ -311,7 +313,8 @@ def ensemble_members(sd: StudyDir) -> list[str]:
     for cand in sd.plan["candidates"]:
         cdir = sd.candidate_dir(cand["name"])
         train, conv = read_json(cdir / "train.json"), read_json(cdir / "convert.json")
-        if train and conv and train.get("status") == "ok" and conv.get("status") == "ok":
+        if train and conv and train.get("status") == TrainStatus.OK and \
+                conv.get("status") == ConvertStatus.OK:
             ranked.append((train["val_mse"], cand["name"]))
     return [name for _, name in sorted(ranked)[: sd.config.couple.ensemble_top_k]]
 
@@ -367,9 +370,9 @@ def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
     outcome: dict[str, Any] = {"name": name, "kind": kind, "ic": ic}
     if kind == "candidate":
         conv = read_json(sd.candidate_dir(name) / "convert.json")
-        if conv is None or conv.get("status") != "ok":
-            status = "missing" if conv is None else conv.get("status")
-            return {**outcome, "run_status": "skipped",
+        if conv is None or conv.get("status") != ConvertStatus.OK:
+            status = ConvertStatus.MISSING if conv is None else conv.get("status")
+            return {**outcome, "run_status": RunOutcome.SKIPPED,
                     "message": f"no converted model (conversion: {status})"}
         run["closure"] = "nn"
         coupler["model_file"] = str(sd.candidate_dir(name) / "model.colnn")
@@ -379,7 +382,7 @@ def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
     else:
         members = ensemble_members(sd)
         if len(members) < 2:
-            return {**outcome, "run_status": "skipped",
+            return {**outcome, "run_status": RunOutcome.SKIPPED,
                     "message": f"{len(members)} converted candidate(s): no ensemble"}
         run["closure"] = "nn"
         coupler.update(ensemble=str(_ensemble_dir(sd, members)),
@@ -427,15 +430,15 @@ def run_task(root: Path | str, stage: str, index: int, force: bool = False,
         raise StudyError(f"unknown stage {stage!r} (stages: {', '.join(STAGE_TASKS)})")
     if not 0 <= index < sd.n_tasks(stage):
         raise StudyError(f"{stage} has tasks 0..{sd.n_tasks(stage) - 1}, got {index}")
-    if not force and sd.task_state(stage, index) == "ok":
-        return {"status": "ok", "skipped": True}
+    if not force and sd.task_state(stage, index) == TaskState.OK:
+        return {"status": TaskState.OK, "skipped": True}
     start = time.perf_counter()
     try:
-        marker: dict[str, Any] = {"status": "ok", **STAGE_TASKS[stage](sd, index)}
+        marker: dict[str, Any] = {"status": TaskState.OK, **STAGE_TASKS[stage](sd, index)}
     except UpstreamUnfinished as exc:
-        marker = {"status": "waiting", "message": str(exc)}
+        marker = {"status": TaskState.WAITING, "message": str(exc)}
     except Exception as exc:    # noqa: BLE001 - recorded for --resume, never lost
-        marker = {"status": "error", "message": f"{type(exc).__name__}: {exc}",
+        marker = {"status": TaskState.ERROR, "message": f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc(limit=8)}
     marker.update(stage=stage, index=index, wall_s=time.perf_counter() - start,
                   host=socket.gethostname(), pid=os.getpid(),
