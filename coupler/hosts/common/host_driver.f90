@@ -90,8 +90,7 @@ module host_driver
   contains
     procedure(name_iface), deferred :: name
     procedure(groups_iface), deferred :: groups
-    procedure(read_group_iface), deferred :: read_group
-    procedure(write_group_iface), deferred :: write_group
+    procedure(group_io_iface), deferred :: group_io
     procedure(settings_iface), deferred :: settings
     procedure(validate_iface), deferred :: validate
     procedure(setup_iface), deferred :: setup
@@ -122,23 +121,18 @@ module host_driver
       character(len=GROUP_LEN), allocatable, intent(out) :: groups(:)
     end subroutine groups_iface
 
-    !> read(unit, nml=group): the values are taken when iostat = 0, else left as they were.
-    subroutine read_group_iface(self, group, unit, iostat, iomsg)
+    !> One of the host's groups: read(unit, nml=group), its values taken when iostat = 0 and
+    !> else left as they were, or write(unit, nml=group) with the values the host holds. (Both
+    !> in one procedure: the namelist statement must be where its variables are.)
+    subroutine group_io_iface(self, group, unit, reading, iostat, iomsg)
       import :: host_t
       class(host_t), intent(inout) :: self
       character(len=*), intent(in) :: group   !! one of groups()
-      integer, intent(in) :: unit             !! the namelist file, at its start
+      integer, intent(in) :: unit             !! reading: the namelist file, at its start
+      logical, intent(in) :: reading          !! read the group, else write it
       integer, intent(out) :: iostat          !! of the read: < 0 the group's end was not found
       character(len=*), intent(inout) :: iomsg
-    end subroutine read_group_iface
-
-    !> write(unit, nml=group) with the values the host holds.
-    subroutine write_group_iface(self, group, unit)
-      import :: host_t
-      class(host_t), intent(in) :: self
-      character(len=*), intent(in) :: group   !! one of groups()
-      integer, intent(in) :: unit
-    end subroutine write_group_iface
+    end subroutine group_io_iface
 
     function settings_iface(self) result(s)
       import :: host_t, run_settings_t
@@ -480,8 +474,9 @@ contains
     integer, intent(in), optional :: echo_unit
     character(len=GROUP_LEN), allocatable :: groups(:)
     logical, allocatable :: found(:)
-    integer :: i, groups_stat
+    integer :: i, groups_stat, ios
     character(len=1024) :: groups_msg
+    character(len=8) :: msg
 
     call host%groups(groups)
     allocate (found(size(groups) + 1), source=.false.)
@@ -495,7 +490,7 @@ contains
     do i = 1, size(groups)
       if (len(path) > 0) call read_group(trim(groups(i)), found(i))
       if (stat /= 0) return
-      if (present(echo_unit)) call host%write_group(trim(groups(i)), echo_unit)
+      if (present(echo_unit)) call host%group_io(trim(groups(i)), echo_unit, .false., ios, msg)
     end do
     if (groups_stat /= 0) then
       stat = groups_stat
@@ -515,7 +510,7 @@ contains
         errmsg = 'cannot open '//trim(path)//': '//trim(iomsg)
         return
       end if
-      call host%read_group(group, u, stat, iomsg)
+      call host%group_io(group, u, .true., stat, iomsg)
       close (u)
       if (stat < 0 .and. .not. in_file) then
         stat = 0    ! the group is not in the file: its defaults

@@ -75,8 +75,7 @@ module l96_host
   contains
     procedure :: name => l96_name
     procedure :: groups => l96_groups
-    procedure :: read_group => l96_read_group
-    procedure :: write_group => l96_write_group
+    procedure :: group_io => l96_group_io
     procedure :: settings => l96_settings
     procedure :: validate => l96_validate
     procedure :: setup => l96_setup
@@ -104,30 +103,10 @@ contains
     groups = [character(len=GROUP_LEN) :: 'l96_model', 'l96_run', 'l96_failure']
   end subroutine l96_groups
 
-  subroutine l96_read_group(self, group, unit, iostat, iomsg)
+  !> A namelist names variables of its own scope: the keys are locals here, copied from the
+  !> configuration and, after a read, back to it by name.
+  subroutine l96_group_io(self, group, unit, reading, iostat, iomsg)
     class(l96_host_t), intent(inout) :: self
-    character(len=*), intent(in) :: group
-    integer, intent(in) :: unit
-    integer, intent(out) :: iostat
-    character(len=*), intent(inout) :: iomsg
-    call group_io(self%cfg, group, unit, .true., iostat, iomsg)
-  end subroutine l96_read_group
-
-  subroutine l96_write_group(self, group, unit)
-    class(l96_host_t), intent(in) :: self
-    character(len=*), intent(in) :: group
-    integer, intent(in) :: unit
-    type(l96_config_t) :: cfg
-    integer :: iostat
-    character(len=8) :: iomsg
-    cfg = self%cfg
-    call group_io(cfg, group, unit, .false., iostat, iomsg)
-  end subroutine l96_write_group
-
-  !> Reads or writes one group. A namelist names variables of its own scope: the keys are
-  !> locals here, copied from cfg and, after a read, back to it by name.
-  subroutine group_io(cfg, group, unit, reading, iostat, iomsg)
-    type(l96_config_t), intent(inout) :: cfg
     character(len=*), intent(in) :: group    !! 'l96_model', 'l96_run' or 'l96_failure'
     integer, intent(in) :: unit
     logical, intent(in) :: reading           !! read the group, else write it
@@ -150,6 +129,7 @@ contains
     namelist /l96_failure/ max_abs, drift_check, drift_window, drift_sample_interval, &
       drift_sigma, clim_mean, clim_std, sd_window_mean, sd_window_std
 
+    associate (cfg => self%cfg)
     k = cfg%model%k; j = cfg%model%j; f = cfg%model%f; h = cfg%model%h; b = cfg%model%b
     c = cfg%model%c
     mode = cfg%mode; closure = cfg%closure; inputs = cfg%inputs
@@ -195,7 +175,8 @@ contains
     cfg%drift_sample_interval = drift_sample_interval; cfg%drift_sigma = drift_sigma
     cfg%clim_mean = clim_mean; cfg%clim_std = clim_std; cfg%sd_window_mean = sd_window_mean
     cfg%sd_window_std = sd_window_std
-  end subroutine group_io
+    end associate
+  end subroutine l96_group_io
 
   function l96_settings(self) result(s)
     class(l96_host_t), intent(in) :: self

@@ -106,8 +106,7 @@ module sw_host
   contains
     procedure :: name => sw_name
     procedure :: groups => sw_groups
-    procedure :: read_group => sw_read_group
-    procedure :: write_group => sw_write_group
+    procedure :: group_io => sw_group_io
     procedure :: settings => sw_settings
     procedure :: validate => sw_validate
     procedure :: setup => sw_setup
@@ -136,31 +135,11 @@ contains
     groups = [character(len=GROUP_LEN) :: 'sw_run', 'sw_model', 'sw_failure']
   end subroutine sw_groups
 
-  subroutine sw_read_group(self, group, unit, iostat, iomsg)
-    class(sw_host_t), intent(inout) :: self
-    character(len=*), intent(in) :: group
-    integer, intent(in) :: unit
-    integer, intent(out) :: iostat
-    character(len=*), intent(inout) :: iomsg
-    call group_io(self%cfg, group, unit, .true., iostat, iomsg)
-  end subroutine sw_read_group
-
-  subroutine sw_write_group(self, group, unit)
-    class(sw_host_t), intent(in) :: self
-    character(len=*), intent(in) :: group
-    integer, intent(in) :: unit
-    type(sw_config_t) :: cfg
-    integer :: iostat
-    character(len=8) :: iomsg
-    cfg = self%cfg
-    call group_io(cfg, group, unit, .false., iostat, iomsg)
-  end subroutine sw_write_group
-
-  !> Reads or writes one group. A namelist names variables of its own scope: the keys are
-  !> locals here, copied from cfg and, after a read, back to it by name (a positional
+  !> A namelist names variables of its own scope: the keys are locals here, copied from the
+  !> configuration and, after a read, back to it by name (a positional
   !> constructor would silently swap two reals of the same kind).
-  subroutine group_io(cfg, group, unit, reading, iostat, iomsg)
-    type(sw_config_t), intent(inout) :: cfg
+  subroutine sw_group_io(self, group, unit, reading, iostat, iomsg)
+    class(sw_host_t), intent(inout) :: self
     character(len=*), intent(in) :: group    !! 'sw_run', 'sw_model' or 'sw_failure'
     integer, intent(in) :: unit
     logical, intent(in) :: reading           !! read the group, else write it
@@ -184,6 +163,7 @@ contains
     namelist /sw_failure/ max_speed, energy_max, energy_warn, energy_check_interval, clim_ke, &
       clim_pe, clim_h_std, clim_speed_mean
 
+    associate (cfg => self%cfg)
     nx = cfg%nx; ny = cfg%ny; dx = cfg%dx; dy = cfg%dy; f0 = cfg%f0; g = cfg%g
     depth = cfg%depth; viscosity = cfg%viscosity; drag_days = cfg%drag_days
     wind_u0 = cfg%wind_u0; wind_days = cfg%wind_days; relax_days = cfg%relax_days
@@ -230,7 +210,8 @@ contains
     cfg%max_speed = max_speed; cfg%energy_max = energy_max; cfg%energy_warn = energy_warn
     cfg%energy_check_interval = energy_check_interval; cfg%clim_ke = clim_ke
     cfg%clim_pe = clim_pe; cfg%clim_h_std = clim_h_std; cfg%clim_speed_mean = clim_speed_mean
-  end subroutine group_io
+    end associate
+  end subroutine sw_group_io
 
   function sw_settings(self) result(s)
     class(sw_host_t), intent(in) :: self
