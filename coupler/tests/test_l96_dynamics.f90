@@ -57,16 +57,74 @@ program test_l96_dynamics
              'RK4: halving dt divides the error by about 16')
 
   ! energy: the advection term -X_{k-1}(X_{k-2} - X_{k+1}) does no work (sum X_k adv_k = 0)
-  p%f = 0
-  u = x0     ! cancels the damping -X_k: dx = adv
-  call slow_tendency(p, x0, u, dx)
+  u = x0     ! with F = 0, cancels the damping -X_k: dx = adv
+  call slow_tendency(0.0_dp, [x0(p%k - 1:p%k), x0, x0(1:1)], u, dx)
   adv = sum(x0 * dx)
   call check(abs(adv) < 1e-12_dp * sum(x0**2), 'advection conserves energy')
+
+  ! what the host does on each MPI rank: the ring in two blocks, each with its halos from the
+  ! other, stepped by the same kernels, gives the whole-ring step bitwise
+  x = x0
+  y = y0
+  call truth_step(p, 0.001_dp, x, y)
+  call check(all(block_step(x0, y0, 0.001_dp) == [x, y]), &
+             'two blocks with halos step as the whole ring, bitwise')
 
   if (failures > 0) error stop 1
   print '(a)', 'test_l96_dynamics: all passed'
 
 contains
+
+  !> One truth step of the ring as two blocks of K/2 slow variables (the host's loop on two
+  !> ranks, the halo exchange done by copying): the stepped [x, y].
+  function block_step(x_ring, y_ring, dt) result(xy)
+    real(dp), intent(in) :: x_ring(:), y_ring(:), dt
+    real(dp) :: xy(size(x_ring) + size(y_ring))
+    integer, parameter :: NB = 2
+    integer :: n, nf, b, stage
+    real(dp), allocatable :: xb(:, :), xsb(:, :), yb(:, :), ysb(:, :), kx(:, :, :), ky(:, :, :), ub(:)
+    n = p%k / NB
+    nf = p%j * n
+    allocate (xb(-1:n + 1, NB), xsb(-1:n + 1, NB), yb(0:nf + 2, NB), ysb(0:nf + 2, NB), &
+              kx(n, RK4_STAGES, NB), ky(nf, RK4_STAGES, NB), ub(n))
+    do b = 1, NB
+      xb(1:n, b) = x_ring((b - 1) * n + 1:b * n)
+      yb(1:nf, b) = y_ring((b - 1) * nf + 1:b * nf)
+    end do
+    do stage = 1, RK4_STAGES
+      if (stage == 1) then
+        call exchange(xb, yb, n, nf)
+      else
+        call exchange(xsb, ysb, n, nf)
+      end if
+      do b = 1, NB
+        if (stage == 1) then
+          call truth_tendencies(p, xb(:, b), yb(:, b), ub, kx(:, stage, b), ky(:, stage, b))
+        else
+          call truth_tendencies(p, xsb(:, b), ysb(:, b), ub, kx(:, stage, b), ky(:, stage, b))
+        end if
+        call rk4_update(stage, dt, xb(1:n, b), kx(:, :, b), xsb(1:n, b))
+        call rk4_update(stage, dt, yb(1:nf, b), ky(:, :, b), ysb(1:nf, b))
+      end do
+    end do
+    xy = [xb(1:n, 1), xb(1:n, 2), yb(1:nf, 1), yb(1:nf, 2)]
+  end function block_step
+
+  !> The blocks' halos from their neighbours on the ring (MPI's halo exchange).
+  subroutine exchange(xx, yy, n, nf)
+    real(dp), intent(inout) :: xx(-1:, :), yy(0:, :)   !! (halo + block, blocks)
+    integer, intent(in) :: n, nf                       !! slow and fast variables per block
+    integer :: b, left, right, nb
+    nb = size(xx, 2)
+    do b = 1, nb
+      left = modulo(b - 2, nb) + 1
+      right = modulo(b, nb) + 1
+      xx(-1:0, b) = xx(n - 1:n, left)
+      xx(n + 1, b) = xx(1, right)
+      yy(0, b) = yy(nf, left)
+      yy(nf + 1:nf + 2, b) = yy(1:2, right)
+    end do
+  end subroutine exchange
 
   subroutine check(ok, what)
     logical, intent(in) :: ok

@@ -7,7 +7,7 @@ module host_common
   implicit none
   private
 
-  public :: injected_value, is_injectable
+  public :: injected_value, is_injectable, ieee_nan, is_finite, last, mean_finite, max_finite
   public :: dp, i8, run_result_t, write_result, finish_run, hash_file, wall_clock, check_groups, itoa, &
             rtoa, ftoa, atomic_rename, host_uniform, host_normal
 
@@ -180,8 +180,6 @@ contains
     end if
   end function jstr_or_null
 
-  !> Writes result.json through a temporary file and rename(2): a reader sees the old file or
-  !> the complete new one, never a partial one.
   !> The value a fault-injection test writes into the state: 'nan', 'inf' or '-inf'.
   real(dp) function injected_value(kind)
     use, intrinsic :: ieee_arithmetic, only: ieee_value, ieee_quiet_nan, ieee_positive_inf, &
@@ -201,6 +199,52 @@ contains
     character(len=*), intent(in) :: kind
     is_injectable = any(trim(kind) == [character(len=4) :: 'nan', 'inf', '-inf'])
   end function is_injectable
+
+  !> A quiet NaN: "no value" in the diagnostics and extras (result.json writes it as null).
+  real(dp) function ieee_nan()
+    use, intrinsic :: ieee_arithmetic, only: ieee_value, ieee_quiet_nan
+    ieee_nan = ieee_value(1.0_dp, ieee_quiet_nan)
+  end function ieee_nan
+
+  !> Neither NaN nor infinite (a NaN compares false, so it fails the test).
+  elemental logical function is_finite(x)
+    real(dp), intent(in) :: x
+    is_finite = abs(x) <= huge(1.0_dp)
+  end function is_finite
+
+  !> The last element, NaN for an empty array (a run that ended before its first record).
+  real(dp) function last(a)
+    real(dp), intent(in) :: a(:)
+    if (size(a) == 0) then
+      last = ieee_nan()
+    else
+      last = a(size(a))
+    end if
+  end function last
+
+  !> The mean of the finite elements (a failed run's last record may be NaN); NaN when none is.
+  real(dp) function mean_finite(a)
+    real(dp), intent(in) :: a(:)
+    logical :: ok(size(a))
+    ok = is_finite(a)
+    if (count(ok) == 0) then
+      mean_finite = ieee_nan()
+    else
+      mean_finite = sum(a, mask=ok) / count(ok)
+    end if
+  end function mean_finite
+
+  !> The largest finite element; NaN when none is.
+  real(dp) function max_finite(a)
+    real(dp), intent(in) :: a(:)
+    logical :: ok(size(a))
+    ok = is_finite(a)
+    if (count(ok) == 0) then
+      max_finite = ieee_nan()
+    else
+      max_finite = maxval(a, mask=ok)
+    end if
+  end function max_finite
 
   !> Records one host-specific figure (result.json "extra"); the list grows as needed.
   subroutine run_result_add_extra(self, name, value)
@@ -223,6 +267,8 @@ contains
     self%n_extra = 0
   end subroutine run_result_clear_extras
 
+  !> Writes result.json through a temporary file and rename(2): a reader sees the old file or
+  !> the complete new one, never a partial one.
   subroutine write_result(path, r, stat, errmsg)
     character(len=*), intent(in) :: path
     type(run_result_t), intent(in) :: r

@@ -1,32 +1,9 @@
-!> colnn_sw CONFIG.nml: the 2-D shallow-water host (see sw_host). Run under mpirun for more
-!> than one rank. colnn_sw --defaults prints every namelist key with its default, colnn_sw
-!> --print-config CONFIG.nml the values a run of CONFIG.nml would use.
+!> colnn_sw CONFIG.nml | --defaults | --print-config CONFIG.nml: the 2-D shallow-water host
+!> (sw_host), run by host_driver. Run under mpirun for more than one rank.
 program colnn_sw
-  use, intrinsic :: iso_fortran_env, only: error_unit, output_unit
-  use mpi_f08, only: MPI_Init, MPI_Finalize
-  use sw_host, only: sw_host_main, sw_write_defaults, sw_print_config
+  use host_driver, only: host_cli
+  use sw_host, only: sw_host_t
   implicit none
-  character(len=4096) :: path, config
-  character(len=1024) :: errmsg
-  integer :: code, ierr
-  call MPI_Init(ierr)
-  call get_command_argument(1, path)
-  if (command_argument_count() == 1 .and. path == '--defaults') then
-    call sw_write_defaults(output_unit)
-    code = 0
-  else if (command_argument_count() == 2 .and. path == '--print-config') then
-    call get_command_argument(2, config)
-    call sw_print_config(trim(config), output_unit, code, errmsg)
-    if (code /= 0) then
-      write (error_unit, '(a)') 'colnn_sw: '//trim(errmsg)
-      code = 1
-    end if
-  else if (command_argument_count() /= 1 .or. path(1:1) == '-') then
-    write (error_unit, '(a)') 'usage: colnn_sw CONFIG.nml | --defaults | --print-config CONFIG.nml'
-    code = 2
-  else
-    call sw_host_main(trim(path), code)
-  end if
-  call MPI_Finalize(ierr)
-  if (code /= 0) stop code, quiet=.true.
+  type(sw_host_t) :: host
+  call host_cli(host, 'colnn_sw')
 end program colnn_sw

@@ -1,0 +1,634 @@
+!> The two-scale Lorenz-96 host (host_driver runs it): a truth mode that writes training data
+!> and a climatology sample, and a coarse mode whose coupling term comes from a closure (the NN
+!> through colnn_coupler, none, or a cubic polynomial) with steps-to-failure checks. The K slow
+!> variables are the host's "columns", split over MPI ranks in blocks with halos and stepped by
+!> l96_dynamics' kernels; every global sum is taken on rank 0 in one order, so results do not
+!> depend on the number of ranks.
+!>
+!> Configuration: the groups &l96_model, &l96_run, &l96_failure (and the coupler's
+!> &colnn_coupler). Output: diagnostics.h5 (coarse) or truth.h5 (truth).
+module l96_host
+  use mpi_f08
+  use colnn, only: wp
+  use colnn_mpi, only: decompose_columns
+  use host_common
+  use host_h5
+  use host_mpi
+  use host_driver
+  use l96_dynamics, only: l96_params_t, slow_tendency, coupling_term, truth_tendencies, &
+                          rk4_update, RK4_STAGES, X_HALO_LEFT, X_HALO_RIGHT, Y_HALO_LEFT, &
+                          Y_HALO_RIGHT
+  implicit none
+  private
+
+  public :: l96_host_t
+
+  type :: l96_config_t
+    ! &l96_model
+    type(l96_params_t) :: model
+    ! &l96_run
+    character(len=16) :: mode = 'coarse'         !< 'truth' | 'coarse'
+    character(len=16) :: closure = 'nn'          !< coarse: 'nn' | 'none' | 'cubic'
+    character(len=16) :: inputs = 'stencil'      !< NN inputs per column: 'local' | 'stencil' | 'full'
+    integer :: stencil_halfwidth = 1
+    real(dp) :: dt = 0.005_dp
+    integer :: n_steps = 1000, spinup_steps = 0
+    integer(i8) :: seed = 1
+    character(len=1024) :: init_file = '', output_dir = '.'
+    integer :: init_index = 1
+    integer :: output_interval = 10, sample_interval = 10
+    real(dp) :: cubic_coeffs(4) = 0                !< U = c1 + c2 X + c3 X^2 + c4 X^3
+    integer :: inject_nan_step = -1, inject_nan_column = 1
+    character(len=8) :: inject_value = 'nan'        !< what is injected: nan, inf or -inf
+    ! &l96_failure
+    real(dp) :: max_abs = 50
+    logical :: drift_check = .false.
+    integer :: drift_window = 1000, drift_sample_interval = 10
+    real(dp) :: drift_sigma = 5
+    real(dp) :: clim_mean = 0, clim_std = 0, sd_window_mean = 0, sd_window_std = 0
+  end type l96_config_t
+
+  ! a coarse record, in this order (a truth sample is x(1:K) then U(1:K))
+  integer, parameter :: R_MEAN = 1, R_STD = 2, R_BIAS = 3, R_RMSE = 4, R_ENERGY = 5, &
+                        R_MAX_ABS = 6, R_U_MEAN = 7, N_RECORD = 7
+  character(len=*), parameter :: RECORD_NAMES(N_RECORD) = [character(len=16) :: 'x_mean', &
+    'x_std', 'bias', 'rmse', 'energy', 'max_abs_x', 'u_mean']
+
+  !> The host: its configuration and this rank's state.
+  type, extends(host_t) :: l96_host_t
+    private
+    type(l96_config_t) :: cfg
+    integer :: first = 1, n = 0                          !< this rank owns X_first .. X_first+n-1
+    integer :: hl = X_HALO_LEFT, hr = X_HALO_RIGHT       !< halo widths of x
+    integer :: w = 0, n_in = 1, n_out = 1, ncol = 0      !< stencil halfwidth, NN sizes, NN columns
+    real(dp), allocatable :: x(:, :), xs(:, :)           !< the state and a stage's, (1, 1-hl : n+hr)
+    real(dp), allocatable :: kx(:, :), u(:)              !< stage tendencies (n, 4); U of a stage
+    real(dp), allocatable :: u1(:, :)                    !< the closure at stage 1, (1, n)
+    real(dp), allocatable :: y(:, :), ys(:, :), ky(:, :) !< truth: (1, 0 : J*n+2) twice; (J*n, 4)
+    real(wp), allocatable :: nn_in(:, :), nn_out(:, :)
+    integer, allocatable :: counts(:), displs(:)
+    real(dp), allocatable :: xg(:, :), ug(:, :)          !< gathered on rank 0: (1, K)
+    ! the drift test (rank 0): sums over the current window, the z-scores of the windows so far
+    real(dp) :: wsum = 0, wsq = 0, wcount = 0
+    integer :: i_win = 0
+    real(dp), allocatable :: w_time(:), w_zmean(:), w_zstd(:)
+  contains
+    procedure :: name => l96_name
+    procedure :: groups => l96_groups
+    procedure :: group_io => l96_group_io
+    procedure :: settings => l96_settings
+    procedure :: validate => l96_validate
+    procedure :: setup => l96_setup
+    procedure :: coupler_spec => l96_coupler_spec
+    procedure :: start => l96_start
+    procedure :: step => l96_step
+    procedure :: inject => l96_inject
+    procedure :: check => l96_check
+    procedure :: record => l96_record
+    procedure :: summarize => l96_summarize
+    procedure :: write_output => l96_write_output
+  end type l96_host_t
+
+contains
+
+  function l96_name(self) result(name)
+    class(l96_host_t), intent(in) :: self
+    character(len=:), allocatable :: name
+    name = 'l96'
+  end function l96_name
+
+  subroutine l96_groups(self, groups)
+    class(l96_host_t), intent(in) :: self
+    character(len=GROUP_LEN), allocatable, intent(out) :: groups(:)
+    groups = [character(len=GROUP_LEN) :: 'l96_model', 'l96_run', 'l96_failure']
+  end subroutine l96_groups
+
+  !> A namelist names variables of its own scope: the keys are locals here, copied from the
+  !> configuration and, after a read, back to it by name.
+  subroutine l96_group_io(self, group, unit, reading, iostat, iomsg)
+    class(l96_host_t), intent(inout) :: self
+    character(len=*), intent(in) :: group    !! 'l96_model', 'l96_run' or 'l96_failure'
+    integer, intent(in) :: unit
+    logical, intent(in) :: reading           !! read the group, else write it
+    integer, intent(out) :: iostat
+    character(len=*), intent(inout) :: iomsg
+    integer :: k, j, stencil_halfwidth, n_steps, spinup_steps, init_index, output_interval, &
+               sample_interval, inject_nan_step, inject_nan_column, drift_window, &
+               drift_sample_interval
+    real(dp) :: f, h, b, c, dt, cubic_coeffs(4), max_abs, drift_sigma, clim_mean, clim_std, &
+                sd_window_mean, sd_window_std
+    character(len=16) :: mode, closure, inputs
+    character(len=8) :: inject_value
+    character(len=1024) :: init_file, output_dir
+    integer(i8) :: seed
+    logical :: drift_check
+    namelist /l96_model/ k, j, f, h, b, c
+    namelist /l96_run/ mode, closure, inputs, stencil_halfwidth, dt, n_steps, spinup_steps, &
+      seed, init_file, init_index, output_dir, output_interval, sample_interval, cubic_coeffs, &
+      inject_nan_step, inject_nan_column, inject_value
+    namelist /l96_failure/ max_abs, drift_check, drift_window, drift_sample_interval, &
+      drift_sigma, clim_mean, clim_std, sd_window_mean, sd_window_std
+
+    associate (cfg => self%cfg)
+    k = cfg%model%k; j = cfg%model%j; f = cfg%model%f; h = cfg%model%h; b = cfg%model%b
+    c = cfg%model%c
+    mode = cfg%mode; closure = cfg%closure; inputs = cfg%inputs
+    stencil_halfwidth = cfg%stencil_halfwidth; dt = cfg%dt; n_steps = cfg%n_steps
+    spinup_steps = cfg%spinup_steps; seed = cfg%seed; init_file = cfg%init_file
+    init_index = cfg%init_index; output_dir = cfg%output_dir
+    output_interval = cfg%output_interval; sample_interval = cfg%sample_interval
+    cubic_coeffs = cfg%cubic_coeffs; inject_nan_step = cfg%inject_nan_step
+    inject_nan_column = cfg%inject_nan_column; inject_value = cfg%inject_value
+    max_abs = cfg%max_abs; drift_check = cfg%drift_check; drift_window = cfg%drift_window
+    drift_sample_interval = cfg%drift_sample_interval; drift_sigma = cfg%drift_sigma
+    clim_mean = cfg%clim_mean; clim_std = cfg%clim_std; sd_window_mean = cfg%sd_window_mean
+    sd_window_std = cfg%sd_window_std
+
+    iostat = 0
+    select case (group)
+    case ('l96_model')
+      if (reading) read (unit, nml=l96_model, iostat=iostat, iomsg=iomsg)
+      if (.not. reading) write (unit, nml=l96_model)
+    case ('l96_run')
+      if (reading) read (unit, nml=l96_run, iostat=iostat, iomsg=iomsg)
+      if (.not. reading) write (unit, nml=l96_run)
+    case ('l96_failure')
+      if (reading) read (unit, nml=l96_failure, iostat=iostat, iomsg=iomsg)
+      if (.not. reading) write (unit, nml=l96_failure)
+    end select
+    if (.not. reading) return
+    if (iostat /= 0) then
+      ! an output_dir read before the error: the error's result.json lands where asked
+      if (group == 'l96_run' .and. len_trim(output_dir) > 0) cfg%output_dir = output_dir
+      return
+    end if
+
+    cfg%model = l96_params_t(k=k, j=j, f=f, h=h, b=b, c=c)
+    cfg%mode = mode; cfg%closure = closure; cfg%inputs = inputs
+    cfg%stencil_halfwidth = stencil_halfwidth; cfg%dt = dt; cfg%n_steps = n_steps
+    cfg%spinup_steps = spinup_steps; cfg%seed = seed; cfg%init_file = init_file
+    cfg%init_index = init_index; cfg%output_dir = output_dir
+    cfg%output_interval = output_interval; cfg%sample_interval = sample_interval
+    cfg%cubic_coeffs = cubic_coeffs; cfg%inject_nan_step = inject_nan_step
+    cfg%inject_nan_column = inject_nan_column; cfg%inject_value = inject_value
+    cfg%max_abs = max_abs; cfg%drift_check = drift_check; cfg%drift_window = drift_window
+    cfg%drift_sample_interval = drift_sample_interval; cfg%drift_sigma = drift_sigma
+    cfg%clim_mean = clim_mean; cfg%clim_std = clim_std; cfg%sd_window_mean = sd_window_mean
+    cfg%sd_window_std = sd_window_std
+    end associate
+  end subroutine l96_group_io
+
+  function l96_settings(self) result(s)
+    class(l96_host_t), intent(in) :: self
+    type(run_settings_t) :: s
+    s = run_settings_t(mode=self%cfg%mode, closure=self%cfg%closure, run_group='l96_run', &
+                       columns_key='k', dt=self%cfg%dt, n_steps=self%cfg%n_steps, &
+                       spinup_steps=self%cfg%spinup_steps, &
+                       output_interval=self%cfg%output_interval, &
+                       sample_interval=self%cfg%sample_interval, &
+                       init_index=self%cfg%init_index, seed=self%cfg%seed, &
+                       output_dir=self%cfg%output_dir, n_columns=self%cfg%model%k, &
+                       inject_nan_step=self%cfg%inject_nan_step, &
+                       inject_nan_column=self%cfg%inject_nan_column, &
+                       inject_value=self%cfg%inject_value, record_size=N_RECORD)
+    if (self%cfg%mode == 'truth') s%record_size = 2 * self%cfg%model%k
+  end function l96_settings
+
+  subroutine l96_validate(self, path, stat, errmsg)
+    class(l96_host_t), intent(in) :: self
+    character(len=*), intent(in) :: path
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    associate (cfg => self%cfg, p => self%cfg%model)
+      stat = 1
+      if (p%k < 4) then
+        errmsg = key_error(path, 'l96_model', 'k', 'must be >= 4, got '//itoa(p%k))
+      else if (p%j < 1) then
+        errmsg = key_error(path, 'l96_model', 'j', 'must be >= 1, got '//itoa(p%j))
+      else if (.not. (p%b > 0 .and. p%c > 0 .and. is_finite(p%f) .and. is_finite(p%h))) then
+        errmsg = key_error(path, 'l96_model', 'b, c, f, h', 'b and c must be > 0, f and h finite')
+      else if (all(cfg%closure /= [character(len=16) :: 'nn', 'none', 'cubic'])) then
+        errmsg = key_error(path, 'l96_run', 'closure', "must be 'nn', 'none' or 'cubic', got '"// &
+                           trim(cfg%closure)//"'")
+      else if (all(cfg%inputs /= [character(len=16) :: 'local', 'stencil', 'full'])) then
+        errmsg = key_error(path, 'l96_run', 'inputs', "must be 'local', 'stencil' or 'full', "// &
+                           "got '"//trim(cfg%inputs)//"'")
+      else if (cfg%stencil_halfwidth < 1 .or. 2 * cfg%stencil_halfwidth + 1 > p%k) then
+        errmsg = key_error(path, 'l96_run', 'stencil_halfwidth', 'must be in 1 .. (k-1)/2, got '// &
+                           itoa(cfg%stencil_halfwidth))
+      else if (.not. (cfg%dt > 0 .and. cfg%dt <= 0.1_dp)) then
+        errmsg = key_error(path, 'l96_run', 'dt', 'must be in (0, 0.1]')
+      else if (.not. (cfg%max_abs > 0)) then
+        errmsg = key_error(path, 'l96_failure', 'max_abs', 'must be > 0')
+      else if (cfg%drift_check .and. (cfg%drift_window < 1 .or. cfg%drift_sample_interval < 1 &
+               .or. mod(cfg%drift_window, cfg%drift_sample_interval) /= 0)) then
+        errmsg = key_error(path, 'l96_failure', 'drift_window', 'must be a positive multiple of '// &
+                           'drift_sample_interval')
+      else if (cfg%drift_check .and. .not. (cfg%drift_sigma > 0 .and. cfg%clim_std > 0 .and. &
+               cfg%sd_window_mean > 0 .and. cfg%sd_window_std > 0)) then
+        errmsg = key_error(path, 'l96_failure', 'drift_sigma, clim_std, sd_window_mean, '// &
+                           'sd_window_std', 'the drift test needs all of them > 0 (from a '// &
+                           'calibration on truth runs)')
+      else
+        stat = 0
+        errmsg = ''
+      end if
+    end associate
+  end subroutine l96_validate
+
+  !> Decomposition, halos and every array of the run (nothing is allocated after this), the
+  !> initial state.
+  subroutine l96_setup(self, stat, errmsg)
+    class(l96_host_t), intent(inout) :: self
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    integer :: i, k, nf
+    real(dp), allocatable :: init(:)
+    integer, allocatable :: shp(:)
+    associate (cfg => self%cfg)
+    k = cfg%model%k
+    call decompose_columns(k, self%comm, self%first, self%n, stat, errmsg)
+    if (stat /= 0) return
+    self%w = 0
+    if (cfg%inputs == 'stencil') self%w = cfg%stencil_halfwidth
+    self%hl = max(X_HALO_LEFT, self%w)
+    self%hr = max(X_HALO_RIGHT, self%w)
+    ! the smallest block of the balanced split, so that every rank takes the same decision
+    if (k / self%nranks < max(self%hl, self%hr, 2)) then
+      stat = 1
+      errmsg = 'k = '//itoa(k)//' over '//itoa(self%nranks)//' ranks leaves a rank '// &
+               itoa(k / self%nranks)//' columns, fewer than its halo ('// &
+               itoa(max(self%hl, self%hr, 2))//'): use fewer ranks'
+      return
+    end if
+    if (cfg%mode == 'coarse' .and. cfg%closure == 'nn' .and. cfg%inputs == 'full' .and. &
+        self%nranks > 1) then
+      stat = 1
+      errmsg = "inputs = 'full' (one column holding the whole state) runs on one rank only"
+      return
+    end if
+    allocate (self%x(1, 1 - self%hl:self%n + self%hr), self%xs(1, 1 - self%hl:self%n + self%hr), &
+              source=0.0_dp)
+    allocate (self%kx(self%n, RK4_STAGES), self%u(self%n), self%u1(1, self%n), source=0.0_dp)
+    if (cfg%inputs == 'full') then
+      self%n_in = k
+      self%n_out = k
+      self%ncol = 1
+    else
+      self%n_in = 2 * self%w + 1
+      self%n_out = 1
+      self%ncol = self%n
+    end if
+    allocate (self%nn_in(self%n_in, self%ncol), self%nn_out(self%n_out, self%ncol), source=0.0_wp)
+    call gather_layout(1, self%n, self%comm, self%counts, self%displs)
+    allocate (self%xg(1, merge(k, 1, self%rank == 0)), self%ug(1, merge(k, 1, self%rank == 0)))
+    nf = cfg%model%j * self%n
+    if (cfg%mode == 'truth') then
+      allocate (self%y(1, 1 - Y_HALO_LEFT:nf + Y_HALO_RIGHT), &
+                self%ys(1, 1 - Y_HALO_LEFT:nf + Y_HALO_RIGHT), self%ky(nf, RK4_STAGES), &
+                source=0.0_dp)
+    end if
+    i = 0
+    if (cfg%drift_check) i = cfg%n_steps / cfg%drift_window
+    allocate (self%w_time(i), self%w_zmean(i), self%w_zstd(i), source=ieee_nan())
+
+    ! initial state: from a truth file (column init_index of its x), or keyed random numbers
+    if (len_trim(cfg%init_file) > 0) then
+      call h5_dataset_shape(trim(cfg%init_file), 'x', shp, stat, errmsg)
+      if (stat == 0) then
+        if (size(shp) /= 2 .or. shp(1) /= k) then
+          stat = 1
+          errmsg = trim(cfg%init_file)//': dataset x must be (samples, k = '//itoa(k)//')'
+        else if (cfg%init_index > shp(2)) then
+          stat = 1
+          errmsg = trim(cfg%init_file)//': init_index '//itoa(cfg%init_index)//' > '// &
+                   itoa(shp(2))//' samples'
+        end if
+      end if
+      if (stat /= 0) return
+      allocate (init(product(shp)))
+      call h5_read_doubles(trim(cfg%init_file), 'x', init, stat, errmsg)
+      if (stat /= 0) return
+      self%x(1, 1:self%n) = init((cfg%init_index - 1) * k + self%first: &
+                                 (cfg%init_index - 1) * k + self%first + self%n - 1)
+      if (.not. all(is_finite(self%x(1, 1:self%n)))) then
+        stat = 1
+        errmsg = trim(cfg%init_file)//': the initial state has non-finite values'
+        return
+      end if
+    else
+      do i = 1, self%n
+        self%x(1, i) = cfg%model%f / 4 + 2 * host_normal(cfg%seed, 1_i8, int(self%first + i - 1, i8))
+      end do
+    end if
+    if (cfg%mode == 'truth') then
+      do i = 1, nf
+        self%y(1, i) = 0.1_dp * host_normal(cfg%seed, 2_i8, int((self%first - 1) * cfg%model%j + i, i8))
+      end do
+    end if
+    stat = 0
+    end associate
+  end subroutine l96_setup
+
+  function l96_coupler_spec(self) result(spec)
+    class(l96_host_t), intent(in) :: self
+    type(coupler_spec_t) :: spec
+    spec%n_in = self%n_in
+    spec%n_out = self%n_out
+    spec%passes = 'the '//trim(self%cfg%inputs)//' inputs of this host'
+    spec%output_name = 'u'
+  end function l96_coupler_spec
+
+  subroutine l96_start(self, run)
+    class(l96_host_t), intent(inout) :: self
+    type(host_run_t), intent(inout) :: run
+    if (self%cfg%mode == 'coarse') self%u1 = ieee_nan()   ! no closure yet at step 0's record
+  end subroutine l96_start
+
+  ! ---------------------------------------------------------------------------------------
+  ! one step: RK4 over l96_dynamics' kernels, the halos exchanged before every stage
+
+  subroutine l96_step(self, run, step, stat, errmsg)
+    class(l96_host_t), intent(inout) :: self
+    type(host_run_t), intent(inout) :: run
+    integer, intent(in) :: step
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    integer :: stage, n, nf
+    n = self%n
+    stat = 0
+    errmsg = ''
+    do stage = 1, RK4_STAGES
+      if (self%cfg%mode == 'truth') then
+        nf = self%cfg%model%j * n
+        if (stage == 1) then
+          call truth_stage(self, stage, self%x, self%y)
+        else
+          call truth_stage(self, stage, self%xs, self%ys)
+        end if
+        call rk4_update(stage, self%cfg%dt, self%y(1, 1:nf), self%ky, self%ys(1, 1:nf))
+      else
+        if (stage == 1) then
+          call coarse_stage(self, run, step, stage, self%x, stat, errmsg)
+        else
+          call coarse_stage(self, run, step, stage, self%xs, stat, errmsg)
+        end if
+        if (stat /= 0) return
+      end if
+      call rk4_update(stage, self%cfg%dt, self%x(1, 1:n), self%kx, self%xs(1, 1:n))
+    end do
+  end subroutine l96_step
+
+  !> The tendencies of truth stage `stage` from its state (x, y), halos exchanged first.
+  subroutine truth_stage(self, stage, x, y)
+    class(l96_host_t), intent(inout) :: self
+    integer, intent(in) :: stage
+    real(dp), intent(inout) :: x(:, 1 - self%hl:), y(:, 1 - Y_HALO_LEFT:)
+    call ring_exchange(x, self%n, self%hl, self%hr, self%comm)
+    call ring_exchange(y, self%cfg%model%j * self%n, Y_HALO_LEFT, Y_HALO_RIGHT, self%comm)
+    call truth_tendencies(self%cfg%model, x(1, -1:), y(1, :), self%u, self%kx(:, stage), &
+                          self%ky(:, stage))
+  end subroutine truth_stage
+
+  !> The tendency of coarse stage `stage` from its state x, halos exchanged first, with the
+  !> closure of x. stat /= 0 on every rank when the network failed on one.
+  subroutine coarse_stage(self, run, step, stage, x, stat, errmsg)
+    class(l96_host_t), intent(inout) :: self
+    type(host_run_t), intent(inout) :: run
+    integer, intent(in) :: step, stage
+    real(dp), intent(inout) :: x(:, 1 - self%hl:)
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    call ring_exchange(x, self%n, self%hl, self%hr, self%comm)
+    call closure(self, run, step, x, stat, errmsg)
+    if (share_error(stat /= 0, errmsg, self%comm)) then
+      stat = 1
+      return
+    end if
+    if (stage == 1) self%u1(1, :) = self%u
+    call slow_tendency(self%cfg%model%f, x(1, -1:), self%u, self%kx(:, stage))
+  end subroutine coarse_stage
+
+  !> The closure U(x) on this rank's columns into self%u. stat /= 0: the NN failed.
+  subroutine closure(self, run, step, x, stat, errmsg)
+    class(l96_host_t), intent(inout) :: self
+    type(host_run_t), intent(inout) :: run
+    integer, intent(in) :: step
+    real(dp), intent(in) :: x(:, 1 - self%hl:)
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    integer :: k, i
+    stat = 0
+    associate (c => self%cfg%cubic_coeffs)
+    select case (self%cfg%closure)
+    case ('none')
+      self%u = 0
+    case ('cubic')
+      do k = 1, self%n
+        self%u(k) = c(1) + x(1, k) * (c(2) + x(1, k) * (c(3) + x(1, k) * c(4)))
+      end do
+    case ('nn')
+      if (self%cfg%inputs == 'full') then
+        self%nn_in(:, 1) = real(x(1, 1:self%n), wp)
+      else
+        do k = 1, self%n
+          do i = -self%w, self%w
+            self%nn_in(i + self%w + 1, k) = real(x(1, k + i), wp)
+          end do
+        end do
+      end if
+      call run%network(self%nn_in, self%nn_out, self%first - 1, step, stat, errmsg)
+      if (self%cfg%inputs == 'full') then
+        self%u = real(self%nn_out(:, 1), dp)
+      else
+        self%u = real(self%nn_out(1, :), dp)
+      end if
+    end select
+    end associate
+  end subroutine closure
+
+  subroutine l96_inject(self, column, value)
+    class(l96_host_t), intent(inout) :: self
+    integer, intent(in) :: column
+    real(dp), intent(in) :: value
+    integer :: k
+    k = column - self%first + 1
+    if (k >= 1 .and. k <= self%n) self%x(1, k) = value
+  end subroutine l96_inject
+
+  ! ---------------------------------------------------------------------------------------
+  ! steps to failure
+
+  !> Truth: |x| <= max_abs. Coarse: non-finite x, |x| > max_abs, and the drift test.
+  subroutine l96_check(self, step, failure)
+    class(l96_host_t), intent(inout) :: self
+    integer, intent(in) :: step
+    type(failure_t), intent(out) :: failure
+    integer :: local_fail, fail_flag, k, ierr
+    real(dp) :: maxabs
+    if (self%cfg%mode == 'truth') then
+      if (any_rank(.not. all(abs(self%x(1, 1:self%n)) <= self%cfg%max_abs), self%comm)) &
+        failure = failure_t(.true., 'bounds', 'x', 'the truth run left |x| <= max_abs (is dt '// &
+                            'too large?)')
+      return
+    end if
+    ! non-finite or out of bounds: max |x| (NaN-aware), an exact reduction
+    local_fail = 0
+    maxabs = 0
+    do k = 1, self%n
+      if (.not. is_finite(self%x(1, k))) then
+        local_fail = 2
+      else
+        maxabs = max(maxabs, abs(self%x(1, k)))
+      end if
+    end do
+    if (local_fail == 0 .and. maxabs > self%cfg%max_abs) local_fail = 1
+    call MPI_Allreduce(local_fail, fail_flag, 1, MPI_INTEGER, MPI_MAX, self%comm, ierr)
+    if (fail_flag == 2) then
+      failure = failure_t(.true., 'nonfinite', 'x', 'x is not finite')
+    else if (fail_flag == 1) then
+      call MPI_Allreduce(MPI_IN_PLACE, maxabs, 1, MPI_DOUBLE_PRECISION, MPI_MAX, self%comm, ierr)
+      failure = failure_t(.true., 'bounds', 'x', '|x| = '//ftoa(maxabs)//' > max_abs = '// &
+                          ftoa(self%cfg%max_abs))
+    else if (self%cfg%drift_check .and. mod(step, self%cfg%drift_sample_interval) == 0) then
+      call drift_test(self, step, failure)
+    end if
+  end subroutine l96_check
+
+  !> Samples the state into the current window; at a window's end, its mean and std against
+  !> the truth climatology in units of their spread over truth windows (collective).
+  subroutine drift_test(self, step, failure)
+    class(l96_host_t), intent(inout) :: self
+    integer, intent(in) :: step
+    type(failure_t), intent(inout) :: failure
+    real(dp) :: wmean, wstd, zm, zs
+    integer :: fail_flag
+    associate (cfg => self%cfg)
+    call gather_columns_dp(self%x(:, 1:self%n), self%xg, self%counts, self%displs, self%comm)
+    fail_flag = 0
+    if (self%rank == 0) then
+      self%wsum = self%wsum + sum(self%xg(1, :))
+      self%wsq = self%wsq + sum(self%xg(1, :)**2)
+      self%wcount = self%wcount + cfg%model%k
+      if (mod(step, cfg%drift_window) == 0) then
+        wmean = self%wsum / self%wcount
+        wstd = sqrt(max(self%wsq / self%wcount - wmean**2, 0.0_dp))
+        zm = (wmean - cfg%clim_mean) / cfg%sd_window_mean
+        zs = (wstd - cfg%clim_std) / cfg%sd_window_std
+        self%i_win = self%i_win + 1
+        self%w_time(self%i_win) = step * cfg%dt
+        self%w_zmean(self%i_win) = zm
+        self%w_zstd(self%i_win) = zs
+        self%wsum = 0; self%wsq = 0; self%wcount = 0
+        if (abs(zm) > cfg%drift_sigma) then
+          fail_flag = 1
+          failure%variable = 'x_mean'
+          failure%message = 'window mean of x '//ftoa(wmean)//' is '//ftoa(zm)//' sd from '// &
+                            'the truth climatology (threshold '//ftoa(cfg%drift_sigma)//')'
+        else if (abs(zs) > cfg%drift_sigma) then
+          fail_flag = 1
+          failure%variable = 'x_std'
+          failure%message = 'window std of x '//ftoa(wstd)//' is '//ftoa(zs)//' sd from '// &
+                            'the truth climatology (threshold '//ftoa(cfg%drift_sigma)//')'
+        end if
+      end if
+    end if
+    call bcast_int(fail_flag, self%comm)
+    if (fail_flag /= 0) then
+      call bcast_str(failure%variable, self%comm)
+      call bcast_str(failure%message, self%comm)
+      failure%failed = .true.
+      failure%reason = 'drift'
+    end if
+    end associate
+  end subroutine drift_test
+
+  ! ---------------------------------------------------------------------------------------
+  ! diagnostics and output
+
+  !> Coarse: the diagnostics of the state (RECORD_NAMES). Truth: the sample x(1:K), U(1:K).
+  subroutine l96_record(self, step, values)
+    class(l96_host_t), intent(inout) :: self
+    integer, intent(in) :: step
+    real(dp), intent(inout) :: values(:)
+    real(dp) :: m
+    integer :: k
+    k = self%cfg%model%k
+    if (self%cfg%mode == 'truth') then
+      call coupling_term(self%cfg%model, self%y(1, :), self%u)
+      self%u1(1, :) = self%u
+    end if
+    call gather_columns_dp(self%x(:, 1:self%n), self%xg, self%counts, self%displs, self%comm)
+    call gather_columns_dp(self%u1, self%ug, self%counts, self%displs, self%comm)
+    if (self%rank /= 0) return
+    if (self%cfg%mode == 'truth') then
+      values(1:k) = self%xg(1, :)
+      values(k + 1:2 * k) = self%ug(1, :)
+      return
+    end if
+    associate (xg => self%xg(1, :), clim_mean => self%cfg%clim_mean)
+      m = sum(xg) / k
+      values(R_MEAN) = m
+      values(R_STD) = sqrt(max(sum((xg - m)**2) / k, 0.0_dp))
+      values(R_BIAS) = m - clim_mean
+      values(R_RMSE) = sqrt(sum((xg - clim_mean)**2) / k)
+      values(R_ENERGY) = 0.5_dp * sum(xg**2) / k
+      values(R_MAX_ABS) = maxval(abs(xg))
+      values(R_U_MEAN) = sum(self%ug(1, :)) / k
+    end associate
+  end subroutine l96_record
+
+  subroutine l96_summarize(self, run)
+    class(l96_host_t), intent(inout) :: self
+    type(host_run_t), intent(inout) :: run
+    if (self%cfg%mode == 'truth') return
+    call run%result%clear_extras()
+    call run%result%add_extra('final_window_z_mean', last(self%w_zmean(1:self%i_win)))
+    call run%result%add_extra('final_window_z_std', last(self%w_zstd(1:self%i_win)))
+    call run%result%add_extra('mean_x', mean_finite(run%records%series(R_MEAN)))
+    call run%result%add_extra('std_x', mean_finite(run%records%series(R_STD)))
+  end subroutine l96_summarize
+
+  subroutine l96_write_output(self, run, out)
+    class(l96_host_t), intent(inout) :: self
+    type(host_run_t), intent(in) :: run
+    type(h5_out_t), intent(inout) :: out
+    integer :: i, k, n
+    associate (cfg => self%cfg, values => run%records%values)
+    k = cfg%model%k
+    n = run%records%n
+    call out%dim('time', run%records%time(1:n))
+    if (cfg%mode == 'truth') then
+      call out%dim('k', [(real(i, dp), i = 1, k)])
+      call out%put2('x', values(1:k, 1:n), [character(len=8) :: 'k', 'time'])
+      call out%put2('u', values(k + 1:2 * k, 1:n), [character(len=8) :: 'k', 'time'])
+      call out%attr_str('host', 'l96')
+      call out%attr_real('k', real(k, dp))
+      call out%attr_real('j', real(cfg%model%j, dp))
+      call out%attr_real('f', cfg%model%f)
+      call out%attr_real('h', cfg%model%h)
+      call out%attr_real('b', cfg%model%b)
+      call out%attr_real('c', cfg%model%c)
+      call out%attr_real('dt', cfg%dt)
+      call out%attr_real('sample_interval', real(cfg%sample_interval, dp))
+      call out%attr_real('seed', real(cfg%seed, dp))
+      return
+    end if
+    do i = 1, N_RECORD
+      call out%put1(trim(RECORD_NAMES(i)), values(i, 1:n), 'time')
+    end do
+    call out%dim('window_end', self%w_time(1:self%i_win))
+    call out%put1('drift_z_mean', self%w_zmean(1:self%i_win), 'window_end')
+    call out%put1('drift_z_std', self%w_zstd(1:self%i_win), 'window_end')
+    call out%dim('k', [(real(i, dp), i = 1, k)])
+    call out%put1('x_final', self%xg(1, :), 'k')
+    call out%attr_str('host', 'l96')
+    call out%attr_str('closure', trim(cfg%closure))
+    call out%attr_str('status', trim(run%result%status))
+    call out%attr_real('dt', cfg%dt)
+    call out%attr_real('clim_mean', cfg%clim_mean)
+    call out%attr_real('clim_std', cfg%clim_std)
+    call out%attr_real('failure_step', real(run%result%failure_step, dp))
+    end associate
+  end subroutine l96_write_output
+end module l96_host
