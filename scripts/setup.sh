@@ -9,7 +9,7 @@ VENV="$ROOT/.venv"
 
 APT_PACKAGES=(
   gcc gfortran cmake make pkg-config git ca-certificates
-  libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin libpmix-dev libhdf5-dev
+  libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin libpmix-dev libhdf5-dev libssl-dev
   slurm-wlm munge
   shellcheck
   python3 python3-venv python3-dev

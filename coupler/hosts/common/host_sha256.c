@@ -1,5 +1,5 @@
-/* SHA-256 (FIPS 180-4) of a file, so every result.json names exactly which configuration and
- * which model file produced it (compare with `sha256sum`). Written from the standard. */
+/* SHA-256 of a file or an ensemble directory, so every result.json names exactly which
+ * configuration and which model produced it (compare with `sha256sum`). */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -7,62 +7,23 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static const uint32_t K[64] = {
-  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+#include <openssl/evp.h>
 
-#define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
-
-static void compress(uint32_t h[8], const unsigned char blk[64]) {
-  uint32_t w[64], a, b, c, d, e, f, g, hh, t1, t2;
-  int i;
-  for (i = 0; i < 16; i++)
-    w[i] = (uint32_t)blk[4 * i] << 24 | (uint32_t)blk[4 * i + 1] << 16 |
-           (uint32_t)blk[4 * i + 2] << 8 | (uint32_t)blk[4 * i + 3];
-  for (i = 16; i < 64; i++) {
-    uint32_t s0 = ROTR(w[i - 15], 7) ^ ROTR(w[i - 15], 18) ^ (w[i - 15] >> 3);
-    uint32_t s1 = ROTR(w[i - 2], 17) ^ ROTR(w[i - 2], 19) ^ (w[i - 2] >> 10);
-    w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-  }
-  a = h[0]; b = h[1]; c = h[2]; d = h[3]; e = h[4]; f = h[5]; g = h[6]; hh = h[7];
-  for (i = 0; i < 64; i++) {
-    t1 = hh + (ROTR(e, 6) ^ ROTR(e, 11) ^ ROTR(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i];
-    t2 = (ROTR(a, 2) ^ ROTR(a, 13) ^ ROTR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-    hh = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
-  }
-  h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
-}
-
+/* The digest itself is OpenSSL's (libcrypto's EVP interface): a provenance hash is no place for
+ * an implementation of one's own. */
 static int sha256_stream(FILE *fp, char *hex) {
-  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-  unsigned char buf[64];
-  uint64_t total = 0;
+  unsigned char buf[1 << 16], md[EVP_MAX_MD_SIZE];
+  unsigned int md_len = 0, i;
   size_t n;
-  int i;
-  hex[0] = '\0';
-  while ((n = fread(buf, 1, 64, fp)) == 64) {
-    compress(h, buf);
-    total += 64;
-  }
-  if (ferror(fp)) return -1;
-  total += n;
-  buf[n++] = 0x80;
-  if (n > 56) {
-    memset(buf + n, 0, 64 - n);
-    compress(h, buf);
-    n = 0;
-  }
-  memset(buf + n, 0, 56 - n);
-  for (i = 0; i < 8; i++) buf[56 + i] = (unsigned char)((total * 8) >> (56 - 8 * i));
-  compress(h, buf);
-  for (i = 0; i < 8; i++) sprintf(hex + 8 * i, "%08x", h[i]);
+  int ok;
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  if (!ctx) return -1;
+  ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+  while (ok && (n = fread(buf, 1, sizeof buf, fp)) > 0) ok = EVP_DigestUpdate(ctx, buf, n) == 1;
+  ok = ok && !ferror(fp) && EVP_DigestFinal_ex(ctx, md, &md_len) == 1 && md_len == 32;
+  EVP_MD_CTX_free(ctx);
+  if (!ok) return -1;
+  for (i = 0; i < md_len; i++) sprintf(hex + 2 * i, "%02x", md[i]);
   return 0;
 }
 

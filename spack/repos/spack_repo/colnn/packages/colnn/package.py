@@ -37,6 +37,8 @@ class Colnn(CMakePackage):
     depends_on("mpi", when="+mpi")
     # the toy hosts write diagnostics with HDF5's Fortran high-level API and dimension scales
     depends_on("hdf5+fortran+hl+mpi", when="+mpi")
+    # their result.json names the configuration and model by SHA-256 (libcrypto)
+    depends_on("openssl", when="+mpi")
 
     def cmake_args(self):
         spec = self.spec
