@@ -30,7 +30,7 @@ from .errors import HarnessError
 from .status import RunStatus
 
 __all__ = ["HOSTS", "HostRun", "host_executable", "host_defaults", "load_host_run",
-           "host_run_from_dict", "namelist_text", "run_host", "read_result"]
+           "host_run_from_dict", "namelist_text", "run_host", "run_host_batch", "read_result"]
 
 HOSTS = ("l96", "sw")
 SECTIONS = ("model", "run", "failure")
@@ -336,6 +336,11 @@ def run_host(run: HostRun, timeout: float | None = None) -> dict[str, Any]:
         raise HostError(f"{exe.name}: {result.get('message')}"
                         f"{_space_note(run.output_dir)}")
     return result
+
+
+def run_host_batch(runs: list[HostRun], timeout: float | None = None) -> list[dict[str, Any]]:
+    """The results of several runs of one host and model (a study's couple task), in order."""
+    return [run_host(run, timeout=timeout) for run in runs]
 
 
 def _space_note(directory: Path) -> str:

@@ -162,13 +162,13 @@ def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
 
     from harness.study.collect import COMPARABLE_COLUMNS
     from harness.study.config import STAGES
-    from harness.study.layout import StudyDir
+    from harness.study.layout import StudyDir, task_ics
 
     start = time.time()
     report = FaultReport()
     ref = StudyDir.open(reference)
     n_models = len(pd.read_csv(ref.results_dir / "candidates.csv"))
-    n_runs = ref.n_tasks("couple")
+    n_runs = sum(len(task_ics(t)) for t in ref.plan["couple"])
     report.array_tasks = sum(ref.n_tasks(s) for s in ARRAY_STAGES)
     env = {**os.environ, "SLURM_CONF": str(slurm_dir / "slurm.conf")}
     os.environ["SLURM_CONF"] = env["SLURM_CONF"]
@@ -237,7 +237,7 @@ def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
     report.resume_rc = resumed.returncode
     report.lost = sum(sd.n_tasks(s) - sd.counts(s)["ok"] for s in STAGES)
     runs = pd.read_csv(sd.results_dir / "runs.csv")
-    planned = {(t["name"], t["ic"]) for t in sd.plan["couple"]}
+    planned = {(t["name"], ic) for t in sd.plan["couple"] for ic in task_ics(t)}
     present = set(zip(runs["name"], runs["ic"]))
     report.lost += len(planned - present) + int((~runs["status"].isin(
         ("completed", "failed", "skipped"))).sum())

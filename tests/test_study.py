@@ -221,13 +221,14 @@ def test_rerun_skips_finished_tasks(local_study: StudyDir) -> None:
 def test_status_from_disk(local_study: StudyDir) -> None:
     proc = harness_cli("status", str(local_study.root))
     assert proc.returncode == 0, proc.stderr
-    assert "couple 12/12 done" in proc.stdout and "train ok: 3" in proc.stdout
+    # 6 models x 2 initial conditions, one task per model (batched runs)
+    assert "couple 6/6 done" in proc.stdout and "train ok: 3" in proc.stdout
     for stage_cmd in (["train"], ["convert"], ["couple"]):
         proc = harness_cli(*stage_cmd, str(local_study.root), "-q")
         assert proc.returncode == 0, proc.stderr
         assert "tasks done" in proc.stdout
     proc = harness_cli("task", "couple", "99", "--study", str(local_study.root))
-    assert proc.returncode == 2 and "couple has tasks 0..11, got 99" in proc.stderr
+    assert proc.returncode == 2 and "couple has tasks 0..5, got 99" in proc.stderr
     proc = harness_cli("status", str(local_study.root / "candidates"))
     assert proc.returncode == 2 and "is not a study directory" in proc.stderr
 
@@ -249,14 +250,15 @@ def test_slurm_study_equals_local(local_slurm: Path, local_study: StudyDir,
     assert [j["stage"] for j in jobs] == list(STAGES)
     assert jobs[1]["dependency"] == f"afterok:{jobs[0]['job_id']}"
     assert jobs[3]["dependency"] == f"afterany:{jobs[2]['job_id']}"
-    assert jobs[3]["array"] == "0-5" and jobs[3]["tasks"] == "0-11"   # 2 tasks per array task
+    # 6 couple tasks (a model's 2 initial conditions share one), 2 tasks per array task
+    assert jobs[3]["array"] == "0-2" and jobs[3]["tasks"] == "0-5"
     script = (root / "slurm" / "couple.sbatch").read_text()
-    for directive in ("#SBATCH --array=0-5%4", "#SBATCH --requeue",
+    for directive in ("#SBATCH --array=0-2%4", "#SBATCH --requeue",
                       "#SBATCH --signal=B:USR1@60", "#SBATCH --job-name=colnn-it_s_a_test"):
         assert directive in script
     assert_scripts_pass_shellcheck(root)
     markers = [json.loads(p.read_text()) for p in (root / "tasks" / "couple").glob("*.json")]
-    assert len(markers) == 12 and all(m["slurm_job"] for m in markers)
+    assert len(markers) == 6 and all(m["slurm_job"] for m in markers)
 
 
 def test_mpi_farm_equals_local(local_study: StudyDir, tmp_path: Path) -> None:
@@ -366,7 +368,8 @@ def test_tasks_after_a_cancelled_training_wait_for_it(local_study: StudyDir,
     marker = json.loads(sd.marker("convert", 1).read_text())
     assert marker["message"] == "waiting for train task(s) 1 (not finished)"
     proc = harness_cli("status", str(sd.root))
-    assert f"couple {12 - len(blocked)}/12 done, {len(blocked)} waiting" in proc.stdout
+    n = sd.n_tasks("couple")
+    assert f"couple {n - len(blocked)}/{n} done, {len(blocked)} waiting" in proc.stdout
     proc = harness_cli("study", "--resume", str(sd.root), "--executor", "local", "-q")
     assert proc.returncode == 0, proc.stderr
     assert all(sd.counts(s)["ok"] == sd.n_tasks(s) for s in STAGES)
@@ -384,7 +387,8 @@ def test_sweep_with_cancelled_requeued_tasks_and_a_slurmd_restart_resumes_to_the
                                           local_study.root)
     summary = json.dumps(asdict(report), indent=1)
     assert report.sweep_rc == 0, summary
-    assert report.array_tasks == 18 and report.seen_running >= 12, summary
+    # train 3 + convert 3 + couple 6 (one task per model: its 2 initial conditions batched)
+    assert report.array_tasks == 12 and report.seen_running >= 8, summary
     assert len(report.cancelled) == math.ceil(0.2 * report.seen_running), summary
     assert report.cancelled_lost_work >= 1 and report.waiting_after_sweep >= 1, summary
     assert len(report.requeued) == 1 and report.requeued_attempt == 2, summary

@@ -19,7 +19,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..status import ConvertStatus, RunOutcome, RunStatus, TaskState, TrainStatus
 from .config import host_plugin
-from .layout import (StudyDir, atomic_write_json, atomic_write_text, read_json,
+from .layout import (StudyDir, atomic_write_json, atomic_write_text, read_json, task_ics,
                      search_distributions)
 
 __all__ = ["collect", "TABLE_COLUMNS", "COMPARABLE_COLUMNS"]
@@ -55,6 +55,21 @@ def _bias_curve(path: Path, variable: str, dt: float) -> tuple[np.ndarray, np.nd
     return steps * dt, bias
 
 
+def _couple_runs(sd: StudyDir):
+    """(task index, task, initial condition, that run's marker record or None) of every planned
+    coupled run; a finished task's record is its marker with the run's own outcome (markers
+    written before batched runs hold one run at the top level)."""
+    for index, task in enumerate(sd.plan["couple"]):
+        marker = _marker(sd, "couple", index)
+        per_run = {r.get("ic"): r for r in (marker or {}).get("runs", [])}
+        for ic in task_ics(task):
+            if marker is None or "runs" not in marker:
+                yield index, task, ic, marker
+            else:
+                yield index, task, ic, {**{k: v for k, v in marker.items() if k != "runs"},
+                                        **per_run.get(ic, {"run_status": "missing"})}
+
+
 def collect(sd: StudyDir) -> list[dict[str, Any]]:
     """Builds and writes the tables; returns the candidates table's rows."""
     import pandas as pd
@@ -65,10 +80,9 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
     bias_var = cal.get("bias_variable", "bias")
     runs: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
-    for index, task in enumerate(sd.plan["couple"]):
-        marker = _marker(sd, "couple", index)
-        rdir = sd.run_dir(task["name"], task["ic"])
-        row: dict[str, Any] = {"name": task["name"], "kind": task["kind"], "ic": task["ic"],
+    for _, task, ic, marker in _couple_runs(sd):
+        rdir = sd.run_dir(task["name"], ic)
+        row: dict[str, Any] = {"name": task["name"], "kind": task["kind"], "ic": ic,
                                "status": RunOutcome.MISSING, "steps": np.nan, "failure_step": np.nan,
                                "reason": "", "variable": "", "wall_s": np.nan, "nn_s": np.nan,
                                "message": ""}
@@ -99,7 +113,7 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
             if curve is not None:
                 row["mean_abs_bias"] = float(np.nanmean(np.abs(curve[1]))) \
                     if curve[1].size else np.nan
-                curves += [{"name": task["name"], "ic": task["ic"], "time": t, "bias": b}
+                curves += [{"name": task["name"], "ic": ic, "time": t, "bias": b}
                            for t, b in zip(*curve)]
         runs.append(row)
     runs_df = pd.DataFrame(runs)

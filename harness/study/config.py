@@ -111,6 +111,10 @@ class CoupleConfig:
     dt: float | None = None
     #: coupled runs per model, from snapshots spread over the last truth run
     initial_conditions: int = 2
+    #: at most this many of a model's runs (its initial conditions) share one host process and
+    #: one coupler call per stage (a couple task); each run keeps its own result. 1: a process
+    #: per run. A task killed half-way is redone whole.
+    batch_runs: int = 10
     baselines: list[str] | None = None
     #: ensemble of the k candidates with the lowest validation MSE (0: none)
     ensemble_top_k: int = 3
@@ -332,7 +336,8 @@ def _check(cfg: StudyConfig) -> None:
         raise StudyError(f"training.validation_fraction: must lie in (0, 1), got "
                          f"{t.validation_fraction}")
     c = cfg.couple
-    for key in ("steps", "dt", "initial_conditions", "drift_window_time", "drift_sample_time",
+    for key in ("steps", "dt", "initial_conditions", "batch_runs", "drift_window_time",
+                "drift_sample_time",
                 "drift_sigma", "energy_factor", "warn_factor", "timeout"):
         _positive(f"couple.{key}", getattr(c, key))
     _positive("couple.ensemble_top_k", c.ensemble_top_k, zero_ok=True)

@@ -35,7 +35,7 @@ from ..atomic import atomic_write_text as _atomic_write_text
 from ..status import TaskState
 from .config import STAGES, StudyConfig, StudyError, config_from_dict, config_to_dict
 
-__all__ = ["StudyDir", "atomic_write_text", "atomic_write_json", "read_json",
+__all__ = ["StudyDir", "task_ics", "atomic_write_text", "atomic_write_json", "read_json",
            "search_distributions", "sample_candidates",
            "couple_tasks", "candidate_name"]
 
@@ -122,15 +122,24 @@ def sample_candidates(cfg: StudyConfig) -> list[dict[str, Any]]:
 
 def couple_tasks(cfg: StudyConfig) -> list[dict[str, Any]]:
     """Every coupled run: each candidate, each baseline and the ensemble, from each initial
-    condition. Fixed at planning time, so a Slurm array can be sized before training ends
-    (a candidate that never got a model records its runs as skipped)."""
+    condition, grouped per model into tasks of at most couple.batch_runs initial conditions
+    (``ics``) that one host process runs together. Fixed at planning time, so a Slurm array
+    can be sized before training ends (a candidate that never got a model records its runs
+    as skipped)."""
     models = [{"name": candidate_name(i), "kind": "candidate"}
               for i in range(cfg.training.candidates)]
     models += [{"name": f"baseline-{b}", "kind": "baseline", "closure": b}
                for b in cfg.couple.baselines]
     if cfg.couple.ensemble_top_k > 0:
         models.append({"name": f"ensemble-top{cfg.couple.ensemble_top_k}", "kind": "ensemble"})
-    return [{**m, "ic": ic} for m in models for ic in range(cfg.couple.initial_conditions)]
+    n, size = cfg.couple.initial_conditions, cfg.couple.batch_runs
+    return [{**m, "ics": list(range(first, min(first + size, n)))}
+            for m in models for first in range(0, n, size)]
+
+
+def task_ics(task: dict[str, Any]) -> list[int]:
+    """The initial conditions of a couple task (plans written before batched runs: one)."""
+    return list(task["ics"]) if "ics" in task else [int(task["ic"])]
 
 
 @dataclass

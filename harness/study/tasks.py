@@ -29,7 +29,7 @@ from ..atomic import atomic_path
 from ..errors import HarnessError
 from ..status import ConvertStatus, RunOutcome, RunStatus, TaskState, TrainStatus
 from .config import StudyError, host_plugin
-from .layout import StudyDir, atomic_write_json, read_json
+from .layout import StudyDir, atomic_write_json, read_json, task_ics
 
 __all__ = ["run_task", "calibration", "training_data", "STAGE_TASKS", "UpstreamUnfinished"]
 
@@ -348,52 +348,64 @@ def _candidate_index(sd: StudyDir, name: str) -> int:
 
 
 def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
-    from ..hosts import host_run_from_dict, run_host
+    """One model from the task's initial conditions: one host process runs them together
+    (batched runs: one coupler call per stage for all), each run with its own directory and
+    result. The marker lists every run's outcome; a task killed half-way leaves no marker and
+    is redone whole."""
+    from ..hosts import host_run_from_dict, run_host_batch
     cfg, c = sd.config, sd.config.couple
     task = sd.plan["couple"][index]
-    name, kind, ic = task["name"], task["kind"], task["ic"]
-    rdir = sd.run_dir(name, ic)
+    name, kind, ics = task["name"], task["kind"], task_ics(task)
     if kind == "candidate":
         _require(sd, "convert", [_candidate_index(sd, name)])
     elif kind == "ensemble":      # the members are the best of all candidates
         _require(sd, "convert", range(sd.n_tasks("convert")))
-    sd.remove(rdir)
+    for ic in ics:
+        sd.remove(sd.run_dir(name, ic))
     cal = calibration(sd)
-    run: dict[str, Any] = {**cfg.host.run, "mode": "coarse", "dt": c.dt, "n_steps": c.steps,
-                           "seed": _truth_seed(sd, ic), "init_file": cal["init_file"],
-                           "init_index": cal["init_indices"][ic]}
-    if c.output_interval:
-        run["output_interval"] = c.output_interval
     plugin = host_plugin(cfg)
-    run.update(plugin.run_keys(cfg.host))
+    base: dict[str, Any] = {**cfg.host.run, "mode": "coarse", "dt": c.dt, "n_steps": c.steps,
+                            "init_file": cal["init_file"]}
+    if c.output_interval:
+        base["output_interval"] = c.output_interval
+    base.update(plugin.run_keys(cfg.host))
     coupler: dict[str, Any] = {}
-    outcome: dict[str, Any] = {"name": name, "kind": kind, "ic": ic}
+    outcome: dict[str, Any] = {"name": name, "kind": kind, "ics": ics}
+    skipped = None
     if kind == "candidate":
         conv = read_json(sd.candidate_dir(name) / "convert.json")
         if conv is None or conv.get("status") != ConvertStatus.OK:
             status = ConvertStatus.MISSING if conv is None else conv.get("status")
-            return {**outcome, "run_status": RunOutcome.SKIPPED,
-                    "message": f"no converted model (conversion: {status})"}
-        run["closure"] = "nn"
+            skipped = f"no converted model (conversion: {status})"
+        base["closure"] = "nn"
         coupler["model_file"] = str(sd.candidate_dir(name) / "model.colnn")
     elif kind == "baseline":
-        run["closure"] = task["closure"]
-        run.update(plugin.baseline_run_keys(task["closure"], cal))
+        base["closure"] = task["closure"]
+        base.update(plugin.baseline_run_keys(task["closure"], cal))
     else:
         members = ensemble_members(sd)
         if len(members) < 2:
-            return {**outcome, "run_status": RunOutcome.SKIPPED,
-                    "message": f"{len(members)} converted candidate(s): no ensemble"}
-        run["closure"] = "nn"
-        coupler.update(ensemble=str(_ensemble_dir(sd, members)),
-                       noise_sd=c.ensemble_noise_sd, noise_seed=cfg.seed)
-        outcome["members"] = members
-    spec = {"host": cfg.host.name, "executable": cfg.host.executable, "model": cfg.host.model,
-            "run": run,
-            "failure": {**cfg.host.failure, **cal["failure"]}, "coupler": coupler}
-    result = run_host(host_run_from_dict(spec, sd.root, output_dir=rdir), timeout=c.timeout)
-    return {**outcome, "run_status": result.get("status"), "steps": result.get("steps"),
-            "failure_step": result.get("failure_step"), "reason": result.get("reason")}
+            skipped = f"{len(members)} converted candidate(s): no ensemble"
+        else:
+            coupler.update(ensemble=str(_ensemble_dir(sd, members)),
+                           noise_sd=c.ensemble_noise_sd, noise_seed=cfg.seed)
+            outcome["members"] = members
+        base["closure"] = "nn"
+    if skipped is not None:
+        return {**outcome, "runs": [{"ic": ic, "run_status": RunOutcome.SKIPPED,
+                                     "message": skipped} for ic in ics]}
+    runs = []
+    for ic in ics:
+        spec = {"host": cfg.host.name, "executable": cfg.host.executable,
+                "model": cfg.host.model,
+                "run": {**base, "seed": _truth_seed(sd, ic),
+                        "init_index": cal["init_indices"][ic]},
+                "failure": {**cfg.host.failure, **cal["failure"]}, "coupler": coupler}
+        runs.append(host_run_from_dict(spec, sd.root, output_dir=sd.run_dir(name, ic)))
+    results = run_host_batch(runs, timeout=c.timeout)
+    return {**outcome, "runs": [{"ic": ic, "run_status": r.get("status"),
+                                 "steps": r.get("steps"), "failure_step": r.get("failure_step"),
+                                 "reason": r.get("reason")} for ic, r in zip(ics, results)]}
 
 
 # ---------------------------------------------------------------------------------------------
