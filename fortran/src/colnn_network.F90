@@ -14,8 +14,6 @@ module colnn_network
   use colnn_spec, only: layer_spec_t
   use colnn_layer, only: layer_t
   use colnn_registry, only: create_layer
-  use colnn_dense, only: dense_t
-  use colnn_activation_layer, only: activation_layer_t
   use colnn_model_file, only: model_header_t, read_model_file, write_model_file
   use colnn_fkb, only: read_fkb_file
   use colnn_textio, only: text_reader_t
@@ -99,6 +97,7 @@ module colnn_network
     procedure :: set_params => network_set_params
     procedure :: get_grads => network_get_grads
     procedure :: ends_in_softmax => network_ends_in_softmax
+    procedure :: input_scale => network_input_scale
     procedure :: num_state => network_num_state
     procedure :: get_state => network_get_state
     procedure :: set_state => network_set_state
@@ -708,13 +707,19 @@ contains
     class(network_t), intent(in) :: self
     network_ends_in_softmax = .false.
     if (self%n_layers < 1) return
-    select type (l => self%layers(self%n_layers)%layer)
-    type is (dense_t)
-      network_ends_in_softmax = l%act%name == 'softmax'
-    type is (activation_layer_t)
-      network_ends_in_softmax = l%act%name == 'softmax'
-    end select
+    network_ends_in_softmax = self%layers(self%n_layers)%layer%ends_in_softmax()
   end function network_ends_in_softmax
+
+  !> The divisor of the network's leading normalization per input feature (stat /= 0: the
+  !> network does not begin with a layer that normalizes its inputs).
+  subroutine network_input_scale(self, scale, stat)
+    class(network_t), intent(in) :: self
+    real(wp), allocatable, intent(out) :: scale(:)  !! (n_inputs) when stat == 0
+    integer, intent(out) :: stat
+    stat = COLNN_ERR_UNSUPPORTED
+    if (self%n_layers < 1) return
+    call self%layers(1)%layer%input_scale(scale, stat)
+  end subroutine network_input_scale
 
   !> Back-propagates dy = dL/dy(n_outputs, nc) of the last forward_train: every layer then holds
   !> the gradients of its trainable parameters; dx (optional) receives dL/dx. With
@@ -757,23 +762,13 @@ contains
     call copy_in_wp(self%n_outputs, nc, dy, self%g_a)
     in_a = .true.
     do k = self%n_layers, 1, -1
-      if (k == self%n_layers .and. skip_softmax) then
-        select type (l => self%layers(k)%layer)
-        type is (activation_layer_t)
-          cycle    ! dL/dx of the softmax layer is the given logits gradient: nothing to do
-        type is (dense_t)
-          ! the dense layer's backward through a linear activation on the same z
-          call dense_backward_linear(l, nc, self%acts(k)%a, self%g_a, self%g_b, stat, errmsg)
-          if (stat /= 0) return
-          in_a = .false.
-          cycle
-        end select
-      end if
-      associate (l => self%layers(k)%layer)
+      associate (l => self%layers(k)%layer, at_logits => skip_softmax .and. k == self%n_layers)
         if (in_a) then
-          call l%backward(nc, self%acts(k)%a, self%acts(k + 1)%a, self%g_a, self%g_b, stat, msg)
+          call layer_backward(l, at_logits, nc, self%acts(k)%a, self%acts(k + 1)%a, self%g_a, &
+                              self%g_b, stat, msg)
         else
-          call l%backward(nc, self%acts(k)%a, self%acts(k + 1)%a, self%g_b, self%g_a, stat, msg)
+          call layer_backward(l, at_logits, nc, self%acts(k)%a, self%acts(k + 1)%a, self%g_b, &
+                              self%g_a, stat, msg)
         end if
         if (stat /= 0) then
           errmsg = "backward: layer '"//l%name//"': "//msg
@@ -840,29 +835,21 @@ contains
     end do
   end subroutine network_get_grads
 
-  subroutine dense_backward_linear(l, nc, x, dz, dx, stat, errmsg)
-    type(dense_t), intent(inout) :: l
+  !> One layer's backward, from dL/dy or (at_logits) from dL/d(input of its final softmax).
+  subroutine layer_backward(l, at_logits, nc, x, y, dy, dx, stat, errmsg)
+    class(layer_t), intent(inout) :: l
+    logical, intent(in) :: at_logits
     integer, intent(in) :: nc
-    real(wp), intent(in) :: x(l%n_in, nc), dz(l%n_out, nc)
+    real(wp), intent(in) :: x(l%n_in, nc), y(l%n_out, nc), dy(l%n_out, nc)
     real(wp), intent(out) :: dx(l%n_in, nc)
     integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    character(len=:), allocatable :: msg
-    type(dense_t) :: lin
-    ! a shallow stand-in with the same weights and a linear activation
-    lin%n_in = l%n_in
-    lin%n_out = l%n_out
-    lin%use_bias = l%use_bias
-    call move_alloc(l%w, lin%w)
-    if (allocated(l%z)) call move_alloc(l%z, lin%z)
-    call lin%backward(nc, x, dz, dz, dx, stat, msg)
-    call move_alloc(lin%w, l%w)
-    call move_alloc(lin%z, l%z)
-    call move_alloc(lin%dw, l%dw)
-    if (allocated(lin%db)) call move_alloc(lin%db, l%db)
-    errmsg = ''
-    if (stat /= 0) errmsg = msg
-  end subroutine dense_backward_linear
+    character(len=:), allocatable, intent(out) :: errmsg
+    if (at_logits) then
+      call l%backward_logits(nc, x, y, dy, dx, stat, errmsg)
+    else
+      call l%backward(nc, x, y, dy, dx, stat, errmsg)
+    end if
+  end subroutine layer_backward
 
   pure integer(i8) function network_num_state(self)
     class(network_t), intent(in) :: self
