@@ -48,10 +48,6 @@ module colnn_network
     integer :: block = 0
   end type workspace_t
 
-  type :: activation_cache_t
-    real(wp), allocatable :: a(:, :)
-  end type activation_cache_t
-
   !> The work arrays of the calling thread (OpenMP threadprivate: thread-local storage, so
   !> host threads that are not OpenMP's get their own too).
   type(workspace_t), save :: thread_ws
@@ -71,12 +67,6 @@ module colnn_network
     integer :: max_width = 0
     type(step_t), allocatable :: plan(:)
     type(workspace_t) :: ws
-    !> training: the input of each layer and the output of the last, from forward_train
-    type(activation_cache_t), allocatable :: acts(:)
-    real(wp), allocatable :: g_a(:), g_b(:)
-    integer :: train_nc = 0
-    !> the training block of the file it was loaded from (optimizer state), if any
-    type(layer_spec_t), allocatable :: training_spec
   contains
     procedure :: load => network_load
     procedure :: save => network_save
@@ -90,8 +80,6 @@ module colnn_network
     procedure :: is_loaded => network_is_loaded
     procedure :: set_batch_invariant => network_set_batch_invariant
     procedure :: destroy => network_destroy
-    procedure :: forward_train => network_forward_train
-    procedure :: backward => network_backward
     procedure :: num_trainable => network_num_trainable
     procedure :: get_params => network_get_params
     procedure :: set_params => network_set_params
@@ -132,10 +120,6 @@ contains
     class(network_t), intent(inout) :: self
     if (allocated(self%layers)) deallocate (self%layers)
     if (allocated(self%plan)) deallocate (self%plan)
-    if (allocated(self%acts)) deallocate (self%acts)
-    if (allocated(self%g_a)) deallocate (self%g_a, self%g_b)
-    if (allocated(self%training_spec)) deallocate (self%training_spec)
-    self%train_nc = 0
     if (allocated(self%ws%a)) deallocate (self%ws%a)
     if (allocated(self%ws%b)) deallocate (self%ws%b)
     self%ws%block = 0
@@ -184,11 +168,14 @@ contains
 
   !> Loads a model file (colnn format or FKB text, detected from its first line). On any error
   !> the network is left empty and `errmsg` names the file and what is wrong.
-  subroutine network_load(self, path, stat, errmsg)
+  subroutine network_load(self, path, stat, errmsg, training)
     class(network_t), intent(inout) :: self
     character(len=*), intent(in) :: path
     integer, intent(out) :: stat
     character(len=*), intent(out) :: errmsg
+    !> the file's training block (a checkpoint's optimizer, loss and optimizer state), if it has
+    !> one: for trainer_t%restore
+    type(layer_spec_t), allocatable, intent(out), optional :: training
     type(model_header_t) :: header
     type(layer_spec_t), allocatable :: specs(:)
     character(len=:), allocatable :: fmt, msg, lname
@@ -199,7 +186,7 @@ contains
     call sniff_format(path, fmt, stat, msg)
     if (stat == 0) then
       if (fmt == 'colnn') then
-        call read_model_file(path, header, specs, stat, msg, self%training_spec)
+        call read_model_file(path, header, specs, stat, msg, training)
       else
         call read_fkb_file(path, header, specs, stat, msg)
       end if
@@ -241,6 +228,9 @@ contains
     end if
     if (stat /= 0) then
       deallocate (self%layers)
+      if (present(training)) then
+        if (allocated(training)) deallocate (training)
+      end if
       return
     end if
 
@@ -557,20 +547,6 @@ contains
     end if
   end subroutine run
 
-  subroutine copy_in_wp(n, nc, x, a)
-    integer, intent(in) :: n, nc
-    real(wp), intent(in) :: x(:, :)
-    real(wp), intent(out) :: a(n, nc)
-    a = x
-  end subroutine copy_in_wp
-
-  subroutine copy_out_wp(n, nc, a, y)
-    integer, intent(in) :: n, nc
-    real(wp), intent(in) :: a(n, nc)
-    real(wp), intent(inout) :: y(:, :)
-    y = a
-  end subroutine copy_out_wp
-
   subroutine copy_in(n, nc, j0, cf, a, xs, xd)
     integer, intent(in) :: n, nc, j0
     logical, intent(in) :: cf
@@ -652,55 +628,6 @@ contains
     end do
   end subroutine apply_inplace_run
 
-  !> Training-mode forward (batch-norm batch statistics, dropout masks) of a minibatch
-  !> x(n_inputs, nc); keeps every layer's input for `backward`.
-  subroutine network_forward_train(self, x, y, stat, errmsg)
-    class(network_t), intent(inout) :: self
-    real(wp), intent(in) :: x(:, :)
-    real(wp), intent(out) :: y(:, :)
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    integer :: nc, k
-    stat = COLNN_OK
-    errmsg = ''
-    if (.not. self%is_loaded()) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'forward_train: no model is loaded'
-      return
-    end if
-    nc = size(x, 2)
-    if (size(x, 1) /= self%n_inputs .or. size(y, 1) /= self%n_outputs .or. size(y, 2) /= nc &
-        .or. nc < 1) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'forward_train: expected x('//str(self%n_inputs)//', n >= 1) and y('// &
-               str(self%n_outputs)//', n), got x('//str(size(x, 1))//', '//str(nc)//') and y('// &
-               str(size(y, 1))//', '//str(size(y, 2))//')'
-      return
-    end if
-    if (.not. all(ieee_is_finite(x))) then
-      stat = COLNN_ERR_NONFINITE
-      errmsg = 'forward_train: the minibatch has NaN or Inf inputs'
-      return
-    end if
-    if (self%train_nc /= nc) then
-      if (allocated(self%acts)) deallocate (self%acts)
-      allocate (self%acts(self%n_layers + 1))
-      self%acts(1)%a = x
-      do k = 1, self%n_layers
-        allocate (self%acts(k + 1)%a(self%layers(k)%layer%n_out, nc))
-      end do
-      if (allocated(self%g_a)) deallocate (self%g_a, self%g_b)
-      allocate (self%g_a(int(self%max_width, i8) * nc), self%g_b(int(self%max_width, i8) * nc))
-      self%train_nc = nc
-    else
-      self%acts(1)%a = x
-    end if
-    do k = 1, self%n_layers
-      call self%layers(k)%layer%forward_train(nc, self%acts(k)%a, self%acts(k + 1)%a)
-    end do
-    y = self%acts(self%n_layers + 1)%a
-  end subroutine network_forward_train
-
   !> True when the last layer's output is a softmax (a Dense with softmax activation or a softmax
   !> activation layer): a cross-entropy loss can then give dL/dlogits directly.
   logical function network_ends_in_softmax(self)
@@ -720,71 +647,6 @@ contains
     if (self%n_layers < 1) return
     call self%layers(1)%layer%input_scale(scale, stat)
   end subroutine network_input_scale
-
-  !> Back-propagates dy = dL/dy(n_outputs, nc) of the last forward_train: every layer then holds
-  !> the gradients of its trainable parameters; dx (optional) receives dL/dx. With
-  !> `logits_gradient`, dy is dL/d(input of the final softmax) (the combined softmax +
-  !> cross-entropy gradient, p - t), and the softmax itself is stepped over.
-  subroutine network_backward(self, dy, stat, errmsg, dx, logits_gradient)
-    class(network_t), intent(inout) :: self
-    real(wp), intent(in) :: dy(:, :)
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    real(wp), intent(out), optional :: dx(:, :)
-    logical, intent(in), optional :: logits_gradient
-    logical :: skip_softmax
-    integer :: nc, k
-    logical :: in_a
-    character(len=:), allocatable :: msg
-    stat = COLNN_OK
-    errmsg = ''
-    nc = self%train_nc
-    if (nc < 1) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'backward: no forward_train before'
-      return
-    end if
-    if (size(dy, 1) /= self%n_outputs .or. size(dy, 2) /= nc) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'backward: dy must be ('//str(self%n_outputs)//', '//str(nc)//'), got ('// &
-               str(size(dy, 1))//', '//str(size(dy, 2))//')'
-      return
-    end if
-    if (present(dx)) then
-      if (size(dx, 1) /= self%n_inputs .or. size(dx, 2) /= nc) then
-        stat = COLNN_ERR_ARGUMENT
-        errmsg = 'backward: dx must be ('//str(self%n_inputs)//', '//str(nc)//')'
-        return
-      end if
-    end if
-    skip_softmax = .false.
-    if (present(logits_gradient)) skip_softmax = logits_gradient .and. self%ends_in_softmax()
-    call copy_in_wp(self%n_outputs, nc, dy, self%g_a)
-    in_a = .true.
-    do k = self%n_layers, 1, -1
-      associate (l => self%layers(k)%layer, at_logits => skip_softmax .and. k == self%n_layers)
-        if (in_a) then
-          call layer_backward(l, at_logits, nc, self%acts(k)%a, self%acts(k + 1)%a, self%g_a, &
-                              self%g_b, stat, msg)
-        else
-          call layer_backward(l, at_logits, nc, self%acts(k)%a, self%acts(k + 1)%a, self%g_b, &
-                              self%g_a, stat, msg)
-        end if
-        if (stat /= 0) then
-          errmsg = "backward: layer '"//l%name//"': "//msg
-          return
-        end if
-      end associate
-      in_a = .not. in_a
-    end do
-    if (present(dx)) then
-      if (in_a) then
-        call copy_out_wp(self%n_inputs, nc, self%g_a, dx)
-      else
-        call copy_out_wp(self%n_inputs, nc, self%g_b, dx)
-      end if
-    end if
-  end subroutine network_backward
 
   pure integer(i8) function network_num_trainable(self)
     class(network_t), intent(in) :: self
@@ -834,22 +696,6 @@ contains
       off = off + n
     end do
   end subroutine network_get_grads
-
-  !> One layer's backward, from dL/dy or (at_logits) from dL/d(input of its final softmax).
-  subroutine layer_backward(l, at_logits, nc, x, y, dy, dx, stat, errmsg)
-    class(layer_t), intent(inout) :: l
-    logical, intent(in) :: at_logits
-    integer, intent(in) :: nc
-    real(wp), intent(in) :: x(l%n_in, nc), y(l%n_out, nc), dy(l%n_out, nc)
-    real(wp), intent(out) :: dx(l%n_in, nc)
-    integer, intent(out) :: stat
-    character(len=:), allocatable, intent(out) :: errmsg
-    if (at_logits) then
-      call l%backward_logits(nc, x, y, dy, dx, stat, errmsg)
-    else
-      call l%backward(nc, x, y, dy, dx, stat, errmsg)
-    end if
-  end subroutine layer_backward
 
   pure integer(i8) function network_num_state(self)
     class(network_t), intent(in) :: self

@@ -7,6 +7,7 @@ module colnn_trainer
   use colnn_status
   use colnn_strings, only: str
   use colnn_network, only: network_t
+  use colnn_training_state, only: training_state_t
   use colnn_spec, only: layer_spec_t
   use colnn_random, only: uniform_keys
   use colnn_optimizers, only: optimizer_t, parse_optimizer
@@ -22,7 +23,11 @@ module colnn_trainer
     class(loss_t), allocatable :: loss
     integer(i8) :: steps = 0
     character(len=:), allocatable :: loss_text
-    real(wp), allocatable :: p(:), g(:), y(:, :), dy(:, :), state(:)
+    !> the caches of forward_train and backward on the network being trained
+    type(training_state_t) :: state
+    real(wp), allocatable :: p(:), g(:), y(:, :), dy(:, :)
+    !> the layers' non-trainable state (batch-norm moving statistics) before the step
+    real(wp), allocatable :: saved_layer_state(:)
   contains
     procedure :: configure => trainer_configure
     procedure :: set_loss => trainer_set_loss
@@ -178,18 +183,18 @@ contains
     if (.not. allocated(self%y)) allocate (self%y(net%n_outputs, nc), self%dy(net%n_outputs, nc))
     np = net%num_trainable()
     if (.not. allocated(self%p)) allocate (self%p(np), self%g(np))
-    if (.not. allocated(self%state)) allocate (self%state(net%num_state()))
+    if (.not. allocated(self%saved_layer_state)) allocate (self%saved_layer_state(net%num_state()))
     ! forward_train moves the batch-norm statistics: keep them to put back if the step fails
-    call net%get_state(self%state)
+    call net%get_state(self%saved_layer_state)
 
-    call net%forward_train(x, self%y, stat, errmsg)
+    call self%state%forward_train(net, x, self%y, stat, errmsg)
     if (stat /= 0) then
-      call net%set_state(self%state)
+      call net%set_state(self%saved_layer_state)
       return
     end if
     call self%loss%evaluate(self%y, t, loss_value, self%dy)
     if (.not. ieee_is_finite(loss_value) .or. .not. all(ieee_is_finite(self%dy))) then
-      call net%set_state(self%state)
+      call net%set_state(self%saved_layer_state)
       stat = COLNN_ERR_NONFINITE
       errmsg = 'train_step '//str(self%steps + 1)//': the loss is not finite; weights unchanged'
       return
@@ -200,17 +205,17 @@ contains
       do j = 1, nc
         self%dy(:, j) = (self%y(:, j) * sum(t(:, j)) - t(:, j)) / nc
       end do
-      call net%backward(self%dy, stat, errmsg, logits_gradient=.true.)
+      call self%state%backward(net, self%dy, stat, errmsg, logits_gradient=.true.)
     else
-      call net%backward(self%dy, stat, errmsg)
+      call self%state%backward(net, self%dy, stat, errmsg)
     end if
     if (stat /= 0) then
-      call net%set_state(self%state)
+      call net%set_state(self%saved_layer_state)
       return
     end if
     call net%get_grads(self%g)
     if (.not. all(ieee_is_finite(self%g))) then
-      call net%set_state(self%state)
+      call net%set_state(self%saved_layer_state)
       stat = COLNN_ERR_NONFINITE
       errmsg = 'train_step '//str(self%steps + 1)//': a gradient is not finite; weights unchanged'
       return
