@@ -10,6 +10,10 @@
 !> column block by column block while the block is in cache. A layer may also split its work into
 !> a core part and an in-place `epilogue` (Dense: GEMM, then bias + activation) so that the
 !> epilogue joins that same cache-resident pass.
+!>
+!> What the network, the trainer and the ensemble need to know of a particular layer they ask
+!> through type-bound procedures with neutral defaults (`ends_in_softmax`, `backward_logits`,
+!> `input_scale`), never by its concrete type: a user's layer overrides what applies to it.
 module colnn_layer
   use colnn_kinds, only: wp, i8
   use colnn_status
