@@ -13,6 +13,7 @@ module colnn
   use colnn_losses, only: loss_t, builtin_loss_t, parse_loss
   use colnn_optimizers, only: optimizer_t, parse_optimizer
   use colnn_trainer, only: trainer_t
+  use colnn_training_state, only: training_state_t
   use colnn_dense, only: dense_t
   use colnn_dropout, only: dropout_t
   use colnn_batchnorm, only: batchnorm_t
@@ -26,7 +27,8 @@ module colnn
             COLNN_ERR_UNSUPPORTED, COLNN_ERR_MEMORY, COLNN_ERR_NOT_IMPLEMENTED, status_name
   public :: activation_t, parse_activation, layer_spec_t, layer_t, layer_factory, register_layer
   public :: network_t, workspace_t, ensemble_t, BATCH_INVARIANT_DEFAULT, invariant_kernel_name
-  public :: loss_t, builtin_loss_t, parse_loss, optimizer_t, parse_optimizer, trainer_t
+  public :: loss_t, builtin_loss_t, parse_loss, optimizer_t, parse_optimizer, trainer_t, &
+            training_state_t
   public :: dense_t, dropout_t, batchnorm_t, normalization_t, activation_layer_t
   public :: colnn_version
 

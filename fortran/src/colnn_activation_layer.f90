@@ -20,6 +20,8 @@ module colnn_activation_layer
     procedure :: is_elementwise => activation_layer_is_elementwise
     procedure :: apply_inplace => activation_layer_apply_inplace
     procedure :: backward => activation_layer_backward
+    procedure :: ends_in_softmax => activation_layer_ends_in_softmax
+    procedure :: backward_logits => activation_layer_backward_logits
   end type activation_layer_t
 
 contains
@@ -82,4 +84,24 @@ contains
     errmsg = ''
     call self%act%backward(self%n_out, nc, x, y, dy, dx)
   end subroutine activation_layer_backward
+
+  pure logical function activation_layer_ends_in_softmax(self)
+    class(activation_layer_t), intent(in) :: self
+    activation_layer_ends_in_softmax = self%act%name == 'softmax'
+  end function activation_layer_ends_in_softmax
+
+  !> The layer is the softmax: dL/dx is the given gradient at its input.
+  subroutine activation_layer_backward_logits(self, nc, x, y, dlogits, dx, stat, errmsg)
+    class(activation_layer_t), intent(inout) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(self%n_in, nc)
+    real(wp), intent(in) :: y(self%n_out, nc)
+    real(wp), intent(in) :: dlogits(self%n_out, nc)
+    real(wp), intent(out) :: dx(self%n_in, nc)
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    stat = COLNN_OK
+    errmsg = ''
+    dx = dlogits
+  end subroutine activation_layer_backward_logits
 end module colnn_activation_layer

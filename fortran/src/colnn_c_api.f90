@@ -11,12 +11,15 @@ module colnn_c_api
   use colnn_c_strings, only: c_to_f_string, f_to_c_buffer
   use colnn_ensemble, only: ensemble_t
   use colnn_trainer, only: trainer_t
+  use colnn_spec, only: layer_spec_t
   use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
   use colnn, only: colnn_version
   use colnn_blas, only: invariant_kernel_name
   implicit none
   private
 
+  !> A model handle: the network, and the trainer that holds its training state (the caches of
+  !> colnn_forward_train/colnn_backward, the optimizer and its state)
   type :: handle_box_t
     type(network_t) :: net
     type(trainer_t) :: trainer
@@ -55,14 +58,15 @@ contains
     character(kind=c_char), intent(out) :: errmsg(*)
     integer(c_size_t), intent(in), value :: errmsg_len
     type(handle_box_t), pointer :: box
+    type(layer_spec_t), allocatable :: training
     character(len=1024) :: msg
     integer :: s
     handle = c_null_ptr
     allocate (box)
-    call box%net%load(c_to_f_string(path), s, msg)
-    if (s == 0 .and. allocated(box%net%training_spec)) then
-      box%net%training_spec%source = c_to_f_string(path)
-      call box%trainer%restore(box%net%training_spec, box%net%num_trainable(), s, msg)
+    call box%net%load(c_to_f_string(path), s, msg, training=training)
+    if (s == 0 .and. allocated(training)) then
+      training%source = c_to_f_string(path)
+      call box%trainer%restore(training, box%net%num_trainable(), s, msg)
     end if
     stat = int(s, c_int)
     if (s /= 0) then
@@ -402,7 +406,7 @@ contains
     end if
     call c_f_pointer(x, xf, [box%net%n_inputs, int(n_columns)])
     call c_f_pointer(y, yf, [box%net%n_outputs, int(n_columns)])
-    call box%net%forward_train(xf, yf, s, msg)
+    call box%trainer%state%forward_train(box%net, xf, yf, s, msg)
     stat = int(s, c_int)
     call f_to_c_buffer(msg, errmsg, errmsg_len)
   end function c_colnn_forward_train
@@ -427,9 +431,9 @@ contains
     call c_f_pointer(dy, dyf, [box%net%n_outputs, int(n_columns)])
     if (c_associated(dx)) then
       call c_f_pointer(dx, dxf, [box%net%n_inputs, int(n_columns)])
-      call box%net%backward(dyf, s, msg, dx=dxf)
+      call box%trainer%state%backward(box%net, dyf, s, msg, dx=dxf)
     else
-      call box%net%backward(dyf, s, msg)
+      call box%trainer%state%backward(box%net, dyf, s, msg)
     end if
     stat = int(s, c_int)
     call f_to_c_buffer(msg, errmsg, errmsg_len)
@@ -616,7 +620,6 @@ contains
   !> colnn_load of that file restores the training configuration, so training resumes exactly.
   integer(c_int) function c_colnn_save_checkpoint(handle, path, errmsg, errmsg_len) &
       bind(C, name='colnn_save_checkpoint') result(stat)
-    use colnn_spec, only: layer_spec_t
     type(c_ptr), intent(in), value :: handle
     character(kind=c_char), intent(in) :: path(*)
     character(kind=c_char), intent(out) :: errmsg(*)

@@ -29,6 +29,8 @@ module colnn_dense
     procedure :: num_params => dense_num_params
     procedure :: forward_train => dense_forward_train
     procedure :: backward => dense_backward
+    procedure :: ends_in_softmax => dense_ends_in_softmax
+    procedure :: backward_logits => dense_backward_logits
     procedure :: num_trainable => dense_num_trainable
     procedure :: get_params => dense_get_params
     procedure :: set_params => dense_set_params
@@ -147,20 +149,57 @@ contains
     integer, intent(out) :: stat
     character(len=:), allocatable, intent(out) :: errmsg
     real(wp), allocatable :: dz(:, :)
+    call check_forward_train_done(self, stat, errmsg)
+    if (stat /= 0) return
+    allocate (dz(self%n_out, nc))
+    call self%act%backward(self%n_out, nc, self%z, y, dy, dz)
+    call backward_from_preactivation(self, nc, x, dz, dx)
+  end subroutine dense_backward
+
+  pure logical function dense_ends_in_softmax(self)
+    class(dense_t), intent(in) :: self
+    dense_ends_in_softmax = self%act%name == 'softmax'
+  end function dense_ends_in_softmax
+
+  !> The logits are the pre-activation z: its gradient is given, so the activation is stepped over.
+  subroutine dense_backward_logits(self, nc, x, y, dlogits, dx, stat, errmsg)
+    class(dense_t), intent(inout) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(self%n_in, nc)
+    real(wp), intent(in) :: y(self%n_out, nc)
+    real(wp), intent(in) :: dlogits(self%n_out, nc)
+    real(wp), intent(out) :: dx(self%n_in, nc)
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    call check_forward_train_done(self, stat, errmsg)
+    if (stat /= 0) return
+    call backward_from_preactivation(self, nc, x, dlogits, dx)
+  end subroutine dense_backward_logits
+
+  subroutine check_forward_train_done(self, stat, errmsg)
+    type(dense_t), intent(in) :: self
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
     stat = COLNN_OK
     errmsg = ''
     if (.not. allocated(self%z)) then
       stat = COLNN_ERR_ARGUMENT
       errmsg = 'dense backward: no forward_train before'
-      return
     end if
-    allocate (dz(self%n_out, nc))
-    call self%act%backward(self%n_out, nc, self%z, y, dy, dz)
+  end subroutine check_forward_train_done
+
+  !> dw, db and dx = W^T dz from dz = dL/dz, the gradient at the pre-activation.
+  subroutine backward_from_preactivation(self, nc, x, dz, dx)
+    type(dense_t), intent(inout) :: self
+    integer, intent(in) :: nc
+    real(wp), intent(in) :: x(self%n_in, nc)      !! input of the last forward_train
+    real(wp), intent(in) :: dz(self%n_out, nc)    !! dL/dz
+    real(wp), intent(out) :: dx(self%n_in, nc)    !! dL/dx
     if (.not. allocated(self%dw)) allocate (self%dw(self%n_out, self%n_in))
     call gemm_nt(self%n_out, self%n_in, nc, dz, x, self%dw, .false.)
     if (self%use_bias) self%db = sum(dz, dim=2)
     call gemm_tn(self%n_in, nc, self%n_out, self%w, dz, dx)
-  end subroutine dense_backward
+  end subroutine backward_from_preactivation
 
   pure integer function dense_num_trainable(self)
     class(dense_t), intent(in) :: self

@@ -11,7 +11,6 @@ module colnn_ensemble
   use colnn_status
   use colnn_strings, only: str
   use colnn_network, only: network_t, workspace_t
-  use colnn_normalization, only: normalization_t
   use colnn_textio, only: text_reader_t
   use colnn_strings, only: next_token
   use colnn_random, only: add_gaussian_noise
@@ -297,7 +296,7 @@ contains
     if (present(normalized)) norm = normalized
     do m = 1, self%n_members
       if (norm) then
-        call input_scale(self%members(m), scale, stat)
+        call self%members(m)%input_scale(scale, stat)
         if (stat /= 0) then
           stat = COLNN_ERR_ARGUMENT
           errmsg = 'ensemble set_noise: noise in normalized units needs every member to begin '// &
@@ -488,22 +487,6 @@ contains
       allocate (a(n1, n2, n3), stat=stat)
     end if
   end subroutine grow
-
-  !> The divisor of a network's leading Normalization layer per input feature (stat /= 0: the
-  !> network does not begin with one that normalizes).
-  subroutine input_scale(net, scale, stat)
-    type(network_t), intent(in) :: net
-    real(wp), allocatable, intent(out) :: scale(:)
-    integer, intent(out) :: stat
-    stat = 1
-    if (net%n_layers < 1) return
-    select type (first => net%layers(1)%layer)
-    type is (normalization_t)
-      if (first%invert) return
-      scale = first%sd
-      stat = 0
-    end select
-  end subroutine input_scale
 
   logical function in_parallel()
     in_parallel = .false.

@@ -10,6 +10,10 @@
 !> column block by column block while the block is in cache. A layer may also split its work into
 !> a core part and an in-place `epilogue` (Dense: GEMM, then bias + activation) so that the
 !> epilogue joins that same cache-resident pass.
+!>
+!> What the network, the trainer and the ensemble need to know of a particular layer they ask
+!> through type-bound procedures with neutral defaults (`ends_in_softmax`, `backward_logits`,
+!> `input_scale`), never by its concrete type: a user's layer overrides what applies to it.
 module colnn_layer
   use colnn_kinds, only: wp, i8
   use colnn_status
@@ -39,6 +43,9 @@ module colnn_layer
     procedure :: num_params => layer_num_params
     procedure :: forward_train => layer_forward_train
     procedure :: backward => layer_backward
+    procedure :: ends_in_softmax => layer_ends_in_softmax
+    procedure :: backward_logits => layer_backward_logits
+    procedure :: input_scale => layer_input_scale
     procedure :: num_trainable => layer_num_trainable
     procedure :: get_params => layer_get_params
     procedure :: set_params => layer_set_params
@@ -146,6 +153,41 @@ contains
     stat = COLNN_ERR_NOT_IMPLEMENTED
     errmsg = 'backward is not implemented for layer type '//self%type_name()
   end subroutine layer_backward
+
+  !> True when the layer's output is a softmax of its own (a softmax activation), so that a
+  !> cross-entropy loss can give dL/d(logits) directly and `backward_logits` applies.
+  pure logical function layer_ends_in_softmax(self)
+    class(layer_t), intent(in) :: self
+    layer_ends_in_softmax = .false.
+  end function layer_ends_in_softmax
+
+  !> As `backward`, given dL/d(logits), the gradient at the input of the layer's final softmax
+  !> (the combined softmax + cross-entropy gradient p - t): the softmax is stepped over. Only
+  !> called for layers whose `ends_in_softmax()` is true.
+  subroutine layer_backward_logits(self, nc, x, y, dlogits, dx, stat, errmsg)
+    class(layer_t), intent(inout) :: self
+    integer, intent(in) :: nc                             !! columns of the minibatch
+    real(wp), intent(in) :: x(self%n_in, nc)              !! input of the last forward_train
+    real(wp), intent(in) :: y(self%n_out, nc)             !! output of the last forward_train
+    real(wp), intent(in) :: dlogits(self%n_out, nc)       !! dL/d(input of the softmax)
+    real(wp), intent(out) :: dx(self%n_in, nc)            !! dL/dx
+    integer, intent(out) :: stat
+    character(len=:), allocatable, intent(out) :: errmsg
+    dx = 0
+    stat = COLNN_ERR_NOT_IMPLEMENTED
+    errmsg = 'backward at the logits is not implemented for layer type '//self%type_name()
+  end subroutine layer_backward_logits
+
+  !> The divisor by which the layer scales each input feature when it normalizes its inputs (a
+  !> Normalization layer: the standard deviations): input noise given in normalized units is
+  !> that noise times this scale in the units of the inputs. stat /= 0 for layers that do not
+  !> normalize their inputs feature by feature (the default).
+  subroutine layer_input_scale(self, scale, stat)
+    class(layer_t), intent(in) :: self
+    real(wp), allocatable, intent(out) :: scale(:)  !! (n_in) when stat == 0
+    integer, intent(out) :: stat
+    stat = COLNN_ERR_UNSUPPORTED
+  end subroutine layer_input_scale
 
   !> Trainable values, in Keras' order (Dense: kernel (in, out) row-major, then bias;
   !> BatchNormalization: gamma, beta).

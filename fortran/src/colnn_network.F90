@@ -7,20 +7,14 @@
 !> Work arrays live in a `workspace_t`: the network's own one serves `forward`; `forward_ws`
 !> takes a caller's, so several host threads can share one (read-only) network. Workspaces are
 !> allocated on the first call and reused: the steady-state call allocates nothing.
+!>
+!> A network holds what inference needs; training adds a `training_state_t`
+!> (colnn_training_state) next to it. This module declares the type and its procedures;
+!> colnn_network_submodule implements them.
 module colnn_network
-  use colnn_kinds, only: wp, sp, dp, i8, wp_name
-  use colnn_status
-  use colnn_strings, only: str
+  use colnn_kinds, only: wp, sp, dp, i8
   use colnn_spec, only: layer_spec_t
   use colnn_layer, only: layer_t
-  use colnn_registry, only: create_layer
-  use colnn_dense, only: dense_t
-  use colnn_activation_layer, only: activation_layer_t
-  use colnn_model_file, only: model_header_t, read_model_file, write_model_file
-  use colnn_fkb, only: read_fkb_file
-  use colnn_textio, only: text_reader_t
-!$ use omp_lib, only: omp_get_max_threads, omp_get_thread_num
-  use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
   implicit none
   private
 
@@ -50,15 +44,6 @@ module colnn_network
     integer :: block = 0
   end type workspace_t
 
-  type :: activation_cache_t
-    real(wp), allocatable :: a(:, :)
-  end type activation_cache_t
-
-  !> The work arrays of the calling thread (OpenMP threadprivate: thread-local storage, so
-  !> host threads that are not OpenMP's get their own too).
-  type(workspace_t), save :: thread_ws
-  !$omp threadprivate(thread_ws)
-
   type :: network_t
     integer :: n_inputs = 0, n_outputs = 0, n_layers = 0
     type(layer_slot_t), allocatable :: layers(:)
@@ -70,15 +55,12 @@ module colnn_network
     !> number of columns per call, the chunking, the threads or the MPI layout (set with
     !> set_batch_invariant; kept across load).
     logical :: batch_invariant = BATCH_INVARIANT_DEFAULT
+    !> the widest activation (inputs included): the rows of a workspace column block
     integer :: max_width = 0
+    !> the evaluation plan, built at load
     type(step_t), allocatable :: plan(:)
+    !> forward's work arrays in a build without OpenMP (with it, each thread has its own)
     type(workspace_t) :: ws
-    !> training: the input of each layer and the output of the last, from forward_train
-    type(activation_cache_t), allocatable :: acts(:)
-    real(wp), allocatable :: g_a(:), g_b(:)
-    integer :: train_nc = 0
-    !> the training block of the file it was loaded from (optimizer state), if any
-    type(layer_spec_t), allocatable :: training_spec
   contains
     procedure :: load => network_load
     procedure :: save => network_save
@@ -92,810 +74,149 @@ module colnn_network
     procedure :: is_loaded => network_is_loaded
     procedure :: set_batch_invariant => network_set_batch_invariant
     procedure :: destroy => network_destroy
-    procedure :: forward_train => network_forward_train
-    procedure :: backward => network_backward
     procedure :: num_trainable => network_num_trainable
     procedure :: get_params => network_get_params
     procedure :: set_params => network_set_params
     procedure :: get_grads => network_get_grads
     procedure :: ends_in_softmax => network_ends_in_softmax
+    procedure :: input_scale => network_input_scale
     procedure :: num_state => network_num_state
     procedure :: get_state => network_get_state
     procedure :: set_state => network_set_state
   end type network_t
 
-  !> The two buffers of a column block take about this many bytes (kept in a core's L2).
-  integer, parameter :: BLOCK_BYTES = 1048576
-  integer, parameter :: MIN_BLOCK = 16, MAX_BLOCK = 1024, MIN_SPLIT = 4
-  !> Column sub-blocks of the in-place passes stay within about this many bytes (L1).
-  integer, parameter :: L1_BYTES = 16384
+  interface
+    !> Batch-invariant products on or off (see `batch_invariant`); may come before or after load.
+    module subroutine network_set_batch_invariant(self, flag)
+      class(network_t), intent(inout) :: self
+      logical, intent(in) :: flag  !! .true.: every column the same bits in any call shape
+    end subroutine network_set_batch_invariant
 
-contains
+    !> True once a model is loaded (and until destroy).
+    pure logical module function network_is_loaded(self)
+      class(network_t), intent(in) :: self
+    end function network_is_loaded
 
-  !> Batch-invariant products on or off (see `batch_invariant`); may come before or after load.
-  subroutine network_set_batch_invariant(self, flag)
-    class(network_t), intent(inout) :: self
-    logical, intent(in) :: flag  !! .true.: every column the same bits in any call shape
-    integer :: k
-    self%batch_invariant = flag
-    if (.not. allocated(self%layers)) return
-    do k = 1, size(self%layers)
-      if (allocated(self%layers(k)%layer)) self%layers(k)%layer%batch_invariant = flag
-    end do
-  end subroutine network_set_batch_invariant
+    !> Empties the network (its layers, plan and workspace); it may be loaded again.
+    module subroutine network_destroy(self)
+      class(network_t), intent(inout) :: self
+    end subroutine network_destroy
 
-  pure logical function network_is_loaded(self)
-    class(network_t), intent(in) :: self
-    network_is_loaded = self%n_layers > 0
-  end function network_is_loaded
+    !> Loads a model file (colnn format or FKB text, detected from its first line). On any error
+    !> the network is left empty and `errmsg` names the file and what is wrong.
+    module subroutine network_load(self, path, stat, errmsg, training)
+      class(network_t), intent(inout) :: self
+      character(len=*), intent(in) :: path      !! a colnn model file or an FKB text file
+      integer, intent(out) :: stat              !! COLNN_OK or the error's status
+      character(len=*), intent(out) :: errmsg   !! the file, the line and what is wrong
+      !> the file's training block (a checkpoint's optimizer, loss and optimizer state), if it has
+      !> one: for trainer_t%restore
+      type(layer_spec_t), allocatable, intent(out), optional :: training
+    end subroutine network_load
 
-  subroutine network_destroy(self)
-    class(network_t), intent(inout) :: self
-    if (allocated(self%layers)) deallocate (self%layers)
-    if (allocated(self%plan)) deallocate (self%plan)
-    if (allocated(self%acts)) deallocate (self%acts)
-    if (allocated(self%g_a)) deallocate (self%g_a, self%g_b)
-    if (allocated(self%training_spec)) deallocate (self%training_spec)
-    self%train_nc = 0
-    if (allocated(self%ws%a)) deallocate (self%ws%a)
-    if (allocated(self%ws%b)) deallocate (self%ws%b)
-    self%ws%block = 0
-    self%n_layers = 0
-    self%n_inputs = 0
-    self%n_outputs = 0
-  end subroutine network_destroy
+    !> Writes the network as a colnn model file; `training` adds a training block (optimizer state).
+    module subroutine network_save(self, path, stat, errmsg, training)
+      class(network_t), intent(in) :: self
+      character(len=*), intent(in) :: path      !! written atomically
+      integer, intent(out) :: stat              !! COLNN_OK or the error's status
+      character(len=*), intent(out) :: errmsg
+      type(layer_spec_t), intent(in), optional :: training  !! trainer_t%describe's block
+    end subroutine network_save
 
-  !> First non-blank token of the file: 'colnn' for our format, an integer for FKB's.
-  subroutine sniff_format(path, fmt, stat, errmsg)
-    character(len=*), intent(in) :: path
-    character(len=:), allocatable, intent(out) :: fmt
-    integer, intent(out) :: stat
-    character(len=:), allocatable, intent(out) :: errmsg
-    type(text_reader_t) :: r
-    logical :: eof
-    character(len=:), allocatable :: line
-    integer :: i
-    fmt = ''
-    call r%open(path, stat, errmsg)
-    if (stat /= 0) return
-    call r%next_line(eof, stat, errmsg, skip_blank=.true.)
-    call r%close()
-    if (stat /= 0) return
-    if (eof) then
-      stat = COLNN_ERR_FORMAT
-      errmsg = path//': empty file'
-      return
-    end if
-    line = trim(adjustl(r%buf(1:r%n)))
-    if (line(1:min(5, len(line))) == 'colnn') then
-      fmt = 'colnn'
-      return
-    end if
-    do i = 1, len(line)
-      if (index('0123456789', line(i:i)) == 0) exit
-    end do
-    if (i > len(line) .and. len(line) > 0) then
-      fmt = 'fkb'
-      return
-    end if
-    stat = COLNN_ERR_FORMAT
-    errmsg = path//':'//str(r%line_no)//': neither a colnn model file nor an FKB text file '// &
-             "(first line '"//line(1:min(len(line), 40))//"')"
-  end subroutine sniff_format
+    !> The count of all parameters (weights, biases, normalization and batch-norm statistics).
+    pure integer(i8) module function network_num_params(self)
+      class(network_t), intent(in) :: self
+    end function network_num_params
 
-  !> Loads a model file (colnn format or FKB text, detected from its first line). On any error
-  !> the network is left empty and `errmsg` names the file and what is wrong.
-  subroutine network_load(self, path, stat, errmsg)
-    class(network_t), intent(inout) :: self
-    character(len=*), intent(in) :: path
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    type(model_header_t) :: header
-    type(layer_spec_t), allocatable :: specs(:)
-    character(len=:), allocatable :: fmt, msg, lname
-    integer :: k, width
+    !> y = network(x) for real32 arrays: x(n_inputs, nc), y(n_outputs, nc), or with
+    !> `columns_first` x(nc, n_inputs), y(nc, n_outputs) (a host's (columns, levels) chunk). The
+    !> layout and kind are taken care of where the columns enter and leave the cache-sized work
+    !> blocks, so neither costs a copy of its own. Safe to call from several threads at once on
+    !> different column chunks (a host's OpenMP loop over chunks, or its own threads): each
+    !> calling thread has its own work arrays (thread-local, kept between calls), and the
+    !> network itself is only read. Results do not depend on which thread computes a chunk.
+    module subroutine network_forward_sp(self, x, y, stat, errmsg, columns_first)
+      !> only read, except for its own workspace in a build without OpenMP
+      class(network_t), intent(inout) :: self
+      real(sp), intent(in) :: x(:, :)           !! (n_inputs, nc), or (nc, n_inputs)
+      real(sp), intent(out) :: y(:, :)          !! (n_outputs, nc), or (nc, n_outputs)
+      integer, intent(out) :: stat              !! COLNN_OK, or why not (sizes, NaN/Inf)
+      character(len=*), intent(out) :: errmsg
+      logical, intent(in), optional :: columns_first !! x, y are (columns, features)
+    end subroutine network_forward_sp
 
-    call self%destroy()
-    errmsg = ''
-    call sniff_format(path, fmt, stat, msg)
-    if (stat == 0) then
-      if (fmt == 'colnn') then
-        call read_model_file(path, header, specs, stat, msg, self%training_spec)
-      else
-        call read_fkb_file(path, header, specs, stat, msg)
-      end if
-    end if
-    if (stat /= 0) then
-      errmsg = msg
-      return
-    end if
+    !> As forward for real32 arrays, for real64 ones.
+    module subroutine network_forward_dp(self, x, y, stat, errmsg, columns_first)
+      class(network_t), intent(inout) :: self
+      real(dp), intent(in) :: x(:, :)           !! (n_inputs, nc), or (nc, n_inputs)
+      real(dp), intent(out) :: y(:, :)          !! (n_outputs, nc), or (nc, n_outputs)
+      integer, intent(out) :: stat              !! COLNN_OK, or why not (sizes, NaN/Inf)
+      character(len=*), intent(out) :: errmsg
+      logical, intent(in), optional :: columns_first !! x, y are (columns, features)
+    end subroutine network_forward_dp
 
-    allocate (self%layers(header%n_layers))
-    width = header%n_inputs
-    do k = 1, header%n_layers
-      call create_layer(specs(k)%type_name, self%layers(k)%layer, stat, msg)
-      if (stat /= 0) then
-        errmsg = specs(k)%where()//': '//msg
-        exit
-      end if
-      lname = specs(k)%type_name//'_'//str(k)
-      if (specs(k)%find_attr('name') > 0) then
-        call specs(k)%get_text('name', lname, stat, msg)
-      end if
-      call self%layers(k)%layer%init(specs(k), width, stat, msg)
-      if (stat /= 0) then
-        errmsg = msg
-        exit
-      end if
-      self%layers(k)%layer%name = lname
-      if (self%layers(k)%layer%n_in /= width .or. self%layers(k)%layer%n_out < 1) then
-        stat = COLNN_ERR_FORMAT
-        errmsg = specs(k)%where()//': layer did not set valid n_in/n_out'
-        exit
-      end if
-      width = self%layers(k)%layer%n_out
-    end do
-    if (stat == 0 .and. width /= header%n_outputs) then
-      stat = COLNN_ERR_FORMAT
-      errmsg = path//': the header declares '//str(header%n_outputs)//' outputs but the '// &
-               'layers produce '//str(width)
-    end if
-    if (stat /= 0) then
-      deallocate (self%layers)
-      return
-    end if
+    !> As forward, with a caller's workspace (one per thread when threads share the network).
+    module subroutine network_forward_ws(self, ws, x, y, stat, errmsg)
+      class(network_t), intent(in) :: self
+      type(workspace_t), intent(inout) :: ws    !! grown on first use, then reused
+      real(wp), intent(in) :: x(:, :)           !! (n_inputs, nc)
+      real(wp), intent(out) :: y(:, :)          !! (n_outputs, nc)
+      integer, intent(out) :: stat              !! COLNN_OK, or why not (sizes, NaN/Inf)
+      character(len=*), intent(out) :: errmsg
+    end subroutine network_forward_ws
 
-    self%n_layers = header%n_layers
-    self%n_inputs = header%n_inputs
-    self%n_outputs = header%n_outputs
-    self%source = path
-    if (allocated(header%meta)) then
-      allocate (self%meta(size(header%meta)))
-      self%meta = header%meta
-    else
-      allocate (self%meta(0))
-    end if
-    call self%set_batch_invariant(self%batch_invariant)
-    call build_plan(self)
-  end subroutine network_load
+    !> True when the last layer's output is a softmax (a Dense with softmax activation or a softmax
+    !> activation layer): a cross-entropy loss can then give dL/dlogits directly.
+    logical module function network_ends_in_softmax(self)
+      class(network_t), intent(in) :: self
+    end function network_ends_in_softmax
 
-  subroutine build_plan(self)
-    type(network_t), intent(inout) :: self
-    type(step_t) :: steps(self%n_layers + 1)
-    integer :: k, n
-    n = 0
-    k = 1
-    self%max_width = self%n_inputs
-    do while (k <= self%n_layers)
-      n = n + 1
-      steps(n) = step_t()
-      associate (l => self%layers(k)%layer)
-        self%max_width = max(self%max_width, l%n_out)
-        if (.not. l%is_elementwise()) then
-          steps(n)%main = k
-          steps(n)%main_epilogue = l%has_epilogue()
-          k = k + 1
-        end if
-      end associate
-      steps(n)%first = k
-      do while (k <= self%n_layers)
-        if (.not. self%layers(k)%layer%is_elementwise()) exit
-        k = k + 1
-      end do
-      steps(n)%last = k - 1
-      if (steps(n)%main > 0) then
-        steps(n)%width = self%layers(steps(n)%main)%layer%n_out
-      else
-        steps(n)%width = self%layers(steps(n)%first)%layer%n_out
-      end if
-    end do
-    self%plan = steps(1:n)
-  end subroutine build_plan
+    !> The divisor of the network's leading normalization per input feature (stat /= 0: the
+    !> network does not begin with a layer that normalizes its inputs).
+    module subroutine network_input_scale(self, scale, stat)
+      class(network_t), intent(in) :: self
+      real(wp), allocatable, intent(out) :: scale(:)  !! (n_inputs) when stat == 0
+      integer, intent(out) :: stat
+    end subroutine network_input_scale
 
-  !> Writes the network as a colnn model file; `training` adds a training block (optimizer state).
-  subroutine network_save(self, path, stat, errmsg, training)
-    class(network_t), intent(in) :: self
-    character(len=*), intent(in) :: path
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    type(layer_spec_t), intent(in), optional :: training
-    type(layer_spec_t), allocatable :: specs(:)
-    character(len=:), allocatable :: msg
-    integer :: k
-    errmsg = ''
-    if (.not. self%is_loaded()) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'save '//path//': the network is empty'
-      return
-    end if
-    allocate (specs(self%n_layers))
-    do k = 1, self%n_layers
-      specs(k)%type_name = self%layers(k)%layer%type_name()
-      call specs(k)%set_text('name', self%layers(k)%layer%name)
-      call self%layers(k)%layer%describe(specs(k))
-    end do
-    call write_model_file(path, self%n_inputs, self%n_outputs, specs, self%meta, stat, msg, &
-                          training)
-    if (stat /= 0) errmsg = msg
-  end subroutine network_save
+    !> The count of trainable values (the length of get_params' and get_grads' vectors).
+    pure integer(i8) module function network_num_trainable(self)
+      class(network_t), intent(in) :: self
+    end function network_num_trainable
 
-  pure integer(i8) function network_num_params(self)
-    class(network_t), intent(in) :: self
-    integer :: k
-    network_num_params = 0
-    do k = 1, self%n_layers
-      network_num_params = network_num_params + self%layers(k)%layer%num_params()
-    end do
-  end function network_num_params
+    !> All trainable values in Keras' order (model.trainable_variables, each flattened row-major).
+    module subroutine network_get_params(self, p)
+      class(network_t), intent(in) :: self
+      real(wp), intent(out) :: p(:)   !! (num_trainable())
+    end subroutine network_get_params
 
-  !> y = network(x) for real32 arrays: x(n_inputs, nc), y(n_outputs, nc), or with
-  !> `columns_first` x(nc, n_inputs), y(nc, n_outputs) (a host's (columns, levels) chunk). The
-  !> layout and kind are taken care of where the columns enter and leave the cache-sized work
-  !> blocks, so neither costs a copy of its own. Safe to call from several threads at once on
-  !> different column chunks (a host's OpenMP loop over chunks, or its own threads): each
-  !> calling thread has its own work arrays (thread-local, kept between calls), and the
-  !> network itself is only read. Results do not depend on which thread computes a chunk.
-  subroutine network_forward_sp(self, x, y, stat, errmsg, columns_first)
-    class(network_t), intent(inout) :: self
-    real(sp), intent(in) :: x(:, :)
-    real(sp), intent(out) :: y(:, :)
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    logical, intent(in), optional :: columns_first !! x, y are (columns, features)
-#ifdef _OPENMP
-    call engine(self, thread_ws, stat, errmsg, columns_first, xs=x, ys=y)
-#else
-    ! without OpenMP there is no thread-local storage in Fortran: one workspace per network
-    call engine(self, self%ws, stat, errmsg, columns_first, xs=x, ys=y)
-#endif
-  end subroutine network_forward_sp
+    !> Sets the trainable values from a vector in get_params' order.
+    module subroutine network_set_params(self, p)
+      class(network_t), intent(inout) :: self
+      real(wp), intent(in) :: p(:)    !! (num_trainable())
+    end subroutine network_set_params
 
-  !> As forward for real32 arrays, for real64 ones.
-  subroutine network_forward_dp(self, x, y, stat, errmsg, columns_first)
-    class(network_t), intent(inout) :: self
-    real(dp), intent(in) :: x(:, :)
-    real(dp), intent(out) :: y(:, :)
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    logical, intent(in), optional :: columns_first !! x, y are (columns, features)
-#ifdef _OPENMP
-    call engine(self, thread_ws, stat, errmsg, columns_first, xd=x, yd=y)
-#else
-    call engine(self, self%ws, stat, errmsg, columns_first, xd=x, yd=y)
-#endif
-  end subroutine network_forward_dp
+    !> The gradients of the last backward (training_state_t%backward), in get_params' order.
+    module subroutine network_get_grads(self, g)
+      class(network_t), intent(in) :: self
+      real(wp), intent(out) :: g(:)   !! (num_trainable()); zeros where none was computed
+    end subroutine network_get_grads
 
-  !> As forward, with a caller's workspace (one per thread when threads share the network).
-  subroutine network_forward_ws(self, ws, x, y, stat, errmsg)
-    class(network_t), intent(in) :: self
-    type(workspace_t), intent(inout) :: ws
-    real(wp), intent(in) :: x(:, :)
-    real(wp), intent(out) :: y(:, :)
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-#ifdef COLNN_DOUBLE
-    call engine(self, ws, stat, errmsg, xd=x, yd=y)
-#else
-    call engine(self, ws, stat, errmsg, xs=x, ys=y)
-#endif
-  end subroutine network_forward_ws
+    !> The count of non-trainable values training changes (batch-norm moving statistics).
+    pure integer(i8) module function network_num_state(self)
+      class(network_t), intent(in) :: self
+    end function network_num_state
 
-  !> The forward pass over one x and one y of either kind and layout (exactly one of xs, xd and
-  !> one of ys, yd).
-  subroutine engine(self, ws, stat, errmsg, columns_first, xs, xd, ys, yd)
-    class(network_t), intent(in) :: self
-    type(workspace_t), intent(inout) :: ws
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    logical, intent(in), optional :: columns_first
-    real(sp), intent(in), optional :: xs(:, :)
-    real(dp), intent(in), optional :: xd(:, :)
-    real(sp), intent(out), optional :: ys(:, :)
-    real(dp), intent(out), optional :: yd(:, :)
-    integer :: nc, block, cache_block, n_threads, n_blocks, ib, j0, m, t, rows, cols, fx, fy, ny
-    integer :: bad(2)
-    logical :: resize, cf
+    !> Those values, to put back when a training step fails.
+    module subroutine network_get_state(self, s)
+      class(network_t), intent(in) :: self
+      real(wp), intent(out) :: s(:)   !! (num_state())
+    end subroutine network_get_state
 
-    stat = COLNN_OK
-    errmsg = ''
-    cf = .false.
-    if (present(columns_first)) cf = columns_first
-    if (.not. self%is_loaded()) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'forward: no model is loaded'
-      return
-    end if
-    ! (features, columns) or (columns, features): fx, fy features; nc, ny columns
-    if (present(xs)) then
-      fx = size(xs, merge(2, 1, cf)); nc = size(xs, merge(1, 2, cf))
-    else
-      fx = size(xd, merge(2, 1, cf)); nc = size(xd, merge(1, 2, cf))
-    end if
-    if (present(ys)) then
-      fy = size(ys, merge(2, 1, cf)); ny = size(ys, merge(1, 2, cf))
-    else
-      fy = size(yd, merge(2, 1, cf)); ny = size(yd, merge(1, 2, cf))
-    end if
-    if (fx /= self%n_inputs) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'forward: input has '//str(fx)//' features, the model ('//self%source// &
-               ') takes '//str(self%n_inputs)//' (arrays are '//layout_name(cf)//')'
-      return
-    end if
-    if (fy /= self%n_outputs) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'forward: output array has '//str(fy)//' features, the model ('// &
-               self%source//') gives '//str(self%n_outputs)//' (arrays are '//layout_name(cf)//')'
-      return
-    end if
-    if (nc < 1) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'forward: zero columns'
-      return
-    end if
-    if (ny /= nc) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'forward: input has '//str(nc)//' columns but output has '//str(ny)
-      return
-    end if
-    if (self%check_finite) then
-      bad = 0
-      if (present(xs)) then
-        if (.not. all(ieee_is_finite(xs))) bad = findloc(ieee_is_finite(xs), .false.)
-      else
-        if (.not. all(ieee_is_finite(xd))) bad = findloc(ieee_is_finite(xd), .false.)
-      end if
-      if (bad(1) > 0) then
-        if (cf) bad = bad([2, 1])
-        stat = COLNN_ERR_NONFINITE
-        errmsg = 'forward: input feature '//str(bad(1))//' of column '//str(bad(2))// &
-                 ' is not finite'
-        return
-      end if
-    end if
+    module subroutine network_set_state(self, s)
+      class(network_t), intent(inout) :: self
+      real(wp), intent(in) :: s(:)    !! (num_state()), from get_state
+    end subroutine network_set_state
+  end interface
 
-    ! the buffers are sized once for the cache-sized block; a call with few columns splits them
-    ! over the threads (so BLAS is never asked to thread a thin GEMM) and uses a prefix
-    cache_block = max(MIN_BLOCK, min(MAX_BLOCK, BLOCK_BYTES / (2 * self%max_width * (storage_size(1.0_wp) / 8))))
-    n_threads = 1
-    !$ n_threads = omp_get_max_threads()
-    ! Fortran does not short-circuit .or., so size() must not see an unallocated array
-    ! a workspace only grows: one thread's (thread-local) serves every network it runs
-    resize = .not. allocated(ws%a)
-    if (.not. resize) resize = size(ws%a, 1) < self%max_width * cache_block .or. &
-                               size(ws%a, 2) < n_threads
-    if (resize) then
-      rows = self%max_width * cache_block
-      cols = n_threads
-      if (allocated(ws%a)) then
-        rows = max(rows, size(ws%a, 1))
-        cols = max(cols, size(ws%a, 2))
-        deallocate (ws%a, ws%b)
-      end if
-      allocate (ws%a(rows, cols), ws%b(rows, cols), stat=stat)
-      if (stat /= 0) then
-        stat = COLNN_ERR_MEMORY
-        errmsg = 'forward: cannot allocate work arrays'
-        ws%block = 0
-        return
-      end if
-      ws%block = cache_block
-    end if
-    ! the partition does not depend on the thread count, so results are bitwise the same for
-    ! any OMP_NUM_THREADS; few columns are still cut into up to MIN_SPLIT blocks for the threads
-    block = min(cache_block, max(MIN_BLOCK, (nc + MIN_SPLIT - 1) / MIN_SPLIT))
-    n_blocks = (nc + block - 1) / block
-    !$omp parallel do schedule(static) private(j0, m, t) if(n_blocks > 1)
-    do ib = 1, n_blocks
-      t = 1
-      !$ t = omp_get_thread_num() + 1
-      j0 = (ib - 1) * block + 1
-      m = min(block, nc - j0 + 1)
-      call run(self, ws%a(:, t), ws%b(:, t), m, j0, cf, xs, xd, ys, yd)
-    end do
-    !$omp end parallel do
-
-    if (self%check_finite) then
-      bad = 0
-      if (present(ys)) then
-        if (.not. all(ieee_is_finite(ys))) bad = findloc(ieee_is_finite(ys), .false.)
-      else
-        if (.not. all(ieee_is_finite(yd))) bad = findloc(ieee_is_finite(yd), .false.)
-      end if
-      if (bad(1) > 0) then
-        if (cf) bad = bad([2, 1])
-        stat = COLNN_ERR_NONFINITE
-        errmsg = 'forward: output '//str(bad(1))//' of column '//str(bad(2))// &
-                 ' is not finite ('//self%source//')'
-      end if
-    end if
-  end subroutine engine
-
-  pure function layout_name(columns_first) result(s)
-    logical, intent(in) :: columns_first
-    character(len=19) :: s
-    s = merge('(columns, features)', '(features, columns)', columns_first)
-  end function layout_name
-
-  !> Columns j0..j0+m-1 through every layer, ping-ponging between a and b; they enter from and
-  !> leave to the caller's arrays in its kind and layout.
-  subroutine run(self, a, b, m, j0, cf, xs, xd, ys, yd)
-    type(network_t), intent(in) :: self
-    real(wp), intent(inout), contiguous :: a(:), b(:)
-    integer, intent(in) :: m, j0
-    logical, intent(in) :: cf
-    real(sp), intent(in), optional :: xs(:, :)
-    real(dp), intent(in), optional :: xd(:, :)
-    real(sp), intent(inout), optional :: ys(:, :)
-    real(dp), intent(inout), optional :: yd(:, :)
-    logical :: in_a
-    integer :: s
-    call copy_in(self%n_inputs, m, j0, cf, a, xs, xd)
-    in_a = .true.
-    do s = 1, size(self%plan)
-      associate (st => self%plan(s))
-        if (st%main > 0) then
-          if (in_a) then
-            call self%layers(st%main)%layer%forward_core(m, a, b)
-          else
-            call self%layers(st%main)%layer%forward_core(m, b, a)
-          end if
-          in_a = .not. in_a
-        end if
-        if (st%main_epilogue .or. st%last >= st%first) then
-          if (in_a) then
-            call apply_inplace_run(self, st, m, a)
-          else
-            call apply_inplace_run(self, st, m, b)
-          end if
-        end if
-      end associate
-    end do
-    if (in_a) then
-      call copy_out(self%n_outputs, m, j0, cf, a, ys, yd)
-    else
-      call copy_out(self%n_outputs, m, j0, cf, b, ys, yd)
-    end if
-  end subroutine run
-
-  subroutine copy_in_wp(n, nc, x, a)
-    integer, intent(in) :: n, nc
-    real(wp), intent(in) :: x(:, :)
-    real(wp), intent(out) :: a(n, nc)
-    a = x
-  end subroutine copy_in_wp
-
-  subroutine copy_out_wp(n, nc, a, y)
-    integer, intent(in) :: n, nc
-    real(wp), intent(in) :: a(n, nc)
-    real(wp), intent(inout) :: y(:, :)
-    y = a
-  end subroutine copy_out_wp
-
-  subroutine copy_in(n, nc, j0, cf, a, xs, xd)
-    integer, intent(in) :: n, nc, j0
-    logical, intent(in) :: cf
-    real(wp), intent(out) :: a(n, nc)
-    real(sp), intent(in), optional :: xs(:, :)
-    real(dp), intent(in), optional :: xd(:, :)
-    integer :: i, j
-    if (present(xs)) then
-      if (cf) then
-        ! read the host's columns where they are contiguous; the block is in cache
-        do i = 1, n
-          do j = 1, nc
-            a(i, j) = real(xs(j0 + j - 1, i), wp)
-          end do
-        end do
-      else
-        a = real(xs(:, j0:j0 + nc - 1), wp)
-      end if
-    else
-      if (cf) then
-        ! read the host's columns where they are contiguous; the block is in cache
-        do i = 1, n
-          do j = 1, nc
-            a(i, j) = real(xd(j0 + j - 1, i), wp)
-          end do
-        end do
-      else
-        a = real(xd(:, j0:j0 + nc - 1), wp)
-      end if
-    end if
-  end subroutine copy_in
-
-  subroutine copy_out(n, nc, j0, cf, a, ys, yd)
-    integer, intent(in) :: n, nc, j0
-    logical, intent(in) :: cf
-    real(wp), intent(in) :: a(n, nc)
-    real(sp), intent(inout), optional :: ys(:, :)
-    real(dp), intent(inout), optional :: yd(:, :)
-    integer :: i, j
-    if (present(ys)) then
-      if (cf) then
-        do i = 1, n
-          do j = 1, nc
-            ys(j0 + j - 1, i) = real(a(i, j), sp)
-          end do
-        end do
-      else
-        ys(:, j0:j0 + nc - 1) = real(a, sp)
-      end if
-    else
-      if (cf) then
-        do i = 1, n
-          do j = 1, nc
-            yd(j0 + j - 1, i) = real(a(i, j), dp)
-          end do
-        end do
-      else
-        yd(:, j0:j0 + nc - 1) = real(a, dp)
-      end if
-    end if
-  end subroutine copy_out
-
-  !> The epilogue of the step's main layer, then its elementwise layers, in place, over column
-  !> sub-blocks that fit in L1: all of them touch a sub-block while it is there, so the run costs
-  !> about one pass over the block however many layers it has.
-  subroutine apply_inplace_run(self, st, nc, a)
-    type(network_t), intent(in) :: self
-    type(step_t), intent(in) :: st
-    integer, intent(in) :: nc
-    real(wp), intent(inout) :: a(st%width, nc)
-    integer :: k, sub, j0, m
-    sub = max(1, L1_BYTES / (st%width * (storage_size(a) / 8)))
-    do j0 = 1, nc, sub
-      m = min(sub, nc - j0 + 1)
-      if (st%main_epilogue) call self%layers(st%main)%layer%epilogue(m, a(:, j0:j0 + m - 1))
-      do k = st%first, st%last
-        call self%layers(k)%layer%apply_inplace(m, a(:, j0:j0 + m - 1))
-      end do
-    end do
-  end subroutine apply_inplace_run
-
-  !> Training-mode forward (batch-norm batch statistics, dropout masks) of a minibatch
-  !> x(n_inputs, nc); keeps every layer's input for `backward`.
-  subroutine network_forward_train(self, x, y, stat, errmsg)
-    class(network_t), intent(inout) :: self
-    real(wp), intent(in) :: x(:, :)
-    real(wp), intent(out) :: y(:, :)
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    integer :: nc, k
-    stat = COLNN_OK
-    errmsg = ''
-    if (.not. self%is_loaded()) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'forward_train: no model is loaded'
-      return
-    end if
-    nc = size(x, 2)
-    if (size(x, 1) /= self%n_inputs .or. size(y, 1) /= self%n_outputs .or. size(y, 2) /= nc &
-        .or. nc < 1) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'forward_train: expected x('//str(self%n_inputs)//', n >= 1) and y('// &
-               str(self%n_outputs)//', n), got x('//str(size(x, 1))//', '//str(nc)//') and y('// &
-               str(size(y, 1))//', '//str(size(y, 2))//')'
-      return
-    end if
-    if (.not. all(ieee_is_finite(x))) then
-      stat = COLNN_ERR_NONFINITE
-      errmsg = 'forward_train: the minibatch has NaN or Inf inputs'
-      return
-    end if
-    if (self%train_nc /= nc) then
-      if (allocated(self%acts)) deallocate (self%acts)
-      allocate (self%acts(self%n_layers + 1))
-      self%acts(1)%a = x
-      do k = 1, self%n_layers
-        allocate (self%acts(k + 1)%a(self%layers(k)%layer%n_out, nc))
-      end do
-      if (allocated(self%g_a)) deallocate (self%g_a, self%g_b)
-      allocate (self%g_a(int(self%max_width, i8) * nc), self%g_b(int(self%max_width, i8) * nc))
-      self%train_nc = nc
-    else
-      self%acts(1)%a = x
-    end if
-    do k = 1, self%n_layers
-      call self%layers(k)%layer%forward_train(nc, self%acts(k)%a, self%acts(k + 1)%a)
-    end do
-    y = self%acts(self%n_layers + 1)%a
-  end subroutine network_forward_train
-
-  !> True when the last layer's output is a softmax (a Dense with softmax activation or a softmax
-  !> activation layer): a cross-entropy loss can then give dL/dlogits directly.
-  logical function network_ends_in_softmax(self)
-    class(network_t), intent(in) :: self
-    network_ends_in_softmax = .false.
-    if (self%n_layers < 1) return
-    select type (l => self%layers(self%n_layers)%layer)
-    type is (dense_t)
-      network_ends_in_softmax = l%act%name == 'softmax'
-    type is (activation_layer_t)
-      network_ends_in_softmax = l%act%name == 'softmax'
-    end select
-  end function network_ends_in_softmax
-
-  !> Back-propagates dy = dL/dy(n_outputs, nc) of the last forward_train: every layer then holds
-  !> the gradients of its trainable parameters; dx (optional) receives dL/dx. With
-  !> `logits_gradient`, dy is dL/d(input of the final softmax) (the combined softmax +
-  !> cross-entropy gradient, p - t), and the softmax itself is stepped over.
-  subroutine network_backward(self, dy, stat, errmsg, dx, logits_gradient)
-    class(network_t), intent(inout) :: self
-    real(wp), intent(in) :: dy(:, :)
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    real(wp), intent(out), optional :: dx(:, :)
-    logical, intent(in), optional :: logits_gradient
-    logical :: skip_softmax
-    integer :: nc, k
-    logical :: in_a
-    character(len=:), allocatable :: msg
-    stat = COLNN_OK
-    errmsg = ''
-    nc = self%train_nc
-    if (nc < 1) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'backward: no forward_train before'
-      return
-    end if
-    if (size(dy, 1) /= self%n_outputs .or. size(dy, 2) /= nc) then
-      stat = COLNN_ERR_ARGUMENT
-      errmsg = 'backward: dy must be ('//str(self%n_outputs)//', '//str(nc)//'), got ('// &
-               str(size(dy, 1))//', '//str(size(dy, 2))//')'
-      return
-    end if
-    if (present(dx)) then
-      if (size(dx, 1) /= self%n_inputs .or. size(dx, 2) /= nc) then
-        stat = COLNN_ERR_ARGUMENT
-        errmsg = 'backward: dx must be ('//str(self%n_inputs)//', '//str(nc)//')'
-        return
-      end if
-    end if
-    skip_softmax = .false.
-    if (present(logits_gradient)) skip_softmax = logits_gradient .and. self%ends_in_softmax()
-    call copy_in_wp(self%n_outputs, nc, dy, self%g_a)
-    in_a = .true.
-    do k = self%n_layers, 1, -1
-      if (k == self%n_layers .and. skip_softmax) then
-        select type (l => self%layers(k)%layer)
-        type is (activation_layer_t)
-          cycle    ! dL/dx of the softmax layer is the given logits gradient: nothing to do
-        type is (dense_t)
-          ! the dense layer's backward through a linear activation on the same z
-          call dense_backward_linear(l, nc, self%acts(k)%a, self%g_a, self%g_b, stat, errmsg)
-          if (stat /= 0) return
-          in_a = .false.
-          cycle
-        end select
-      end if
-      associate (l => self%layers(k)%layer)
-        if (in_a) then
-          call l%backward(nc, self%acts(k)%a, self%acts(k + 1)%a, self%g_a, self%g_b, stat, msg)
-        else
-          call l%backward(nc, self%acts(k)%a, self%acts(k + 1)%a, self%g_b, self%g_a, stat, msg)
-        end if
-        if (stat /= 0) then
-          errmsg = "backward: layer '"//l%name//"': "//msg
-          return
-        end if
-      end associate
-      in_a = .not. in_a
-    end do
-    if (present(dx)) then
-      if (in_a) then
-        call copy_out_wp(self%n_inputs, nc, self%g_a, dx)
-      else
-        call copy_out_wp(self%n_inputs, nc, self%g_b, dx)
-      end if
-    end if
-  end subroutine network_backward
-
-  pure integer(i8) function network_num_trainable(self)
-    class(network_t), intent(in) :: self
-    integer :: k
-    network_num_trainable = 0
-    do k = 1, self%n_layers
-      network_num_trainable = network_num_trainable + self%layers(k)%layer%num_trainable()
-    end do
-  end function network_num_trainable
-
-  !> All trainable values in Keras' order (model.trainable_variables, each flattened row-major).
-  subroutine network_get_params(self, p)
-    class(network_t), intent(in) :: self
-    real(wp), intent(out) :: p(:)
-    integer(i8) :: off
-    integer :: k, n
-    off = 0
-    do k = 1, self%n_layers
-      n = self%layers(k)%layer%num_trainable()
-      if (n > 0) call self%layers(k)%layer%get_params(p(off + 1:off + n))
-      off = off + n
-    end do
-  end subroutine network_get_params
-
-  subroutine network_set_params(self, p)
-    class(network_t), intent(inout) :: self
-    real(wp), intent(in) :: p(:)
-    integer(i8) :: off
-    integer :: k, n
-    off = 0
-    do k = 1, self%n_layers
-      n = self%layers(k)%layer%num_trainable()
-      if (n > 0) call self%layers(k)%layer%set_params(p(off + 1:off + n))
-      off = off + n
-    end do
-  end subroutine network_set_params
-
-  subroutine network_get_grads(self, g)
-    class(network_t), intent(in) :: self
-    real(wp), intent(out) :: g(:)
-    integer(i8) :: off
-    integer :: k, n
-    off = 0
-    do k = 1, self%n_layers
-      n = self%layers(k)%layer%num_trainable()
-      if (n > 0) call self%layers(k)%layer%get_grads(g(off + 1:off + n))
-      off = off + n
-    end do
-  end subroutine network_get_grads
-
-  subroutine dense_backward_linear(l, nc, x, dz, dx, stat, errmsg)
-    type(dense_t), intent(inout) :: l
-    integer, intent(in) :: nc
-    real(wp), intent(in) :: x(l%n_in, nc), dz(l%n_out, nc)
-    real(wp), intent(out) :: dx(l%n_in, nc)
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    character(len=:), allocatable :: msg
-    type(dense_t) :: lin
-    ! a shallow stand-in with the same weights and a linear activation
-    lin%n_in = l%n_in
-    lin%n_out = l%n_out
-    lin%use_bias = l%use_bias
-    call move_alloc(l%w, lin%w)
-    if (allocated(l%z)) call move_alloc(l%z, lin%z)
-    call lin%backward(nc, x, dz, dz, dx, stat, msg)
-    call move_alloc(lin%w, l%w)
-    call move_alloc(lin%z, l%z)
-    call move_alloc(lin%dw, l%dw)
-    if (allocated(lin%db)) call move_alloc(lin%db, l%db)
-    errmsg = ''
-    if (stat /= 0) errmsg = msg
-  end subroutine dense_backward_linear
-
-  pure integer(i8) function network_num_state(self)
-    class(network_t), intent(in) :: self
-    integer :: k
-    network_num_state = 0
-    do k = 1, self%n_layers
-      network_num_state = network_num_state + self%layers(k)%layer%num_state()
-    end do
-  end function network_num_state
-
-  subroutine network_get_state(self, s)
-    class(network_t), intent(in) :: self
-    real(wp), intent(out) :: s(:)
-    integer(i8) :: off
-    integer :: k, n
-    off = 0
-    do k = 1, self%n_layers
-      n = self%layers(k)%layer%num_state()
-      if (n > 0) call self%layers(k)%layer%get_state(s(off + 1:off + n))
-      off = off + n
-    end do
-  end subroutine network_get_state
-
-  subroutine network_set_state(self, s)
-    class(network_t), intent(inout) :: self
-    real(wp), intent(in) :: s(:)
-    integer(i8) :: off
-    integer :: k, n
-    off = 0
-    do k = 1, self%n_layers
-      n = self%layers(k)%layer%num_state()
-      if (n > 0) call self%layers(k)%layer%set_state(s(off + 1:off + n))
-      off = off + n
-    end do
-  end subroutine network_set_state
 end module colnn_network

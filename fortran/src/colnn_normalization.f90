@@ -22,6 +22,7 @@ module colnn_normalization
     procedure :: apply_inplace => normalization_apply_inplace
     procedure :: num_params => normalization_num_params
     procedure :: backward => normalization_backward
+    procedure :: input_scale => normalization_input_scale
   end type normalization_t
 
 contains
@@ -122,4 +123,16 @@ contains
       end if
     end do
   end subroutine normalization_backward
+
+  !> The standard deviations the inputs are divided by; an inverting layer (which multiplies)
+  !> does not normalize its inputs.
+  subroutine normalization_input_scale(self, scale, stat)
+    class(normalization_t), intent(in) :: self
+    real(wp), allocatable, intent(out) :: scale(:)
+    integer, intent(out) :: stat
+    stat = COLNN_ERR_UNSUPPORTED
+    if (self%invert) return
+    scale = self%sd
+    stat = COLNN_OK
+  end subroutine normalization_input_scale
 end module colnn_normalization

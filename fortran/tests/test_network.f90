@@ -1,15 +1,16 @@
 ! A hand-written model file through load, forward (vs. a direct computation), save/reload,
-! workspace reuse, and every kind of bad input.
+! workspace reuse, a training state next to the network, and every kind of bad input.
 program test_network
   use, intrinsic :: iso_c_binding, only: c_loc, c_ptr, c_associated
   use, intrinsic :: ieee_arithmetic, only: ieee_value, ieee_quiet_nan
   use colnn
   implicit none
   integer :: failures = 0
-  type(network_t), target :: net, net2
+  type(network_t), target :: net, net2, other
+  type(training_state_t) :: training, untouched
   integer :: stat
   character(len=ERRMSG_LEN) :: msg
-  real(wp) :: x(3, 5), y(2, 5), y2(2, 5), expected(2, 5), ybig(2, 7), xbig(3, 7)
+  real(wp) :: x(3, 5), y(2, 5), y2(2, 5), expected(2, 5), ybig(2, 7), xbig(3, 7), dx(3, 5)
   type(c_ptr) :: p1, p2
   integer :: j
 
@@ -46,6 +47,21 @@ program test_network
   xbig(:, 1:5) = x
   call net%forward(xbig, ybig, stat, msg)
   call expect(stat == 0 .and. maxval(abs(ybig(:, 1:5) - y)) <= 1e-6 * maxval(abs(y)), 'column independence')
+
+  ! training's caches live in a training state, not in the network
+  call untouched%backward(net, y, stat, msg)
+  call expect(stat == COLNN_ERR_ARGUMENT .and. index(msg, 'no forward_train') > 0, &
+              'backward before forward_train: '//trim(msg))
+  call training%forward_train(net, x, y2, stat, msg)
+  call expect(stat == 0, 'forward_train: '//trim(msg))
+  call training%backward(net, y2, stat, msg, dx=dx)
+  call expect(stat == 0, 'backward: '//trim(msg))
+  call write_text('other.colnn', head()//dense_block('relu', '1 2 3 4')//nl())
+  call other%load('other.colnn', stat, msg)
+  call expect(stat == 0, 'load other: '//trim(msg))
+  call training%backward(other, y2, stat, msg)
+  call expect(stat == COLNN_ERR_ARGUMENT .and. index(msg, 'another network') > 0, &
+              'backward on another network: '//trim(msg))
 
   ! bad arguments
   call net%forward(x(1:2, :), y, stat, msg)
