@@ -321,6 +321,7 @@ module host_driver
     character(len=1024) :: dir = ''        !< its result.json and output file go here
     integer :: index = 1                    !< its place in the batch, 1 .. n_runs
     logical :: active = .false.             !< set up, and neither failed nor finished
+    logical :: finished = .false.           !< its result.json is written
     integer :: ncol = 0                     !< its network columns on this rank
     integer :: column_offset = 0            !< the global index of the first of them - 1
     integer :: first_col = 0                !< at the current stage: its first column in the
@@ -411,9 +412,7 @@ contains
     ! read_config takes the same decision on every rank; the estimate's reduction is collective
     if (stat == 0) call check_memory(host, s, n_runs, stat, errmsg)
     if (stat /= 0) then
-      do r = 1, n_runs
-        call finish_error(members(r), prog, host%rank, t_start, errmsg, exit_code)
-      end do
+      call refuse_batch(members, s, prog, host%rank, t_start, errmsg, exit_code)
       return
     end if
 
@@ -456,12 +455,8 @@ contains
         if (stat /= 0) errmsg = 'cannot allocate the network arrays of '//itoa(n_columns)// &
                                 ' columns'
       end if
-      if (share_error(stat /= 0, errmsg, host%comm)) then
-        do r = 1, n_runs
-          if (members(r)%active) call finish_error(members(r), prog, host%rank, t_start, &
-                                                   errmsg, exit_code)
-        end do
-      end if
+      if (share_error(stat /= 0, errmsg, host%comm)) &
+        call refuse_batch(members, s, prog, host%rank, t_start, errmsg, exit_code)
     else
       allocate (nn_in(0, 0), nn_out(0, 0))
     end if
@@ -493,6 +488,28 @@ contains
     if (run_seed < 0) run_seed = s%seed
   end function run_seed
 
+  !> An error of the whole batch before its first step: every run still active gets the error
+  !> result, and a batch of several runs one in its output_dir too (where the harness looks
+  !> for the batch's own answer).
+  subroutine refuse_batch(members, s, prog, rank, t_start, errmsg, exit_code)
+    type(member_t), intent(inout) :: members(:)
+    type(run_settings_t), intent(in) :: s
+    character(len=*), intent(in) :: prog, errmsg
+    integer, intent(in) :: rank
+    real(dp), intent(in) :: t_start
+    integer, intent(inout) :: exit_code
+    type(run_result_t) :: batch_result
+    integer :: r, code
+    do r = 1, size(members)
+      if (.not. members(r)%finished) call finish_error(members(r), prog, rank, t_start, errmsg, exit_code)
+    end do
+    if (size(members) > 1) then
+      batch_result = members(1)%run%result
+      call finish_run(prog, trim(s%output_dir), rank, batch_result, code, errmsg)
+      exit_code = max(exit_code, code)
+    end if
+  end subroutine refuse_batch
+
   !> An error result for a run that could not start or go on (collective: rank 0 writes).
   subroutine finish_error(m, prog, rank, t_start, errmsg, exit_code)
     type(member_t), intent(inout) :: m
@@ -502,6 +519,7 @@ contains
     integer, intent(inout) :: exit_code
     integer :: code
     m%active = .false.
+    m%finished = .true.
     m%run%result%wall_s = wall_clock() - t_start
     call finish_run(prog, trim(m%dir), rank, m%run%result, code, errmsg)
     exit_code = max(exit_code, code)
@@ -711,6 +729,7 @@ contains
     character(len=1024) :: errmsg
     integer :: stat, code
     m%active = .false.
+    m%finished = .true.
     call m%host%summarize(m%run)
     call write_output(m, s, stat, errmsg)
     if (network) call record_coupler_timers(m%run%result, m%host%comm)
