@@ -9,8 +9,10 @@ network of random weights on the host's stencil inputs (3 values):
   wide     3 -> 10 x [Dense 512, BatchNorm, LeakyReLU 0.3, Dropout] -> 1
 Measured, each the median of --rounds rounds, in the same invocation (ratios only against
 figures taken here):
-  throughput   coupled steps per second per run: R x steps / the wall time of the task (process
-               start to the last result), batched (one process) and one process per run
+  throughput   coupled steps per second, all runs together: R x steps / the wall time of the
+               task (the first process start to the last result), batched (one process) and one
+               process per run (one after another, as a study task runs them); and the
+               network's share of the batched task (the coupler's seconds / the task's)
   NN GFLOP/s   2 x multiply-adds x columns / the coupler's own seconds (result.json's extras),
                at 8 columns a call (one process per run) and 8 R (batched), and the library's
                forward at 8,192 columns (NativeModel.forward_raw), one thread throughout
@@ -143,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
                                      f"{net}_batch{rnd}")
             check(solo)
             check(batch)
-            rows.append({"solo_steps_per_s": r_runs * args.steps / t_solo / r_runs,
-                         "batch_steps_per_s": r_runs * args.steps / t_batch / r_runs,
+            rows.append({"solo_steps_per_s": r_runs * args.steps / t_solo,
+                         "batch_steps_per_s": r_runs * args.steps / t_batch,
                          "solo_nn_gflops": nn_gflops(solo, macs, False),
-                         "batch_nn_gflops": nn_gflops(batch, macs, True)})
+                         "batch_nn_gflops": nn_gflops(batch, macs, True),
+                         "batch_nn_share": batch[0]["extra"]["coupler_seconds"] / t_batch})
             rows[-1]["speedup"] = rows[-1]["batch_steps_per_s"] / rows[-1]["solo_steps_per_s"]
             print(f"{net} round {rnd + 1}: " + ", ".join(f"{key} {v:.4g}"
                                                          for key, v in rows[-1].items()),
@@ -183,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     for net, label in (("paper", "3 -> 5 x 256 -> 1"), ("wide", "3 -> 10 x 512 -> 1")):
         f = figures[net]
         print(f"  {net} ({label}):")
-        print(f"    steps/s a run, one process a run  {f['solo_steps_per_s']:10.1f}")
-        print(f"    steps/s a run, batched (R = {r_runs})   {f['batch_steps_per_s']:10.1f}"
+        print(f"    run-steps/s, one process a run    {f['solo_steps_per_s']:10.1f}")
+        print(f"    run-steps/s, batched (R = {r_runs})     {f['batch_steps_per_s']:10.1f}"
               f"   x {f['speedup']:.2f} (goal >= 5)")
+        print(f"    network's share of the batch      {100 * f['batch_nn_share']:10.1f} %")
         print(f"    NN GFLOP/s at {k} columns a call      {f['solo_nn_gflops']:10.2f}")
         print(f"    NN GFLOP/s at {k * r_runs} columns a call     {f['batch_nn_gflops']:10.2f}")
         print(f"    library forward at 8,192 columns  {f['forward_8192_gflops']:10.2f}   "

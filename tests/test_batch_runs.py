@@ -152,6 +152,16 @@ def test_l96_batch_equals_each_run_alone(l96: dict, closure: str) -> None:
         assert batch[0]["extra"]["coupler_columns"] == 4 * alone[0]["extra"]["coupler_columns"]
 
 
+def test_l96_batch_in_double_precision_equals_each_run_alone(l96: dict) -> None:
+    runs = l96_runs(l96, "double", "nn")
+    for run in runs:
+        run.precision = "double"
+    batch, alone = batch_and_solo(runs, "double")
+    assert [r["status"] for r in batch] == [r["status"] for r in alone]
+    for run in runs:
+        assert_same_run(run.output_dir, run.output_dir.with_name(run.output_dir.name + ".solo"))
+
+
 def test_l96_batch_on_two_ranks_equals_each_run_alone(l96: dict) -> None:
     runs = l96_runs(l96, "ranks2", "nn", ranks=2)
     batch, alone = batch_and_solo(runs, "ranks2")

@@ -214,7 +214,8 @@ module host_driver
       import :: host_t, wp
       class(host_t), intent(inout) :: self
       integer, intent(in) :: step, stage
-      real(wp), intent(inout) :: nn_in(:, :)  !! this run's columns (none without the network)
+      !> this run's columns (none without the network): a contiguous part of the batch's array
+      real(wp), intent(inout), contiguous :: nn_in(:, :)
     end subroutine stage_begin_iface
 
     !> The rest of the stage (collective): the closure from nn_out when it is the network, the
@@ -223,7 +224,7 @@ module host_driver
       import :: host_t, wp
       class(host_t), intent(inout) :: self
       integer, intent(in) :: step, stage
-      real(wp), intent(in) :: nn_out(:, :)    !! (outputs, this run's columns)
+      real(wp), intent(in), contiguous :: nn_out(:, :)  !! (outputs, this run's columns)
     end subroutine stage_end_iface
 
     !> The stages of one step (one network call each).
@@ -539,7 +540,8 @@ contains
     character(len=*), intent(in) :: prog
     logical, intent(in) :: network
     logical, intent(in) :: per_run            !! call the coupler for each run alone
-    real(wp), intent(inout) :: nn_in(:, :), nn_out(:, :)  !! (features, every run's columns)
+    !> (features, every run's columns)
+    real(wp), intent(inout), contiguous :: nn_in(:, :), nn_out(:, :)
     integer, intent(inout) :: exit_code
     integer :: step, total, r
     logical :: truth
@@ -590,7 +592,7 @@ contains
     character(len=*), intent(in) :: prog
     integer, intent(in) :: step
     logical, intent(in) :: network, per_run
-    real(wp), intent(inout) :: nn_in(:, :), nn_out(:, :)
+    real(wp), intent(inout), contiguous :: nn_in(:, :), nn_out(:, :)
     integer, intent(inout) :: exit_code
     integer :: stage, r, used, n_stages
     n_stages = 0

@@ -412,7 +412,7 @@ contains
   subroutine l96_stage_begin(self, step, stage, nn_in)
     class(l96_host_t), intent(inout) :: self
     integer, intent(in) :: step, stage
-    real(wp), intent(inout) :: nn_in(:, :)
+    real(wp), intent(inout), contiguous :: nn_in(:, :)
     if (self%cfg%mode == 'truth') return
     if (stage == 1) then
       call closure_begin(self, self%x, nn_in)
@@ -426,7 +426,7 @@ contains
   subroutine l96_stage_end(self, step, stage, nn_out)
     class(l96_host_t), intent(inout) :: self
     integer, intent(in) :: step, stage
-    real(wp), intent(in) :: nn_out(:, :)
+    real(wp), intent(in), contiguous :: nn_out(:, :)
     integer :: n, nf
     n = self%n
     if (self%cfg%mode == 'truth') then
@@ -471,7 +471,7 @@ contains
   subroutine closure_begin(self, x, nn_in)
     class(l96_host_t), intent(inout) :: self
     real(dp), intent(inout) :: x(:, 1 - self%hl:)
-    real(wp), intent(inout) :: nn_in(:, :)
+    real(wp), intent(inout), contiguous :: nn_in(:, :)
     integer :: k, i
     call ring_exchange(x, self%n, self%hl, self%hr, self%comm)
     associate (c => self%cfg%cubic_coeffs)

@@ -322,14 +322,14 @@ contains
   subroutine sw_stage_begin(self, step, stage, nn_in)
     class(sw_host_t), intent(inout) :: self
     integer, intent(in) :: step, stage
-    real(wp), intent(inout) :: nn_in(:, :)
+    real(wp), intent(inout), contiguous :: nn_in(:, :)
     call stage_begin(self%cfg, self, stage, mode_closure(self%cfg), nn_in)
   end subroutine sw_stage_begin
 
   subroutine sw_stage_end(self, step, stage, nn_out)
     class(sw_host_t), intent(inout) :: self
     integer, intent(in) :: step, stage
-    real(wp), intent(in) :: nn_out(:, :)
+    real(wp), intent(in), contiguous :: nn_out(:, :)
     call stage_end(self%cfg, self, stage, mode_closure(self%cfg), nn_out)
   end subroutine sw_stage_end
 
@@ -385,7 +385,10 @@ contains
       end if
     end if
     severity = C_OK - code
-    values = [-dmin, umax, vmax, 0.0_dp]
+    values(1) = -dmin
+    values(2) = umax
+    values(3) = vmax
+    values(4) = 0
   end subroutine sw_check_local
 
   !> The failure of the reduced state check; in coarse mode also the energy every
@@ -898,7 +901,7 @@ contains
     class(sw_host_t), intent(inout) :: s
     character(len=*), intent(in) :: closure
     real(dp), intent(inout) :: u(:, 0:), v(:, 0:), h(:, 0:)
-    real(wp), intent(inout) :: nn_in(:, :)
+    real(wp), intent(inout), contiguous :: nn_in(:, :)
     integer :: i, j, c
     call ring_exchange(u, s%n, 1, 1, s%comm)
     call ring_exchange(v, s%n, 1, 1, s%comm)
@@ -927,7 +930,7 @@ contains
     type(sw_config_t), intent(in) :: cfg
     class(sw_host_t), intent(inout) :: s
     character(len=*), intent(in) :: closure
-    real(wp), intent(in) :: nn_out(:, :)
+    real(wp), intent(in), contiguous :: nn_out(:, :)
     integer :: i, j, c
     if (closure /= 'nn') return
     do j = 1, s%n
@@ -947,7 +950,7 @@ contains
     class(sw_host_t), intent(inout) :: s
     integer, intent(in) :: stage
     character(len=*), intent(in) :: closure
-    real(wp), intent(inout) :: nn_in(:, :)
+    real(wp), intent(inout), contiguous :: nn_in(:, :)
     if (stage == 1) then
       call forcing_begin(cfg, s, closure, s%u, s%v, s%h, nn_in)
     else
@@ -962,7 +965,7 @@ contains
     class(sw_host_t), intent(inout) :: s
     integer, intent(in) :: stage
     character(len=*), intent(in) :: closure
-    real(wp), intent(in) :: nn_out(:, :)
+    real(wp), intent(in), contiguous :: nn_out(:, :)
     real(dp), parameter :: THIRD = 1.0_dp / 3, TWO_THIRDS = 2.0_dp / 3
     real(dp) :: dt
     integer :: n
