@@ -206,6 +206,31 @@ def test_nan_in_one_run_fails_that_run_alone(l96: dict, sw: dict, host: str,
     assert batch[0]["extra"]["coupler_columns"] < full
 
 
+def test_network_error_in_one_run_fails_that_run_alone(l96: dict) -> None:
+    """A network whose output overflows to inf once X_k passes 12 somewhere: the batch's call
+    fails, each run is then called alone to tell which failed (nn_error at their own steps);
+    the others go on as they do alone."""
+    path = l96["base"] / "overflow.colnn"
+    write_model(ModelSpec("float32", 3, [
+        LayerSpec("dense", "over12", {"units": 1, "use_bias": True,
+                                      "activation": Activation.make("relu")},
+                  {"kernel": np.array([[0.0], [1.0], [0.0]]), "bias": np.array([-12.0])}),
+        LayerSpec("dense", "huge", {"units": 1, "use_bias": True,
+                                    "activation": Activation.make("linear")},
+                  {"kernel": np.array([[1e38]]), "bias": np.array([0.0])})]), path)
+    runs = l96_runs(l96, "nn_error", "nn", n=6)
+    for i, run in enumerate(runs):
+        run.coupler = {"model_file": str(path)}
+        run.run.pop("init_file")       # keyed random states: some runs pass 12 sooner
+        run.run["seed"] = 1000 + 17 * i
+    batch, alone = batch_and_solo(runs, "nn_error")
+    reasons = [r["reason"] for r in batch]
+    assert "nn_error" in reasons, reasons
+    assert len({r["failure_step"] for r in batch}) > 1, batch   # runs fail at their own steps
+    for run in runs:
+        assert_same_run(run.output_dir, run.output_dir.with_name(run.output_dir.name + ".solo"))
+
+
 def test_init_index_out_of_range_is_an_error_of_that_run(l96: dict) -> None:
     runs = l96_runs(l96, "bad_index", "cubic")
     runs[1].run["init_index"] = 10_000
