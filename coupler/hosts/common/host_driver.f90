@@ -456,8 +456,11 @@ contains
         if (stat /= 0) errmsg = 'cannot allocate the network arrays of '//itoa(n_columns)// &
                                 ' columns'
       end if
-      if (share_error(stat /= 0, errmsg, host%comm)) &
+      if (share_error(stat /= 0, errmsg, host%comm)) then
         call refuse_batch(members, s, prog, host%rank, t_start, errmsg, exit_code)
+        if (coupled) call colnn_coupler_finalize(finalize_msg, ierr)
+        return
+      end if
     else
       allocate (nn_in(0, 0), nn_out(0, 0))
     end if
