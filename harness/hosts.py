@@ -39,7 +39,15 @@ COUPLER_KEYS: dict[str, type] = {"model_file": str, "ensemble": str, "noise_sd":
                                  "noise_units": str, "noise_seed": int, "check_finite": bool,
                                  "batch_invariant": bool, "online_training": bool, "optimizer": str, "loss": str}
 #: keys whose values are paths: relative ones are taken from the TOML file's directory
-PATH_KEYS = {"init_file", "output_dir", "model_file", "ensemble"}
+PATH_KEYS = {"init_file", "output_dir", "model_file", "ensemble", "run_dirs"}
+#: the run group's per-run lists of a batch (docs/host-protocol.md, "Batches"): up to the
+#: length of the host's default, one value a run
+BATCH_LIST_KEYS = {"init_indices", "seeds", "run_dirs"}
+#: the longest run directory the hosts read whole (a Fortran namelist truncates silently)
+MAX_RUN_DIR = 511
+#: what each run of a batch has of its own in the run group (the rest is the batch's)
+OWN_RUN_KEYS = ("init_index", "seed", "inject_nan_step", "inject_nan_column", "inject_value",
+                "output_dir")
 
 
 class HostError(HarnessError):
@@ -85,9 +93,14 @@ def host_defaults(host: str, precision: str = "single",
     except ValueError as exc:
         raise HostError(f"{exe} --defaults: not a namelist the harness can read: {exc}") from None
     # Fortran pads character variables with blanks; the host trims them when it reads them
-    return {group.lower(): {key.lower(): value.rstrip() if isinstance(value, str) else value
-                            for key, value in values.items()}
+    return {group.lower(): {key.lower(): _rstrip(value) for key, value in values.items()}
             for group, values in parsed.items()}
+
+
+def _rstrip(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_rstrip(v) for v in value]
+    return value.rstrip() if isinstance(value, str) else value
 
 
 @dataclass
@@ -115,6 +128,9 @@ class HostRun:
             for key in PATH_KEYS & values.keys():
                 if isinstance(values[key], str) and values[key]:
                     values[key] = os.path.abspath(values[key])
+                elif isinstance(values[key], list):
+                    values[key] = [os.path.abspath(v) if isinstance(v, str) and v else v
+                                   for v in values[key]]
 
     def groups(self) -> dict[str, dict[str, Any]]:
         out = {f"{self.host}_{s}": getattr(self, s) for s in SECTIONS}
@@ -126,7 +142,7 @@ class HostRun:
         return out
 
 
-def _check_type(where: str, value: Any, default: Any) -> Any:
+def _check_type(where: str, value: Any, default: Any, per_run: bool = False) -> Any:
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise HostError(f"{where}: expected true or false, got {value!r}")
@@ -144,6 +160,13 @@ def _check_type(where: str, value: Any, default: Any) -> Any:
             raise HostError(f"{where}: expected a string, got {value!r}")
         if "\n" in value or "\0" in value:
             raise HostError(f"{where}: newlines and NUL are not allowed in strings")
+    elif isinstance(default, list) and per_run:
+        if not isinstance(value, list) or not 1 <= len(value) <= len(default):
+            raise HostError(f"{where}: expected a list of 1 to {len(default)} values (one a "
+                            f"run), got {value!r}")
+        value = [_check_type(f"{where}[{i}]", v, default[0]) for i, v in enumerate(value)]
+        if where.endswith("run_dirs") and any(len(v) > MAX_RUN_DIR for v in value):
+            raise HostError(f"{where}: a run directory longer than {MAX_RUN_DIR} characters")
     elif isinstance(default, list):
         if not isinstance(value, list) or len(value) != len(default):
             raise HostError(f"{where}: expected a list of {len(default)} values, got {value!r}")
@@ -201,9 +224,12 @@ def host_run_from_dict(data: Mapping[str, Any], base_dir: Path, source: str = "c
                 value = _check_type(where, value, [0.0] * len(value)) if value else \
                     _check_type(where, value, 0.0)
             else:
-                value = _check_type(where, value, default)
+                value = _check_type(where, value, default,
+                                    per_run=section == "run" and key in BATCH_LIST_KEYS)
             if key in PATH_KEYS and isinstance(value, str) and value:
                 value = str((base_dir / value).resolve())
+            elif key in PATH_KEYS and isinstance(value, list):
+                value = [str((base_dir / v).resolve()) if v else v for v in value]
             checked[key] = value
         sections[section] = checked
     if data:
@@ -297,12 +323,107 @@ def run_host(run: HostRun, timeout: float | None = None) -> dict[str, Any]:
 
     A run that fails its criteria is a result (status 'failed'), not an exception; a host that
     cannot start (status 'error') raises HostError with the host's message."""
+    stale = run.output_dir / "result.json"
+    exe = _launch(run, [stale], timeout)
+    result = read_result(run.output_dir)
+    if result.get("status") == RunStatus.ERROR:
+        raise HostError(f"{exe.name}: {result.get('message')}"
+                        f"{_space_note(run.output_dir)}")
+    return result
+
+
+def run_host_batch(runs: list[HostRun], timeout: float | None = None,
+                   batch_dir: Path | str | None = None) -> list[dict[str, Any]]:
+    """Runs `runs` as one batch: one namelist (batch_dir/run.nml; by default the first run's
+    output directory with the suffix .batch) with n_runs and the per-run lists, one host
+    process, each run's result.json in its own output_dir. The runs must agree on everything
+    but their own keys (OWN_RUN_KEYS: initial condition, seed, fault injection, output
+    directory); at most one may inject a fault.
+
+    Returns each run's result in the order of `runs`: completed, failed, or an error of that
+    run alone (status 'error', its message naming the run). Raises HostError when the batch as
+    a whole cannot run (its configuration, the program, the memory it would need)."""
+    if not runs:
+        raise HostError("a batch needs at least one run")
+    first = runs[0]
+    defaults = host_defaults(first.host, first.precision, first.executable)
+    run_defaults = defaults.get(f"{first.host}_run", {})
+    if "n_runs" not in run_defaults:
+        raise HostError(f"{host_executable(first.host, first.precision, first.executable)}: "
+                        f"the host takes no batches (no n_runs in &{first.host}_run)")
+    if len(runs) > len(run_defaults["init_indices"]):
+        raise HostError(f"{len(runs)} runs: a batch holds at most "
+                        f"{len(run_defaults['init_indices'])}")
+
+    def shared(run: HostRun) -> tuple:
+        return (run.host, run.executable, run.model, run.failure, run.coupler, run.ranks,
+                run.threads, run.precision,
+                {k: v for k, v in run.run.items() if k not in OWN_RUN_KEYS})
+
+    for i, run in enumerate(runs[1:], start=2):
+        if shared(run) != shared(first):
+            raise HostError(f"run {i} of the batch differs from run 1 in more than its own "
+                            f"keys ({', '.join(OWN_RUN_KEYS)})")
+    dirs = [run.output_dir for run in runs]
+    if len(set(dirs)) != len(dirs):
+        raise HostError("every run of a batch needs an output directory of its own")
+    injected = [i for i, run in enumerate(runs) if run.run.get("inject_nan_step", -1) != -1]
+    if len(injected) > 1:
+        raise HostError(f"runs {', '.join(str(i + 1) for i in injected)} inject a fault: a "
+                        f"batch takes one")
+    keys = {k: v for k, v in first.run.items() if k not in OWN_RUN_KEYS}
+    if injected:
+        source = runs[injected[0]].run
+        keys.update({k: source[k] for k in ("inject_nan_step", "inject_nan_column",
+                                            "inject_value") if k in source})
+        keys["inject_nan_run"] = injected[0] + 1
+    keys.update(n_runs=len(runs),
+                init_indices=[run.run.get("init_index", run_defaults["init_index"])
+                              for run in runs],
+                seeds=[run.run.get("seed", run_defaults["seed"]) for run in runs],
+                run_dirs=[str(d) for d in dirs])
+    too_long = [str(d) for d in dirs if len(str(d)) > MAX_RUN_DIR]
+    if too_long:
+        raise HostError(f"{too_long[0]}: a run directory longer than {MAX_RUN_DIR} characters")
+    if batch_dir is None:
+        batch_dir = first.output_dir.with_name(first.output_dir.name + ".batch")
+    batch = HostRun(host=first.host, output_dir=Path(batch_dir), executable=first.executable,
+                    model=first.model, run=keys, failure=first.failure, coupler=first.coupler,
+                    ranks=first.ranks, threads=first.threads, precision=first.precision)
+    results_at = [d / "result.json" for d in dirs]
+    for d in dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HostError(f"cannot create {d}: {exc.strerror or exc}") from None
+    batch_result = batch.output_dir / "result.json"
+    exe = _launch(batch, [batch_result, *results_at], timeout)
+    # a configuration the host refused as a whole: one error result, in the batch's directory
+    if batch_result.exists():
+        result = read_result(batch.output_dir)
+        if result.get("status") == RunStatus.ERROR:
+            raise HostError(f"{exe.name}: {result.get('message')}"
+                            f"{_space_note(batch.output_dir)}")
+    results = []
+    for i, (run, path) in enumerate(zip(runs, results_at), start=1):
+        if not path.exists():
+            raise HostError(f"{exe.name} {batch.output_dir / 'run.nml'} wrote no result.json "
+                            f"for run {i} ({run.output_dir}; see "
+                            f"{batch.output_dir / 'host.log'}){_space_note(run.output_dir)}")
+        results.append(read_result(run.output_dir))
+    return results
+
+
+def _launch(run: HostRun, stale: list[Path], timeout: float | None) -> Path:
+    """Writes run.nml into the run's output directory, removes the `stale` result files,
+    runs the host there (under mpirun for ranks > 1) and keeps its output in host.log.
+    Returns the program's path."""
     exe = host_executable(run.host, run.precision, run.executable)
     nml = run.output_dir / "run.nml"
-    stale = run.output_dir / "result.json"
     try:
         run.output_dir.mkdir(parents=True, exist_ok=True)
-        stale.unlink(missing_ok=True)
+        for path in stale:
+            path.unlink(missing_ok=True)
         nml.write_text(namelist_text(run))
     except OSError as exc:
         raise HostError(f"cannot write {exc.filename or nml}: {exc.strerror or exc}"
@@ -328,14 +449,10 @@ def run_host(run: HostRun, timeout: float | None = None) -> dict[str, Any]:
         raise HostError(f"cannot write {log}: {exc.strerror or exc}"
                         f"{_space_note(run.output_dir)}; the host said: "
                         f"{proc.stderr.strip()[-2000:]}") from None
-    if not stale.exists():
+    if not any(path.exists() for path in stale):
         raise HostError(f"{exe.name} {nml} wrote no result.json (exit {proc.returncode}):"
                         f" {proc.stderr.strip()[-2000:]}{_space_note(run.output_dir)}")
-    result = read_result(run.output_dir)
-    if result.get("status") == RunStatus.ERROR:
-        raise HostError(f"{exe.name}: {result.get('message')}"
-                        f"{_space_note(run.output_dir)}")
-    return result
+    return exe
 
 
 def run_host_batch(runs: list[HostRun], timeout: float | None = None) -> list[dict[str, Any]]:

@@ -25,6 +25,9 @@ CHOICES = {"mode": ["truth", "coarse"], "closure": ["cubic", "none"], "inputs": 
 
 def _changed(key: str, default: Any, tmp_path: Path) -> Any:
     """A value of the key's type other than its default, with all the digits a double has."""
+    if isinstance(default, list) and default and isinstance(default[0], str):
+        # a host's per-run paths (run_dirs): one of its own each
+        return [f"{_changed(key, d, tmp_path)} {i}" for i, d in enumerate(default)]
     if isinstance(default, list):
         return [_changed(key, d, tmp_path) * (i + 1) for i, d in enumerate(default)]
     if isinstance(default, bool):
@@ -62,6 +65,8 @@ def test_every_host_key_round_trips_through_the_namelist(host: str, tmp_path: Pa
         for key, value in values.items():
             got = echoed[group][key]
             got = got.rstrip() if isinstance(got, str) else got
+            if isinstance(got, list):
+                got = [g.rstrip() if isinstance(g, str) else g for g in got]
             assert got == value and type(got) is type(value), f"{group}.{key}: {value!r} -> {got!r}"
             assert got != defaults[group][key] or key == "output_dir"
 

@@ -5,8 +5,15 @@
 !> reading, MPI, the coupler's set-up for closure = 'nn', the main loop with its steps-to-failure
 !> bookkeeping, the timers, the HDF5 file's creation and result.json.
 !>
-!> The outcome of a run lives in its host_run_t (result, failure, diagnostics records, timers),
-!> not in the driver's locals, so that one process may later hold several runs.
+!> Batches (coarse mode): one process runs n_runs independent runs of one configuration
+!> (initial conditions, seeds). Each run is a member: a copy of the host holding that run's
+!> state, set up and decomposed over the ranks exactly as the run alone is, and its host_run_t
+!> (result, failure, records, timers). At every RK stage the active members write their network
+!> inputs side by side into one array and the coupler is called once for all of them; the
+!> library's batch-invariant forward pass gives every column the bits of the run alone, so every
+!> run's result is bitwise that of the run alone. Each member keeps its own failure checks (one
+!> reduction for all runs a step); a run that fails leaves the batch at once (its columns are
+!> not sent to the network again) and writes its files then; the others go on.
 module host_driver
   use, intrinsic :: iso_fortran_env, only: error_unit, output_unit
   use mpi_f08
@@ -16,6 +23,7 @@ module host_driver
   use host_common
   use host_h5, only: h5_out_t
   use host_mpi, only: share_error, bcast_int, bcast_str
+  use host_memory, only: memory_available_per_rank, bytes_text
   implicit none
   private
 
@@ -23,6 +31,27 @@ module host_driver
             host_cli, host_run, key_error
 
   integer, parameter, public :: GROUP_LEN = 16   !< the length of a namelist group's name
+  !> the most runs in one batch: the length of the per-run namelist arrays
+  integer, parameter, public :: MAX_RUNS = 64
+  !> the figures a host's check_local hands the driver to reduce over the ranks
+  integer, parameter, public :: N_CHECK_VALUES = 4
+  !> the longest run directory (the harness refuses longer ones: a namelist read truncates)
+  integer, parameter, public :: DIR_LEN = 512
+
+  !> The batch keys of a host's run group (docs/host-protocol.md, "Batches"): n_runs runs in
+  !> one process, run r from init_indices(r) (0: init_index) and seeds(r) (< 0: seed), its
+  !> result.json and diagnostics in run_dirs(r). A host embeds one in its configuration and
+  !> copies it to and from its namelist's locals.
+  type, public :: batch_keys_t
+    integer :: n_runs = 1
+    integer :: init_indices(MAX_RUNS) = 0
+    integer(i8) :: seeds(MAX_RUNS) = -1
+    character(len=DIR_LEN) :: run_dirs(MAX_RUNS) = ''
+    integer :: inject_nan_run = 1                !< the run inject_nan_step hits
+    !> bytes a rank may take for the batch's state, records and work arrays; 0: the memory
+    !> available on its node (MemAvailable) shared by the node's ranks
+    integer(i8) :: max_batch_bytes = 0
+  end type batch_keys_t
 
   !> What the driver needs to know of a host's configuration (the keys every host's run group
   !> has, and how the host names them in messages).
@@ -42,6 +71,7 @@ module host_driver
     integer :: inject_nan_step = -1, inject_nan_column = 1
     character(len=8) :: inject_value = 'nan'
     integer :: record_size = 0                     !< values in one record of this mode
+    type(batch_keys_t) :: batch
   end type run_settings_t
 
   !> What the coupler is initialised with (the driver calls colnn_coupler_init).
@@ -78,8 +108,6 @@ module host_driver
     type(failure_t) :: failure
     type(records_t) :: records
     real(dp) :: t_start = 0, t_nn = 0, t_io = 0    !< wall clock at the start; seconds so far
-  contains
-    procedure :: network => run_network
   end type host_run_t
 
   !> A host model. Every procedure with `collective` in its description is called on all ranks
@@ -94,11 +122,17 @@ module host_driver
     procedure(settings_iface), deferred :: settings
     procedure(validate_iface), deferred :: validate
     procedure(setup_iface), deferred :: setup
+    procedure(for_run_iface), deferred :: for_run
+    procedure(state_bytes_iface), deferred :: state_bytes
     procedure(coupler_spec_iface), deferred :: coupler_spec
+    procedure(network_columns_iface), deferred :: network_columns
+    procedure(n_stages_iface), deferred :: n_stages
     procedure(start_iface), deferred :: start
-    procedure(step_iface), deferred :: step
+    procedure(stage_begin_iface), deferred :: stage_begin
+    procedure(stage_end_iface), deferred :: stage_end
     procedure(inject_iface), deferred :: inject
-    procedure(check_iface), deferred :: check
+    procedure(check_local_iface), deferred :: check_local
+    procedure(check_finish_iface), deferred :: check_finish
     procedure(record_iface), deferred :: record
     procedure(summarize_iface), deferred :: summarize
     procedure(write_output_iface), deferred :: write_output
@@ -172,16 +206,57 @@ module host_driver
       type(host_run_t), intent(inout) :: run
     end subroutine start_iface
 
-    !> One step of the mode's dynamics (collective). stat /= 0 (on every rank): the network
-    !> failed, errmsg says why.
-    subroutine step_iface(self, run, step, stat, errmsg)
-      import :: host_t, host_run_t
+    !> Stage `stage` of step `step` up to its closure (collective): the halos and, when the
+    !> closure is the network, this rank's network inputs into nn_in (features, columns of
+    !> network_columns); any other closure is taken here. The driver calls the coupler on the
+    !> inputs of every run of the batch between stage_begin and stage_end.
+    subroutine stage_begin_iface(self, step, stage, nn_in)
+      import :: host_t, wp
       class(host_t), intent(inout) :: self
-      type(host_run_t), intent(inout) :: run  !! its network calls go through run%network
-      integer, intent(in) :: step
-      integer, intent(out) :: stat
-      character(len=*), intent(out) :: errmsg
-    end subroutine step_iface
+      integer, intent(in) :: step, stage
+      !> this run's columns (none without the network): a contiguous part of the batch's array
+      real(wp), intent(inout), contiguous :: nn_in(:, :)
+    end subroutine stage_begin_iface
+
+    !> The rest of the stage (collective): the closure from nn_out when it is the network, the
+    !> tendencies and the stage's update.
+    subroutine stage_end_iface(self, step, stage, nn_out)
+      import :: host_t, wp
+      class(host_t), intent(inout) :: self
+      integer, intent(in) :: step, stage
+      real(wp), intent(in), contiguous :: nn_out(:, :)  !! (outputs, this run's columns)
+    end subroutine stage_end_iface
+
+    !> The stages of one step (one network call each).
+    integer function n_stages_iface(self)
+      import :: host_t
+      class(host_t), intent(in) :: self
+    end function n_stages_iface
+
+    !> After setup: this rank's network columns of the run and the global index of the first
+    !> - 1 (an ensemble's noise key).
+    subroutine network_columns_iface(self, n_columns, column_offset)
+      import :: host_t
+      class(host_t), intent(in) :: self
+      integer, intent(out) :: n_columns, column_offset
+    end subroutine network_columns_iface
+
+    !> Before setup: the initial condition of the run this copy of the host will hold.
+    subroutine for_run_iface(self, init_index, seed)
+      import :: host_t, i8
+      class(host_t), intent(inout) :: self
+      integer, intent(in) :: init_index
+      integer(i8), intent(in) :: seed
+    end subroutine for_run_iface
+
+    !> Before setup, from the configuration: the bytes this rank's setup will allocate for one
+    !> run (state, work arrays, its share of the network's input and output arrays, what
+    !> rank 0 gathers), the driver's records aside.
+    function state_bytes_iface(self) result(bytes)
+      import :: host_t, i8
+      class(host_t), intent(in) :: self
+      integer(i8) :: bytes
+    end function state_bytes_iface
 
     !> Fault injection: `value` into the state at global column `column` (on its rank).
     subroutine inject_iface(self, column, value)
@@ -191,13 +266,28 @@ module host_driver
       real(dp), intent(in) :: value
     end subroutine inject_iface
 
-    !> The failure criteria after `step` (collective).
-    subroutine check_iface(self, step, failure)
-      import :: host_t, failure_t
+    !> The failure criteria after `step` on this rank's part of the state (no communication):
+    !> severity 0 none, else the code of the most severe criterion that fired (higher first),
+    !> and the host's figures for its message. The driver reduces both with MAX over the
+    !> ranks, for every run of the batch in one collective, then calls check_finish.
+    subroutine check_local_iface(self, step, severity, values)
+      import :: host_t, dp, N_CHECK_VALUES
       class(host_t), intent(inout) :: self
       integer, intent(in) :: step
+      integer, intent(out) :: severity
+      real(dp), intent(out) :: values(N_CHECK_VALUES)
+    end subroutine check_local_iface
+
+    !> The failure from the reduced severity and values (collective: the same on every rank),
+    !> and the host's criteria that need collectives of their own at their intervals.
+    subroutine check_finish_iface(self, step, severity, values, failure)
+      import :: host_t, dp, failure_t, N_CHECK_VALUES
+      class(host_t), intent(inout) :: self
+      integer, intent(in) :: step
+      integer, intent(in) :: severity
+      real(dp), intent(in) :: values(N_CHECK_VALUES)
       type(failure_t), intent(out) :: failure
-    end subroutine check_iface
+    end subroutine check_finish_iface
 
     !> One diagnostics record (coarse) or sample (truth) of the state after `step`
     !> (collective): values(record_size) on rank 0.
@@ -223,6 +313,21 @@ module host_driver
       type(h5_out_t), intent(inout) :: out
     end subroutine write_output_iface
   end interface
+
+  !> One run of a batch: a copy of the host holding the run's state, and its outcome.
+  type :: member_t
+    class(host_t), allocatable :: host
+    type(host_run_t) :: run
+    type(MPI_Comm) :: comm                  !< the host's communicator
+    character(len=1024) :: dir = ''        !< its result.json and output file go here
+    integer :: index = 1                    !< its place in the batch, 1 .. n_runs
+    logical :: active = .false.             !< set up, and neither failed nor finished
+    logical :: finished = .false.           !< its result.json is written
+    integer :: ncol = 0                     !< its network columns on this rank
+    integer :: column_offset = 0            !< the global index of the first of them - 1
+    integer :: first_col = 0                !< at the current stage: its first column in the
+                                            !< batch's network arrays - 1
+  end type member_t
 
 contains
 
@@ -256,107 +361,353 @@ contains
     if (code /= 0) stop code, quiet=.true.
   end subroutine host_cli
 
-  !> Runs the host on the namelist file `path` over MPI_COMM_WORLD and writes result.json.
+  !> Runs the host on the namelist file `path` over MPI_COMM_WORLD: the batch of its n_runs
+  !> runs (one by default), each writing its result.json into its directory.
   subroutine host_run(host, prog, path, exit_code)
-    class(host_t), intent(inout) :: host
+    class(host_t), intent(inout) :: host    !! the configuration read; each run holds a copy
     character(len=*), intent(in) :: prog    !! the program's name, for messages
     character(len=*), intent(in) :: path    !! the namelist file
-    integer, intent(out) :: exit_code       !! 0: completed or failed (the outcome is in
-                                            !! result.json), 1: an error (could not start or go on)
-    type(host_run_t) :: run
+    integer, intent(out) :: exit_code       !! 0: every run completed or failed (the outcome is
+                                            !! in result.json), 1: a run could not start or go on
+    type(member_t), allocatable :: members(:)
     type(run_settings_t) :: s
+    type(run_result_t) :: common
+    real(wp), allocatable :: nn_in(:, :), nn_out(:, :)
     character(len=1024) :: errmsg
     character(len=256) :: finalize_msg
-    integer :: stat, ierr
-    logical :: network
+    real(dp) :: t_start
+    integer :: stat, ierr, r, n_runs, n_columns
+    type(coupler_spec_t) :: spec
+    logical :: network, coupled, per_run
+    type(colnn_coupler_config_t) :: ccfg
 
     host%comm = MPI_COMM_WORLD
     call MPI_Comm_rank(host%comm, host%rank, ierr)
     call MPI_Comm_size(host%comm, host%nranks, ierr)
-    run%t_start = wall_clock()
-    run%result%host = host%name()
-    run%result%n_ranks = host%nranks
-    run%result%config_hash = hash_file(path)
+    t_start = wall_clock()
+    exit_code = 0
+    common%host = host%name()
+    common%n_ranks = host%nranks
+    common%config_hash = hash_file(path)
 
     call read_config(host, path, stat, errmsg)
     s = host%settings()
-    run%result%mode = s%mode
-    if (s%mode == 'coarse') run%result%closure = s%closure
-    run%result%seed = s%seed
-    run%result%max_steps = s%n_steps
-    run%result%n_columns = s%n_columns
+    common%mode = s%mode
+    if (s%mode == 'coarse') common%closure = s%closure
+    common%max_steps = s%n_steps
+    common%n_columns = s%n_columns
     network = s%mode == 'coarse' .and. s%closure == 'nn'
-    if (stat == 0) call host%setup(stat, errmsg)
-    if (stat == 0 .and. network) call coupler_setup(host, path, run%result, stat, errmsg)
-    if (share_error(stat /= 0, errmsg, host%comm)) then
-      run%result%wall_s = wall_clock() - run%t_start
-      call finish_run(prog, s%output_dir, host%rank, run%result, exit_code, errmsg)
+    n_runs = 1
+    if (stat == 0) n_runs = s%batch%n_runs
+    allocate (members(n_runs))
+    do r = 1, n_runs
+      members(r)%index = r
+      members(r)%comm = host%comm
+      ! a configuration refused as a whole answers in the batch's own directory
+      members(r)%dir = s%output_dir
+      if (stat == 0) members(r)%dir = run_dir(s, r, n_runs)
+      members(r)%run%t_start = t_start
+      members(r)%run%result = common
+      members(r)%run%result%seed = run_seed(s, r)
+    end do
+    ! read_config takes the same decision on every rank; the estimate's reduction is collective
+    if (stat == 0) call check_memory(host, s, n_runs, stat, errmsg)
+    if (stat /= 0) then
+      call refuse_batch(members, s, prog, host%rank, t_start, errmsg, exit_code)
       return
     end if
 
-    call start_records(run%records, s, host%rank)
-    call host%start(run)
-    call run_steps(host, run, s)
-    call host%summarize(run)
-    call write_output(host, run, s, stat, errmsg)
-    if (network) then
-      call record_coupler_timers(run%result, host%comm)
-      call colnn_coupler_finalize(finalize_msg, ierr)
+    ! each run its own copy of the host, set up alone: a run that cannot start (its initial
+    ! condition, its memory) is an error of that run, the others go on
+    do r = 1, n_runs
+      allocate (members(r)%host, source=host)
+      call members(r)%host%for_run(run_init_index(s, r), run_seed(s, r))
+      call members(r)%host%setup(stat, errmsg)
+      if (share_error(stat /= 0, errmsg, host%comm)) then
+        if (n_runs > 1) errmsg = 'run '//itoa(r)//' (init_index '//itoa(run_init_index(s, r))// &
+                                 '): '//trim(errmsg)
+        call finish_error(members(r), prog, host%rank, t_start, errmsg, exit_code)
+        deallocate (members(r)%host)
+      else
+        members(r)%active = .true.
+      end if
+    end do
+
+    coupled = .false.
+    per_run = .false.
+    if (network .and. any(members%active)) then
+      r = findloc(members%active, .true., 1)
+      call coupler_setup(members(r)%host, path, common, stat, errmsg)
+      coupled = stat == 0
+      ! an ensemble's input noise is keyed by the global column: each run alone keeps its keys
+      call colnn_coupler_get_config(ccfg)
+      per_run = len_trim(ccfg%ensemble) > 0
+      spec = members(r)%host%coupler_spec()
+      ! sized for every run at set-up: nothing is allocated in the steps
+      n_columns = 0
+      do r = 1, n_runs
+        if (.not. members(r)%active) cycle
+        call members(r)%host%network_columns(members(r)%ncol, members(r)%column_offset)
+        members(r)%run%result%model_hash = common%model_hash
+        n_columns = n_columns + members(r)%ncol
+      end do
+      if (stat == 0) then
+        allocate (nn_in(spec%n_in, n_columns), nn_out(spec%n_out, n_columns), stat=stat)
+        if (stat /= 0) errmsg = 'cannot allocate the network arrays of '//itoa(n_columns)// &
+                                ' columns'
+      end if
+      if (share_error(stat /= 0, errmsg, host%comm)) then
+        call refuse_batch(members, s, prog, host%rank, t_start, errmsg, exit_code)
+        if (coupled) call colnn_coupler_finalize(finalize_msg, ierr)
+        return
+      end if
+    else
+      allocate (nn_in(0, 0), nn_out(0, 0))
     end if
-    run%result%wall_s = wall_clock() - run%t_start
-    if (stat /= 0) then
-      call finish_run(prog, s%output_dir, host%rank, run%result, exit_code, errmsg)
-      return
-    end if
-    run%result%io_s = run%t_io
-    run%result%nn_s = run%t_nn
-    run%result%dynamics_s = run%result%wall_s - run%result%nn_s - run%result%io_s
-    call finish_run(prog, s%output_dir, host%rank, run%result, exit_code)
+
+    call run_batch(members, s, prog, network, per_run, nn_in, nn_out, exit_code)
+    if (coupled) call colnn_coupler_finalize(finalize_msg, ierr)
   end subroutine host_run
 
-  !> The main loop: steps until the mode's last one or the first failure, the diagnostics
-  !> records (coarse: step 0, every output_interval steps and the failing step) or the samples
-  !> (truth: every sample_interval steps after the spin-up).
-  subroutine run_steps(host, run, s)
-    class(host_t), intent(inout) :: host
-    type(host_run_t), intent(inout) :: run
+  !> The run's directory: run_dirs(r), or output_dir for a run alone that names none.
+  function run_dir(s, r, n_runs) result(dir)
     type(run_settings_t), intent(in) :: s
-    integer :: step, total, stat
+    integer, intent(in) :: r, n_runs
+    character(len=1024) :: dir
+    dir = s%batch%run_dirs(r)
+    if (n_runs == 1 .and. len_trim(dir) == 0) dir = s%output_dir
+  end function run_dir
+
+  integer function run_init_index(s, r)
+    type(run_settings_t), intent(in) :: s
+    integer, intent(in) :: r
+    run_init_index = s%batch%init_indices(r)
+    if (run_init_index == 0) run_init_index = s%init_index
+  end function run_init_index
+
+  integer(i8) function run_seed(s, r)
+    type(run_settings_t), intent(in) :: s
+    integer, intent(in) :: r
+    run_seed = s%batch%seeds(r)
+    if (run_seed < 0) run_seed = s%seed
+  end function run_seed
+
+  !> An error of the whole batch before its first step: every run still active gets the error
+  !> result, and a batch of several runs one in its output_dir too (where the harness looks
+  !> for the batch's own answer).
+  subroutine refuse_batch(members, s, prog, rank, t_start, errmsg, exit_code)
+    type(member_t), intent(inout) :: members(:)
+    type(run_settings_t), intent(in) :: s
+    character(len=*), intent(in) :: prog, errmsg
+    integer, intent(in) :: rank
+    real(dp), intent(in) :: t_start
+    integer, intent(inout) :: exit_code
+    type(run_result_t) :: batch_result
+    integer :: r, code
+    do r = 1, size(members)
+      if (.not. members(r)%finished) call finish_error(members(r), prog, rank, t_start, errmsg, exit_code)
+    end do
+    if (size(members) > 1) then
+      batch_result = members(1)%run%result
+      call finish_run(prog, trim(s%output_dir), rank, batch_result, code, errmsg)
+      exit_code = max(exit_code, code)
+    end if
+  end subroutine refuse_batch
+
+  !> An error result for a run that could not start or go on (collective: rank 0 writes).
+  subroutine finish_error(m, prog, rank, t_start, errmsg, exit_code)
+    type(member_t), intent(inout) :: m
+    character(len=*), intent(in) :: prog, errmsg
+    integer, intent(in) :: rank
+    real(dp), intent(in) :: t_start
+    integer, intent(inout) :: exit_code
+    integer :: code
+    m%active = .false.
+    m%finished = .true.
+    m%run%result%wall_s = wall_clock() - t_start
+    call finish_run(prog, trim(m%dir), rank, m%run%result, code, errmsg)
+    exit_code = max(exit_code, code)
+  end subroutine finish_error
+
+  ! ---------------------------------------------------------------------------------------
+  ! the batch's steps
+
+  !> The main loop over the members still active: every step the stages with one network call
+  !> for all of them, the injection, the checks (one reduction for all runs), the records
+  !> (coarse: step 0, every output_interval steps and the failing step; truth: every
+  !> sample_interval steps after the spin-up). A run that fails leaves the batch and writes its
+  !> files at once; the others write theirs after the last step.
+  subroutine run_batch(members, s, prog, network, per_run, nn_in, nn_out, exit_code)
+    type(member_t), intent(inout) :: members(:)
+    type(run_settings_t), intent(in) :: s
+    character(len=*), intent(in) :: prog
+    logical, intent(in) :: network
+    logical, intent(in) :: per_run            !! call the coupler for each run alone
+    !> (features, every run's columns)
+    real(wp), intent(inout), contiguous :: nn_in(:, :), nn_out(:, :)
+    integer, intent(inout) :: exit_code
+    integer :: step, total, r
     logical :: truth
-    character(len=1024) :: errmsg
-    type(coupler_spec_t) :: spec
-    type(failure_t) :: failure
 
     truth = s%mode == 'truth'
     total = s%n_steps
     if (truth) total = s%spinup_steps + s%n_steps
-    if (.not. truth) call record(host, run, s, 0)
-    run%result%status = 'completed'
+    do r = 1, size(members)
+      if (.not. members(r)%active) cycle
+      members(r)%run%result%max_steps = total
+      call start_records(members(r)%run%records, s, members(r)%host%rank)
+      call members(r)%host%start(members(r)%run)
+      if (.not. truth) call record(members(r), s, 0)
+      members(r)%run%result%status = 'completed'
+    end do
     do step = 1, total
-      call host%step(run, step, stat, errmsg)
-      if (stat /= 0) then
-        spec = host%coupler_spec()
-        call fail_at(run, step, failure_t(.true., 'nn_error', spec%output_name, errmsg))
-        exit
+      if (.not. any(members%active)) exit
+      call step_batch(members, s, prog, step, network, per_run, nn_in, nn_out, exit_code)
+      if (.not. truth .and. step == s%inject_nan_step) then
+        associate (m => members(s%batch%inject_nan_run))
+          if (m%active) call m%host%inject(s%inject_nan_column, injected_value(s%inject_value))
+        end associate
       end if
-      if (.not. truth .and. step == s%inject_nan_step) &
-        call host%inject(s%inject_nan_column, injected_value(s%inject_value))
-      call host%check(step, failure)
+      call check_batch(members, s, prog, step, network, exit_code)
+      do r = 1, size(members)
+        if (.not. members(r)%active) cycle
+        if (truth) then
+          if (step > s%spinup_steps .and. mod(step - s%spinup_steps, s%sample_interval) == 0) &
+            call record(members(r), s, step)
+        else if (mod(step, s%output_interval) == 0) then
+          call record(members(r), s, step)
+        end if
+      end do
+    end do
+    do r = 1, size(members)
+      if (.not. members(r)%active) cycle
+      members(r)%run%result%steps = total
+      call finish_member(members(r), s, prog, network, exit_code)
+    end do
+  end subroutine run_batch
+
+  !> One step of every active run: at each stage, each run writes its network inputs into its
+  !> own columns of nn_in, packed side by side in the order of the runs (a run that has left
+  !> leaves no gap), the coupler runs once on all of them, each run takes its outputs.
+  subroutine step_batch(members, s, prog, step, network, per_run, nn_in, nn_out, exit_code)
+    type(member_t), intent(inout) :: members(:)
+    type(run_settings_t), intent(in) :: s
+    character(len=*), intent(in) :: prog
+    integer, intent(in) :: step
+    logical, intent(in) :: network, per_run
+    real(wp), intent(inout), contiguous :: nn_in(:, :), nn_out(:, :)
+    integer, intent(inout) :: exit_code
+    integer :: stage, r, used, n_stages
+    n_stages = 0
+    do r = 1, size(members)
+      if (members(r)%active) n_stages = members(r)%host%n_stages()
+    end do
+    do stage = 1, n_stages
+      used = 0
+      do r = 1, size(members)
+        if (.not. members(r)%active) cycle
+        members(r)%first_col = used
+        call members(r)%host%stage_begin(step, stage, nn_in(:, used + 1:used + members(r)%ncol))
+        used = used + members(r)%ncol
+      end do
+      if (network) call network_batch(members, s, prog, step, per_run, used, nn_in, nn_out, &
+                                      exit_code)
+      do r = 1, size(members)
+        if (.not. members(r)%active) cycle
+        associate (first => members(r)%first_col)
+          call members(r)%host%stage_end(step, stage, nn_out(:, first + 1:first + members(r)%ncol))
+        end associate
+      end do
+    end do
+  end subroutine step_batch
+
+  !> The coupler on the first `used` columns, those of every active run. Its time is shared
+  !> out among the runs in the call. When it fails, each run is called alone (the same bits: the
+  !> forward pass is batch-invariant) to tell which runs failed; those leave the batch. An
+  !> ensemble's noise is keyed by the global column, so there each run is called alone with its
+  !> own column offset, the key of the run alone.
+  subroutine network_batch(members, s, prog, step, per_run, used, nn_in, nn_out, exit_code)
+    type(member_t), intent(inout) :: members(:)
+    type(run_settings_t), intent(in) :: s
+    character(len=*), intent(in) :: prog
+    integer, intent(in) :: step
+    logical, intent(in) :: per_run            !! call the coupler for each run alone
+    integer, intent(in) :: used
+    real(wp), intent(in) :: nn_in(:, :)
+    real(wp), intent(inout) :: nn_out(:, :)
+    integer, intent(inout) :: exit_code
+    character(len=1024) :: errmsg
+    real(dp) :: t0, share
+    integer :: stat, r, n_active
+    type(coupler_spec_t) :: spec
+
+    errmsg = ''
+    stat = 0
+    n_active = count(members%active)
+    if (.not. per_run) then
+      t0 = wall_clock()
+      call colnn_coupler_run(nn_in(:, 1:used), nn_out(:, 1:used), errmsg, stat, step=step)
+      share = (wall_clock() - t0) / max(n_active, 1)
+      do r = 1, size(members)
+        if (members(r)%active) members(r)%run%t_nn = members(r)%run%t_nn + share
+      end do
+      if (.not. share_error(stat /= 0, errmsg, members(1)%comm)) return
+    end if
+    ! each run alone: an ensemble, or a failed call to be told apart
+    do r = 1, size(members)
+      if (.not. members(r)%active) cycle
+      associate (m => members(r), first => members(r)%first_col)
+        t0 = wall_clock()
+        call colnn_coupler_run(nn_in(:, first + 1:first + m%ncol), &
+                               nn_out(:, first + 1:first + m%ncol), errmsg, stat, &
+                               column_offset=m%column_offset, step=step)
+        m%run%t_nn = m%run%t_nn + (wall_clock() - t0)
+        if (share_error(stat /= 0, errmsg, m%comm)) then
+          spec = m%host%coupler_spec()
+          call fail_at(m%run, step, failure_t(.true., 'nn_error', spec%output_name, errmsg))
+          call finish_member(m, s, prog, .true., exit_code)
+        end if
+      end associate
+    end do
+  end subroutine network_batch
+
+  !> The failure checks of every active run after `step`: each run's local criteria, one
+  !> reduction over the ranks for all of them, then each run's verdict. A failed run takes its
+  !> record of the failing step and leaves the batch.
+  subroutine check_batch(members, s, prog, step, network, exit_code)
+    type(member_t), intent(inout) :: members(:)
+    type(run_settings_t), intent(in) :: s
+    character(len=*), intent(in) :: prog
+    integer, intent(in) :: step
+    logical, intent(in) :: network
+    integer, intent(inout) :: exit_code
+    ! per run: the severity (exact as a double), then the host's values; fixed size, so that
+    ! no step allocates
+    real(dp) :: flags(1 + N_CHECK_VALUES, MAX_RUNS)
+    type(failure_t) :: failure
+    integer :: r, severity, n, ierr
+    n = size(members)
+    flags(:, 1:n) = -huge(1.0_dp)
+    do r = 1, n
+      if (.not. members(r)%active) cycle
+      call members(r)%host%check_local(step, severity, flags(2:, r))
+      flags(1, r) = severity
+    end do
+    r = findloc(members%active, .true., 1)
+    if (r == 0) return
+    if (members(r)%host%nranks > 1) &
+      call MPI_Allreduce(MPI_IN_PLACE, flags(:, 1:n), size(flags(:, 1:n)), MPI_DOUBLE_PRECISION, &
+                         MPI_MAX, members(r)%host%comm, ierr)
+    do r = 1, n
+      if (.not. members(r)%active) cycle
+      call members(r)%host%check_finish(step, nint(flags(1, r)), flags(2:, r), failure)
       if (failure%failed) then
-        call fail_at(run, step, failure)
-        if (.not. truth) call record(host, run, s, step)
-        exit
-      end if
-      if (truth) then
-        if (step > s%spinup_steps .and. mod(step - s%spinup_steps, s%sample_interval) == 0) &
-          call record(host, run, s, step)
-      else if (mod(step, s%output_interval) == 0) then
-        call record(host, run, s, step)
+        call fail_at(members(r)%run, step, failure)
+        if (s%mode == 'coarse') call record(members(r), s, step)
+        call finish_member(members(r), s, prog, network, exit_code)
       end if
     end do
-    if (run%result%status == 'completed') run%result%steps = total
-    run%result%max_steps = total
-  end subroutine run_steps
+  end subroutine check_batch
 
   subroutine fail_at(run, step, failure)
     type(host_run_t), intent(inout) :: run
@@ -371,21 +722,85 @@ contains
     run%result%message = failure%message
   end subroutine fail_at
 
+  !> A run's end (collective): its summary, output file and result.json; it leaves the batch.
+  !> Written when the run ends, a failed run's at its failure: its files are there even when a
+  !> later run's error or a time limit stops the batch.
+  subroutine finish_member(m, s, prog, network, exit_code)
+    type(member_t), intent(inout) :: m
+    type(run_settings_t), intent(in) :: s
+    character(len=*), intent(in) :: prog
+    logical, intent(in) :: network
+    integer, intent(inout) :: exit_code
+    character(len=1024) :: errmsg
+    integer :: stat, code
+    m%active = .false.
+    m%finished = .true.
+    call m%host%summarize(m%run)
+    call write_output(m, s, stat, errmsg)
+    if (network) call record_coupler_timers(m%run%result, m%host%comm)
+    m%run%result%wall_s = wall_clock() - m%run%t_start
+    if (stat /= 0) then
+      call finish_run(prog, trim(m%dir), m%host%rank, m%run%result, code, errmsg)
+    else
+      m%run%result%io_s = m%run%t_io
+      m%run%result%nn_s = m%run%t_nn
+      m%run%result%dynamics_s = m%run%result%wall_s - m%run%result%nn_s - m%run%result%io_s
+      call finish_run(prog, trim(m%dir), m%host%rank, m%run%result, code)
+    end if
+    exit_code = max(exit_code, code)
+  end subroutine finish_member
+
+  !> The values a record holds at most for the run.
+  integer function record_capacity(s)
+    type(run_settings_t), intent(in) :: s
+    if (s%mode == 'truth') then
+      record_capacity = s%n_steps / s%sample_interval
+    else
+      record_capacity = s%n_steps / s%output_interval + 2     ! step 0 and a failing step
+    end if
+  end function record_capacity
+
   !> Room for every record the run can take (nothing is allocated in the loop).
   subroutine start_records(records, s, rank)
     type(records_t), intent(out) :: records
     type(run_settings_t), intent(in) :: s
     integer, intent(in) :: rank
     integer :: capacity
-    if (s%mode == 'truth') then
-      capacity = s%n_steps / s%sample_interval
-    else
-      capacity = s%n_steps / s%output_interval + 2     ! step 0 and a failing step
-    end if
+    capacity = record_capacity(s)
     allocate (records%time(capacity), source=ieee_nan())
     records%held = rank == 0
     allocate (records%values(s%record_size, merge(capacity, 1, records%held)), source=ieee_nan())
   end subroutine start_records
+
+  !> Refuses a batch whose estimated memory on some rank (n_runs times one run's state, work
+  !> arrays and records) is more than max_batch_bytes, or than the memory available to the
+  !> rank when that is 0 (collective).
+  subroutine check_memory(host, s, n_runs, stat, errmsg)
+    class(host_t), intent(inout) :: host
+    type(run_settings_t), intent(in) :: s
+    integer, intent(in) :: n_runs
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    integer(i8) :: per_run, need, limit
+    integer :: ierr
+    stat = 0
+    per_run = host%state_bytes() + 8_i8 * record_capacity(s) * &
+              merge(s%record_size + 1, 1, host%rank == 0)
+    call MPI_Allreduce(MPI_IN_PLACE, per_run, 1, MPI_INTEGER8, MPI_MAX, host%comm, ierr)
+    need = per_run * n_runs
+    limit = s%batch%max_batch_bytes
+    if (limit == 0) limit = memory_available_per_rank(host%comm)
+    if (limit <= 0 .or. need <= limit) return
+    stat = 1
+    errmsg = 'n_runs = '//itoa(n_runs)//' needs about '//bytes_text(need)//' on a rank ('// &
+             bytes_text(per_run)//' a run), more than '
+    if (s%batch%max_batch_bytes > 0) then
+      errmsg = trim(errmsg)//' max_batch_bytes = '//bytes_text(limit)
+    else
+      errmsg = trim(errmsg)//' the memory available to a rank ('//bytes_text(limit)//')'
+    end if
+    errmsg = trim(errmsg)//': run fewer runs in a batch (or fewer columns)'
+  end subroutine check_memory
 
   !> Value `i` of every record so far, on the rank that holds them (empty elsewhere).
   function records_series(self, i) result(series)
@@ -399,29 +814,29 @@ contains
     end if
   end function records_series
 
-  !> One record after `step` (collective), timed as I/O; none beyond the capacity.
-  subroutine record(host, run, s, step)
-    class(host_t), intent(inout) :: host
-    type(host_run_t), intent(inout) :: run
+  !> One record of a run after `step` (collective), timed as I/O; none beyond the capacity.
+  subroutine record(m, s, step)
+    type(member_t), intent(inout) :: m
     type(run_settings_t), intent(in) :: s
     integer, intent(in) :: step
     real(dp) :: t0
     integer :: offset
     t0 = wall_clock()
-    if (run%records%n >= size(run%records%time)) return
-    run%records%n = run%records%n + 1
+    associate (records => m%run%records)
+    if (records%n >= size(records%time)) return
+    records%n = records%n + 1
     offset = 0
     if (s%mode == 'truth') offset = s%spinup_steps   ! a sample's time counts from the spin-up's end
-    run%records%time(run%records%n) = (step - offset) * s%dt
-    call host%record(step, run%records%values(:, merge(run%records%n, 1, run%records%held)))
-    run%t_io = run%t_io + (wall_clock() - t0)
+    records%time(records%n) = (step - offset) * s%dt
+    call m%host%record(step, records%values(:, merge(records%n, 1, records%held)))
+    end associate
+    m%run%t_io = m%run%t_io + (wall_clock() - t0)
   end subroutine record
 
   !> Rank 0 writes the run's HDF5 file (truth.h5 or diagnostics.h5, renamed into place when
-  !> complete); stat and errmsg on every rank.
-  subroutine write_output(host, run, s, stat, errmsg)
-    class(host_t), intent(inout) :: host
-    type(host_run_t), intent(inout) :: run
+  !> complete) into its directory; stat and errmsg on every rank.
+  subroutine write_output(m, s, stat, errmsg)
+    type(member_t), intent(inout) :: m
     type(run_settings_t), intent(in) :: s
     integer, intent(out) :: stat
     character(len=*), intent(inout) :: errmsg
@@ -429,34 +844,19 @@ contains
     character(len=:), allocatable :: file
     real(dp) :: t0
     stat = 0
-    if (host%rank == 0) then
+    if (m%host%rank == 0) then
       t0 = wall_clock()
       file = 'diagnostics.h5'
       if (s%mode == 'truth') file = 'truth.h5'
-      call out%create(trim(s%output_dir)//'/'//file)
-      call host%write_output(run, out)
+      call out%create(trim(m%dir)//'/'//file)
+      call m%host%write_output(m%run, out)
       call out%commit(stat, errmsg)
-      if (stat == 0) run%result%diagnostics = file
-      run%t_io = run%t_io + (wall_clock() - t0)
+      if (stat == 0) m%run%result%diagnostics = file
+      m%run%t_io = m%run%t_io + (wall_clock() - t0)
     end if
-    call bcast_int(stat, host%comm)
-    if (stat /= 0) call bcast_str(errmsg, host%comm)
+    call bcast_int(stat, m%host%comm)
+    if (stat /= 0) call bcast_str(errmsg, m%host%comm)
   end subroutine write_output
-
-  !> One call of the coupler for this rank's columns, timed as the network's.
-  subroutine run_network(self, inputs, outputs, column_offset, step, stat, errmsg)
-    class(host_run_t), intent(inout) :: self
-    real(wp), intent(in) :: inputs(:, :)      !! (features, columns)
-    real(wp), intent(inout) :: outputs(:, :)  !! (outputs, columns)
-    integer, intent(in) :: column_offset      !! the global index of the first column - 1
-    integer, intent(in) :: step               !! the host's step (an ensemble's noise key)
-    integer, intent(out) :: stat
-    character(len=*), intent(inout) :: errmsg
-    real(dp) :: t0
-    t0 = wall_clock()
-    call colnn_coupler_run(inputs, outputs, errmsg, stat, column_offset=column_offset, step=step)
-    self%t_nn = self%t_nn + (wall_clock() - t0)
-  end subroutine run_network
 
   ! ---------------------------------------------------------------------------------------
   ! configuration
@@ -556,10 +956,57 @@ contains
     else if (.not. is_injectable(s%inject_value)) then
       errmsg = key_error(path, g, 'inject_value', "must be 'nan', 'inf' or '-inf'")
     else
-      stat = 0
-      errmsg = ''
+      call validate_batch(s, path, stat, errmsg)
     end if
   end subroutine validate
+
+  !> The batch keys: n_runs in 1 .. MAX_RUNS (1 in truth mode), each run's initial condition
+  !> and a directory of its own.
+  subroutine validate_batch(s, path, stat, errmsg)
+    type(run_settings_t), intent(in) :: s
+    character(len=*), intent(in) :: path
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    character(len=:), allocatable :: g
+    integer :: r, q, n
+    g = trim(s%run_group)
+    n = s%batch%n_runs
+    stat = 1
+    if (n < 1 .or. n > MAX_RUNS) then
+      errmsg = key_error(path, g, 'n_runs', 'must be in 1 .. '//itoa(MAX_RUNS)//' (the most '// &
+                         'runs one process holds), got '//itoa(n))
+      return
+    else if (n > 1 .and. s%mode /= 'coarse') then
+      errmsg = key_error(path, g, 'n_runs', "> 1 needs mode = 'coarse' (a truth run is one run)")
+      return
+    else if (s%batch%inject_nan_run < 1 .or. s%batch%inject_nan_run > n) then
+      errmsg = key_error(path, g, 'inject_nan_run', 'must be in 1 .. n_runs = '//itoa(n))
+      return
+    else if (s%batch%max_batch_bytes < 0) then
+      errmsg = key_error(path, g, 'max_batch_bytes', 'must be >= 0 (0: the memory available)')
+      return
+    end if
+    do r = 1, n
+      if (s%batch%init_indices(r) < 0) then
+        errmsg = key_error(path, g, 'init_indices('//itoa(r)//')', 'must be >= 1 (0: '// &
+                           'init_index), got '//itoa(s%batch%init_indices(r)))
+        return
+      else if (n > 1 .and. len_trim(s%batch%run_dirs(r)) == 0) then
+        errmsg = key_error(path, g, 'run_dirs('//itoa(r)//')', 'must name the directory of '// &
+                           'run '//itoa(r)//' (n_runs = '//itoa(n)//')')
+        return
+      end if
+      do q = 1, r - 1
+        if (n > 1 .and. s%batch%run_dirs(q) == s%batch%run_dirs(r)) then
+          errmsg = key_error(path, g, 'run_dirs('//itoa(r)//')', 'is also run_dirs('// &
+                             itoa(q)//'): every run needs a directory of its own')
+          return
+        end if
+      end do
+    end do
+    stat = 0
+    errmsg = ''
+  end subroutine validate_batch
 
   !> The message for a refused value: "FILE: &GROUP: KEY WHAT".
   function key_error(path, group, key, what) result(msg)

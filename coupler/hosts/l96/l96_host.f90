@@ -40,6 +40,7 @@ module l96_host
     real(dp) :: cubic_coeffs(4) = 0                !< U = c1 + c2 X + c3 X^2 + c4 X^3
     integer :: inject_nan_step = -1, inject_nan_column = 1
     character(len=8) :: inject_value = 'nan'        !< what is injected: nan, inf or -inf
+    type(batch_keys_t) :: batch                     !< n_runs, init_indices, seeds, run_dirs, ...
     ! &l96_failure
     real(dp) :: max_abs = 50
     logical :: drift_check = .false.
@@ -65,7 +66,6 @@ module l96_host
     real(dp), allocatable :: kx(:, :), u(:)              !< stage tendencies (n, 4); U of a stage
     real(dp), allocatable :: u1(:, :)                    !< the closure at stage 1, (1, n)
     real(dp), allocatable :: y(:, :), ys(:, :), ky(:, :) !< truth: (1, 0 : J*n+2) twice; (J*n, 4)
-    real(wp), allocatable :: nn_in(:, :), nn_out(:, :)
     integer, allocatable :: counts(:), displs(:)
     real(dp), allocatable :: xg(:, :), ug(:, :)          !< gathered on rank 0: (1, K)
     ! the drift test (rank 0): sums over the current window, the z-scores of the windows so far
@@ -79,11 +79,17 @@ module l96_host
     procedure :: settings => l96_settings
     procedure :: validate => l96_validate
     procedure :: setup => l96_setup
+    procedure :: for_run => l96_for_run
+    procedure :: state_bytes => l96_state_bytes
     procedure :: coupler_spec => l96_coupler_spec
+    procedure :: network_columns => l96_network_columns
+    procedure :: n_stages => l96_n_stages
     procedure :: start => l96_start
-    procedure :: step => l96_step
+    procedure :: stage_begin => l96_stage_begin
+    procedure :: stage_end => l96_stage_end
     procedure :: inject => l96_inject
-    procedure :: check => l96_check
+    procedure :: check_local => l96_check_local
+    procedure :: check_finish => l96_check_finish
     procedure :: record => l96_record
     procedure :: summarize => l96_summarize
     procedure :: write_output => l96_write_output
@@ -114,18 +120,20 @@ contains
     character(len=*), intent(inout) :: iomsg
     integer :: k, j, stencil_halfwidth, n_steps, spinup_steps, init_index, output_interval, &
                sample_interval, inject_nan_step, inject_nan_column, drift_window, &
-               drift_sample_interval
+               drift_sample_interval, n_runs, init_indices(MAX_RUNS), inject_nan_run
     real(dp) :: f, h, b, c, dt, cubic_coeffs(4), max_abs, drift_sigma, clim_mean, clim_std, &
                 sd_window_mean, sd_window_std
     character(len=16) :: mode, closure, inputs
     character(len=8) :: inject_value
     character(len=1024) :: init_file, output_dir
-    integer(i8) :: seed
+    character(len=DIR_LEN) :: run_dirs(MAX_RUNS)
+    integer(i8) :: seed, seeds(MAX_RUNS), max_batch_bytes
     logical :: drift_check
     namelist /l96_model/ k, j, f, h, b, c
     namelist /l96_run/ mode, closure, inputs, stencil_halfwidth, dt, n_steps, spinup_steps, &
       seed, init_file, init_index, output_dir, output_interval, sample_interval, cubic_coeffs, &
-      inject_nan_step, inject_nan_column, inject_value
+      inject_nan_step, inject_nan_column, inject_value, n_runs, init_indices, seeds, run_dirs, &
+      inject_nan_run, max_batch_bytes
     namelist /l96_failure/ max_abs, drift_check, drift_window, drift_sample_interval, &
       drift_sigma, clim_mean, clim_std, sd_window_mean, sd_window_std
 
@@ -139,6 +147,9 @@ contains
     output_interval = cfg%output_interval; sample_interval = cfg%sample_interval
     cubic_coeffs = cfg%cubic_coeffs; inject_nan_step = cfg%inject_nan_step
     inject_nan_column = cfg%inject_nan_column; inject_value = cfg%inject_value
+    n_runs = cfg%batch%n_runs; init_indices = cfg%batch%init_indices; seeds = cfg%batch%seeds
+    run_dirs = cfg%batch%run_dirs; inject_nan_run = cfg%batch%inject_nan_run
+    max_batch_bytes = cfg%batch%max_batch_bytes
     max_abs = cfg%max_abs; drift_check = cfg%drift_check; drift_window = cfg%drift_window
     drift_sample_interval = cfg%drift_sample_interval; drift_sigma = cfg%drift_sigma
     clim_mean = cfg%clim_mean; clim_std = cfg%clim_std; sd_window_mean = cfg%sd_window_mean
@@ -171,6 +182,9 @@ contains
     cfg%output_interval = output_interval; cfg%sample_interval = sample_interval
     cfg%cubic_coeffs = cubic_coeffs; cfg%inject_nan_step = inject_nan_step
     cfg%inject_nan_column = inject_nan_column; cfg%inject_value = inject_value
+    cfg%batch = batch_keys_t(n_runs=n_runs, init_indices=init_indices, seeds=seeds, &
+                             run_dirs=run_dirs, inject_nan_run=inject_nan_run, &
+                             max_batch_bytes=max_batch_bytes)
     cfg%max_abs = max_abs; cfg%drift_check = drift_check; cfg%drift_window = drift_window
     cfg%drift_sample_interval = drift_sample_interval; cfg%drift_sigma = drift_sigma
     cfg%clim_mean = clim_mean; cfg%clim_std = clim_std; cfg%sd_window_mean = sd_window_mean
@@ -190,7 +204,8 @@ contains
                        output_dir=self%cfg%output_dir, n_columns=self%cfg%model%k, &
                        inject_nan_step=self%cfg%inject_nan_step, &
                        inject_nan_column=self%cfg%inject_nan_column, &
-                       inject_value=self%cfg%inject_value, record_size=N_RECORD)
+                       inject_value=self%cfg%inject_value, record_size=N_RECORD, &
+                       batch=self%cfg%batch)
     if (self%cfg%mode == 'truth') s%record_size = 2 * self%cfg%model%k
   end function l96_settings
 
@@ -268,8 +283,12 @@ contains
       return
     end if
     allocate (self%x(1, 1 - self%hl:self%n + self%hr), self%xs(1, 1 - self%hl:self%n + self%hr), &
-              source=0.0_dp)
-    allocate (self%kx(self%n, RK4_STAGES), self%u(self%n), self%u1(1, self%n), source=0.0_dp)
+              self%kx(self%n, RK4_STAGES), self%u(self%n), self%u1(1, self%n), source=0.0_dp, &
+              stat=stat)
+    if (stat /= 0) then
+      errmsg = 'cannot allocate the state of k = '//itoa(k)//' columns'
+      return
+    end if
     if (cfg%inputs == 'full') then
       self%n_in = k
       self%n_out = k
@@ -279,14 +298,17 @@ contains
       self%n_out = 1
       self%ncol = self%n
     end if
-    allocate (self%nn_in(self%n_in, self%ncol), self%nn_out(self%n_out, self%ncol), source=0.0_wp)
     call gather_layout(1, self%n, self%comm, self%counts, self%displs)
     allocate (self%xg(1, merge(k, 1, self%rank == 0)), self%ug(1, merge(k, 1, self%rank == 0)))
     nf = cfg%model%j * self%n
     if (cfg%mode == 'truth') then
       allocate (self%y(1, 1 - Y_HALO_LEFT:nf + Y_HALO_RIGHT), &
                 self%ys(1, 1 - Y_HALO_LEFT:nf + Y_HALO_RIGHT), self%ky(nf, RK4_STAGES), &
-                source=0.0_dp)
+                source=0.0_dp, stat=stat)
+      if (stat /= 0) then
+        errmsg = 'cannot allocate the fast variables of j = '//itoa(cfg%model%j)
+        return
+      end if
     end if
     i = 0
     if (cfg%drift_check) i = cfg%n_steps / cfg%drift_window
@@ -339,6 +361,42 @@ contains
     spec%output_name = 'u'
   end function l96_coupler_spec
 
+  subroutine l96_for_run(self, init_index, seed)
+    class(l96_host_t), intent(inout) :: self
+    integer, intent(in) :: init_index
+    integer(i8), intent(in) :: seed
+    self%cfg%init_index = init_index
+    self%cfg%seed = seed
+  end subroutine l96_for_run
+
+  !> What l96_setup allocates on the rank with the most columns.
+  function l96_state_bytes(self) result(bytes)
+    class(l96_host_t), intent(in) :: self
+    integer(i8) :: bytes
+    integer(i8) :: n, k, halo, nn
+    k = self%cfg%model%k
+    n = (k + self%nranks - 1) / self%nranks
+    halo = max(X_HALO_LEFT + X_HALO_RIGHT, 2 * self%cfg%stencil_halfwidth)
+    nn = (2 * self%cfg%stencil_halfwidth + 2) * n       ! network inputs and output per rank
+    if (self%cfg%inputs == 'full') nn = 2 * k
+    bytes = 8 * (2 * (n + halo) + 6 * n) + storage_size(1.0_wp) / 8 * nn
+    if (self%rank == 0) bytes = bytes + 8 * 2 * k
+    if (self%cfg%mode == 'truth') bytes = bytes + 8 * (6 * self%cfg%model%j * n + 6)
+    if (self%cfg%drift_check) bytes = bytes + 8 * 3 * (self%cfg%n_steps / self%cfg%drift_window)
+  end function l96_state_bytes
+
+  subroutine l96_network_columns(self, n_columns, column_offset)
+    class(l96_host_t), intent(in) :: self
+    integer, intent(out) :: n_columns, column_offset
+    n_columns = self%ncol
+    column_offset = self%first - 1
+  end subroutine l96_network_columns
+
+  integer function l96_n_stages(self)
+    class(l96_host_t), intent(in) :: self
+    l96_n_stages = RK4_STAGES
+  end function l96_n_stages
+
   subroutine l96_start(self, run)
     class(l96_host_t), intent(inout) :: self
     type(host_run_t), intent(inout) :: run
@@ -346,38 +404,56 @@ contains
   end subroutine l96_start
 
   ! ---------------------------------------------------------------------------------------
-  ! one step: RK4 over l96_dynamics' kernels, the halos exchanged before every stage
+  ! one step: RK4 over l96_dynamics' kernels, the halos exchanged before every stage; the
+  ! driver calls the network between a stage's begin and end
 
-  subroutine l96_step(self, run, step, stat, errmsg)
+  !> Truth: nothing before the end. Coarse: the halos of the stage's state, then its closure
+  !> (the network's inputs, or the closure itself).
+  subroutine l96_stage_begin(self, step, stage, nn_in)
     class(l96_host_t), intent(inout) :: self
-    type(host_run_t), intent(inout) :: run
-    integer, intent(in) :: step
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    integer :: stage, n, nf
+    integer, intent(in) :: step, stage
+    real(wp), intent(inout), contiguous :: nn_in(:, :)
+    if (self%cfg%mode == 'truth') return
+    if (stage == 1) then
+      call closure_begin(self, self%x, nn_in)
+    else
+      call closure_begin(self, self%xs, nn_in)
+    end if
+  end subroutine l96_stage_begin
+
+  !> Truth: the whole stage. Coarse: the closure from the network's outputs, the tendency and
+  !> the RK4 update.
+  subroutine l96_stage_end(self, step, stage, nn_out)
+    class(l96_host_t), intent(inout) :: self
+    integer, intent(in) :: step, stage
+    real(wp), intent(in), contiguous :: nn_out(:, :)
+    integer :: n, nf
     n = self%n
-    stat = 0
-    errmsg = ''
-    do stage = 1, RK4_STAGES
-      if (self%cfg%mode == 'truth') then
-        nf = self%cfg%model%j * n
-        if (stage == 1) then
-          call truth_stage(self, stage, self%x, self%y)
-        else
-          call truth_stage(self, stage, self%xs, self%ys)
-        end if
-        call rk4_update(stage, self%cfg%dt, self%y(1, 1:nf), self%ky, self%ys(1, 1:nf))
+    if (self%cfg%mode == 'truth') then
+      nf = self%cfg%model%j * n
+      if (stage == 1) then
+        call truth_stage(self, stage, self%x, self%y)
       else
-        if (stage == 1) then
-          call coarse_stage(self, run, step, stage, self%x, stat, errmsg)
-        else
-          call coarse_stage(self, run, step, stage, self%xs, stat, errmsg)
-        end if
-        if (stat /= 0) return
+        call truth_stage(self, stage, self%xs, self%ys)
       end if
-      call rk4_update(stage, self%cfg%dt, self%x(1, 1:n), self%kx, self%xs(1, 1:n))
-    end do
-  end subroutine l96_step
+      call rk4_update(stage, self%cfg%dt, self%y(1, 1:nf), self%ky, self%ys(1, 1:nf))
+    else
+      if (self%cfg%closure == 'nn') then
+        if (self%cfg%inputs == 'full') then
+          self%u = real(nn_out(:, 1), dp)
+        else
+          self%u = real(nn_out(1, :), dp)
+        end if
+      end if
+      if (stage == 1) self%u1(1, :) = self%u
+      if (stage == 1) then
+        call slow_tendency(self%cfg%model%f, self%x(1, -1:), self%u, self%kx(:, stage))
+      else
+        call slow_tendency(self%cfg%model%f, self%xs(1, -1:), self%u, self%kx(:, stage))
+      end if
+    end if
+    call rk4_update(stage, self%cfg%dt, self%x(1, 1:n), self%kx, self%xs(1, 1:n))
+  end subroutine l96_stage_end
 
   !> The tendencies of truth stage `stage` from its state (x, y), halos exchanged first.
   subroutine truth_stage(self, stage, x, y)
@@ -390,35 +466,14 @@ contains
                           self%ky(:, stage))
   end subroutine truth_stage
 
-  !> The tendency of coarse stage `stage` from its state x, halos exchanged first, with the
-  !> closure of x. stat /= 0 on every rank when the network failed on one.
-  subroutine coarse_stage(self, run, step, stage, x, stat, errmsg)
+  !> The halos of the stage's state x, then the closure U(x) on this rank's columns into
+  !> self%u, or for the network its inputs into nn_in.
+  subroutine closure_begin(self, x, nn_in)
     class(l96_host_t), intent(inout) :: self
-    type(host_run_t), intent(inout) :: run
-    integer, intent(in) :: step, stage
     real(dp), intent(inout) :: x(:, 1 - self%hl:)
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    call ring_exchange(x, self%n, self%hl, self%hr, self%comm)
-    call closure(self, run, step, x, stat, errmsg)
-    if (share_error(stat /= 0, errmsg, self%comm)) then
-      stat = 1
-      return
-    end if
-    if (stage == 1) self%u1(1, :) = self%u
-    call slow_tendency(self%cfg%model%f, x(1, -1:), self%u, self%kx(:, stage))
-  end subroutine coarse_stage
-
-  !> The closure U(x) on this rank's columns into self%u. stat /= 0: the NN failed.
-  subroutine closure(self, run, step, x, stat, errmsg)
-    class(l96_host_t), intent(inout) :: self
-    type(host_run_t), intent(inout) :: run
-    integer, intent(in) :: step
-    real(dp), intent(in) :: x(:, 1 - self%hl:)
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
+    real(wp), intent(inout), contiguous :: nn_in(:, :)
     integer :: k, i
-    stat = 0
+    call ring_exchange(x, self%n, self%hl, self%hr, self%comm)
     associate (c => self%cfg%cubic_coeffs)
     select case (self%cfg%closure)
     case ('none')
@@ -429,23 +484,17 @@ contains
       end do
     case ('nn')
       if (self%cfg%inputs == 'full') then
-        self%nn_in(:, 1) = real(x(1, 1:self%n), wp)
+        nn_in(:, 1) = real(x(1, 1:self%n), wp)
       else
         do k = 1, self%n
           do i = -self%w, self%w
-            self%nn_in(i + self%w + 1, k) = real(x(1, k + i), wp)
+            nn_in(i + self%w + 1, k) = real(x(1, k + i), wp)
           end do
         end do
       end if
-      call run%network(self%nn_in, self%nn_out, self%first - 1, step, stat, errmsg)
-      if (self%cfg%inputs == 'full') then
-        self%u = real(self%nn_out(:, 1), dp)
-      else
-        self%u = real(self%nn_out(1, :), dp)
-      end if
     end select
     end associate
-  end subroutine closure
+  end subroutine closure_begin
 
   subroutine l96_inject(self, column, value)
     class(l96_host_t), intent(inout) :: self
@@ -459,41 +508,54 @@ contains
   ! ---------------------------------------------------------------------------------------
   ! steps to failure
 
-  !> Truth: |x| <= max_abs. Coarse: non-finite x, |x| > max_abs, and the drift test.
-  subroutine l96_check(self, step, failure)
+  !> Truth: |x| <= max_abs (severity 1). Coarse: non-finite x (2), |x| > max_abs (1, with
+  !> values(1) = max |x| over the finite values).
+  subroutine l96_check_local(self, step, severity, values)
     class(l96_host_t), intent(inout) :: self
     integer, intent(in) :: step
-    type(failure_t), intent(out) :: failure
-    integer :: local_fail, fail_flag, k, ierr
+    integer, intent(out) :: severity
+    real(dp), intent(out) :: values(N_CHECK_VALUES)
     real(dp) :: maxabs
+    integer :: k
+    values = 0
+    severity = 0
     if (self%cfg%mode == 'truth') then
-      if (any_rank(.not. all(abs(self%x(1, 1:self%n)) <= self%cfg%max_abs), self%comm)) &
-        failure = failure_t(.true., 'bounds', 'x', 'the truth run left |x| <= max_abs (is dt '// &
-                            'too large?)')
+      if (.not. all(abs(self%x(1, 1:self%n)) <= self%cfg%max_abs)) severity = 1
       return
     end if
-    ! non-finite or out of bounds: max |x| (NaN-aware), an exact reduction
-    local_fail = 0
     maxabs = 0
     do k = 1, self%n
       if (.not. is_finite(self%x(1, k))) then
-        local_fail = 2
+        severity = 2
       else
         maxabs = max(maxabs, abs(self%x(1, k)))
       end if
     end do
-    if (local_fail == 0 .and. maxabs > self%cfg%max_abs) local_fail = 1
-    call MPI_Allreduce(local_fail, fail_flag, 1, MPI_INTEGER, MPI_MAX, self%comm, ierr)
-    if (fail_flag == 2) then
+    if (severity == 0 .and. maxabs > self%cfg%max_abs) severity = 1
+    values(1) = maxabs
+  end subroutine l96_check_local
+
+  !> The failure of the reduced check, else (coarse) the drift test at its intervals.
+  subroutine l96_check_finish(self, step, severity, values, failure)
+    class(l96_host_t), intent(inout) :: self
+    integer, intent(in) :: step
+    integer, intent(in) :: severity
+    real(dp), intent(in) :: values(N_CHECK_VALUES)
+    type(failure_t), intent(out) :: failure
+    if (self%cfg%mode == 'truth') then
+      if (severity > 0) failure = failure_t(.true., 'bounds', 'x', 'the truth run left '// &
+                                            '|x| <= max_abs (is dt too large?)')
+      return
+    end if
+    if (severity == 2) then
       failure = failure_t(.true., 'nonfinite', 'x', 'x is not finite')
-    else if (fail_flag == 1) then
-      call MPI_Allreduce(MPI_IN_PLACE, maxabs, 1, MPI_DOUBLE_PRECISION, MPI_MAX, self%comm, ierr)
-      failure = failure_t(.true., 'bounds', 'x', '|x| = '//ftoa(maxabs)//' > max_abs = '// &
+    else if (severity == 1) then
+      failure = failure_t(.true., 'bounds', 'x', '|x| = '//ftoa(values(1))//' > max_abs = '// &
                           ftoa(self%cfg%max_abs))
     else if (self%cfg%drift_check .and. mod(step, self%cfg%drift_sample_interval) == 0) then
       call drift_test(self, step, failure)
     end if
-  end subroutine l96_check
+  end subroutine l96_check_finish
 
   !> Samples the state into the current window; at a window's end, its mean and std against
   !> the truth climatology in units of their spread over truth windows (collective).

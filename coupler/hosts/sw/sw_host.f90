@@ -74,6 +74,7 @@ module sw_host
     character(len=8) :: inject_value = 'nan'        !< what is injected: nan, inf or -inf
     real(dp) :: wind_scale = 1
     logical :: relaxation = .true.
+    type(batch_keys_t) :: batch                     !< n_runs, init_indices, seeds, run_dirs, ...
     ! &sw_failure
     real(dp) :: max_speed = 50                      !< m/s, on |u| and |v|
     real(dp) :: energy_max = 0, energy_warn = 0     !< m^3/s^2 (domain mean); 0: off
@@ -96,7 +97,6 @@ module sw_host
     real(dp), allocatable :: fh1(:, :)                  !< theta_h at the step's first stage
     real(dp), allocatable :: wind_u(:, :), wind_v(:, :), h_eq(:, :)  !< static patterns
     integer, allocatable :: ip(:), im(:)                !< periodic x neighbours
-    real(wp), allocatable :: nn_in(:, :), nn_out(:, :)
     integer, allocatable :: counts(:), displs(:)
     real(dp), allocatable :: ug(:, :), vg(:, :), hg(:, :), wg(:, :)  !< gathered on rank 0
     real(dp) :: d0(ND) = 0                              !< the diagnostics before step 1
@@ -110,11 +110,17 @@ module sw_host
     procedure :: settings => sw_settings
     procedure :: validate => sw_validate
     procedure :: setup => sw_setup
+    procedure :: for_run => sw_for_run
+    procedure :: state_bytes => sw_state_bytes
     procedure :: coupler_spec => sw_coupler_spec
+    procedure :: network_columns => sw_network_columns
+    procedure :: n_stages => sw_n_stages
     procedure :: start => sw_start
-    procedure :: step => sw_host_step
+    procedure :: stage_begin => sw_stage_begin
+    procedure :: stage_end => sw_stage_end
     procedure :: inject => sw_inject
-    procedure :: check => sw_check
+    procedure :: check_local => sw_check_local
+    procedure :: check_finish => sw_check_finish
     procedure :: record => sw_record
     procedure :: summarize => sw_summarize
     procedure :: write_output => sw_write_output
@@ -146,20 +152,23 @@ contains
     integer, intent(out) :: iostat
     character(len=*), intent(inout) :: iomsg
     integer :: nx, ny, n_steps, spinup_steps, init_index, output_interval, sample_interval, &
-               inject_nan_step, inject_nan_column, energy_check_interval
+               inject_nan_step, inject_nan_column, energy_check_interval, n_runs, &
+               init_indices(MAX_RUNS), inject_nan_run
     real(dp) :: dx, dy, f0, g, depth, viscosity, drag_days, wind_u0, wind_days, relax_days, &
                 h_eq_amplitude, dt, wind_scale, max_speed, energy_max, energy_warn, clim_ke, &
                 clim_pe, clim_h_std, clim_speed_mean
     character(len=16) :: mode, closure
     character(len=8) :: inject_value
     character(len=1024) :: init_file, output_dir
-    integer(i8) :: seed
+    character(len=DIR_LEN) :: run_dirs(MAX_RUNS)
+    integer(i8) :: seed, seeds(MAX_RUNS), max_batch_bytes
     logical :: relaxation
     namelist /sw_model/ nx, ny, dx, dy, f0, g, depth, viscosity, drag_days, wind_u0, &
       wind_days, relax_days, h_eq_amplitude
     namelist /sw_run/ mode, closure, dt, n_steps, spinup_steps, seed, init_file, init_index, &
       output_dir, output_interval, sample_interval, inject_nan_step, inject_nan_column, &
-      inject_value, wind_scale, relaxation
+      inject_value, wind_scale, relaxation, n_runs, init_indices, seeds, run_dirs, inject_nan_run, &
+      max_batch_bytes
     namelist /sw_failure/ max_speed, energy_max, energy_warn, energy_check_interval, clim_ke, &
       clim_pe, clim_h_std, clim_speed_mean
 
@@ -174,6 +183,9 @@ contains
     output_interval = cfg%output_interval; sample_interval = cfg%sample_interval
     inject_nan_step = cfg%inject_nan_step; inject_nan_column = cfg%inject_nan_column
     inject_value = cfg%inject_value; wind_scale = cfg%wind_scale; relaxation = cfg%relaxation
+    n_runs = cfg%batch%n_runs; init_indices = cfg%batch%init_indices; seeds = cfg%batch%seeds
+    run_dirs = cfg%batch%run_dirs; inject_nan_run = cfg%batch%inject_nan_run
+    max_batch_bytes = cfg%batch%max_batch_bytes
     max_speed = cfg%max_speed; energy_max = cfg%energy_max; energy_warn = cfg%energy_warn
     energy_check_interval = cfg%energy_check_interval; clim_ke = cfg%clim_ke
     clim_pe = cfg%clim_pe; clim_h_std = cfg%clim_h_std; clim_speed_mean = cfg%clim_speed_mean
@@ -207,6 +219,9 @@ contains
     cfg%output_interval = output_interval; cfg%sample_interval = sample_interval
     cfg%inject_nan_step = inject_nan_step; cfg%inject_nan_column = inject_nan_column
     cfg%inject_value = inject_value; cfg%wind_scale = wind_scale; cfg%relaxation = relaxation
+    cfg%batch = batch_keys_t(n_runs=n_runs, init_indices=init_indices, seeds=seeds, &
+                             run_dirs=run_dirs, inject_nan_run=inject_nan_run, &
+                             max_batch_bytes=max_batch_bytes)
     cfg%max_speed = max_speed; cfg%energy_max = energy_max; cfg%energy_warn = energy_warn
     cfg%energy_check_interval = energy_check_interval; cfg%clim_ke = clim_ke
     cfg%clim_pe = clim_pe; cfg%clim_h_std = clim_h_std; cfg%clim_speed_mean = clim_speed_mean
@@ -225,7 +240,8 @@ contains
                        output_dir=self%cfg%output_dir, n_columns=self%cfg%nx * self%cfg%ny, &
                        inject_nan_step=self%cfg%inject_nan_step, &
                        inject_nan_column=self%cfg%inject_nan_column, &
-                       inject_value=self%cfg%inject_value, record_size=1 + ND)
+                       inject_value=self%cfg%inject_value, record_size=1 + ND, &
+                       batch=self%cfg%batch)
     if (self%cfg%mode == 'truth') s%record_size = N_FIELDS * self%cfg%nx * self%cfg%ny + ND
   end function sw_settings
 
@@ -254,16 +270,47 @@ contains
     spec%output_name = 'theta'
   end function sw_coupler_spec
 
+  subroutine sw_for_run(self, init_index, seed)
+    class(sw_host_t), intent(inout) :: self
+    integer, intent(in) :: init_index
+    integer(i8), intent(in) :: seed
+    self%cfg%init_index = init_index
+    self%cfg%seed = seed
+  end subroutine sw_for_run
+
+  !> What setup allocates on the rank with the most rows.
+  function sw_state_bytes(self) result(bytes)
+    class(sw_host_t), intent(in) :: self
+    integer(i8) :: bytes
+    integer(i8) :: n, nx
+    nx = self%cfg%nx
+    n = (self%cfg%ny + self%nranks - 1) / self%nranks
+    bytes = 8 * (11 * nx * (n + 2) + 10 * nx * n + nx) + &
+            storage_size(1.0_wp) / 8 * (N_IN + N_OUT) * nx * n
+    if (self%rank == 0) bytes = bytes + 8 * 4 * nx * self%cfg%ny
+  end function sw_state_bytes
+
+  subroutine sw_network_columns(self, n_columns, column_offset)
+    class(sw_host_t), intent(in) :: self
+    integer, intent(out) :: n_columns, column_offset
+    n_columns = self%ncol
+    column_offset = (self%first - 1) * self%cfg%nx
+  end subroutine sw_network_columns
+
+  integer function sw_n_stages(self)
+    class(sw_host_t), intent(in) :: self
+    sw_n_stages = 3
+  end function sw_n_stages
+
   !> Coarse: the truth-forced spin-up (not counted in the steps; from a seeded state). Both
   !> modes: the diagnostics of the state before step 1, for the drifts.
   subroutine sw_start(self, run)
     class(sw_host_t), intent(inout) :: self
     type(host_run_t), intent(inout) :: run
-    integer :: step, stat
-    character(len=1024) :: errmsg
+    integer :: step
     if (self%cfg%mode == 'coarse') then
       do step = 1, self%cfg%spinup_steps
-        call sw_step(self%cfg, self, run, 0, 'truth', stat, errmsg)
+        call sw_step(self%cfg, self, 'truth')
       end do
       self%fh1 = ieee_nan()
       self%e_max = ieee_nan()
@@ -272,17 +319,27 @@ contains
     call global_diag(self%cfg, self, self%d0)
   end subroutine sw_start
 
-  subroutine sw_host_step(self, run, step, stat, errmsg)
+  subroutine sw_stage_begin(self, step, stage, nn_in)
     class(sw_host_t), intent(inout) :: self
-    type(host_run_t), intent(inout) :: run
-    integer, intent(in) :: step
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
+    integer, intent(in) :: step, stage
+    real(wp), intent(inout), contiguous :: nn_in(:, :)
+    call stage_begin(self%cfg, self, stage, mode_closure(self%cfg), nn_in)
+  end subroutine sw_stage_begin
+
+  subroutine sw_stage_end(self, step, stage, nn_out)
+    class(sw_host_t), intent(inout) :: self
+    integer, intent(in) :: step, stage
+    real(wp), intent(in), contiguous :: nn_out(:, :)
+    call stage_end(self%cfg, self, stage, mode_closure(self%cfg), nn_out)
+  end subroutine sw_stage_end
+
+  !> The closure of the mode: truth runs with the truth forcing.
+  pure function mode_closure(cfg) result(closure)
+    type(sw_config_t), intent(in) :: cfg
     character(len=16) :: closure
     closure = 'truth'
-    if (self%cfg%mode == 'coarse') closure = self%cfg%closure
-    call sw_step(self%cfg, self, run, step, closure, stat, errmsg)
-  end subroutine sw_host_step
+    if (cfg%mode == 'coarse') closure = cfg%closure
+  end function mode_closure
 
   subroutine sw_inject(self, column, value)
     class(sw_host_t), intent(inout) :: self
@@ -294,16 +351,75 @@ contains
     if (j >= 1 .and. j <= self%n) self%h(i, j) = value
   end subroutine sw_inject
 
-  !> The state's checks after every step (check_state); in coarse mode also the energy every
-  !> energy_check_interval steps (its maximum and the first step above energy_warn are kept).
-  subroutine sw_check(self, step, failure)
+  !> The state's checks on this rank's rows: non-finite u, v, h; depth + h <= 0; |u| or |v| >
+  !> max_speed. severity C_OK - code of the lowest code that fired (0: none); values =
+  !> (-min(depth + h), max |u|, max |v|), maxima over the ranks once reduced.
+  subroutine sw_check_local(self, step, severity, values)
     class(sw_host_t), intent(inout) :: self
     integer, intent(in) :: step
+    integer, intent(out) :: severity
+    real(dp), intent(out) :: values(N_CHECK_VALUES)
+    integer :: code, i, j
+    real(dp) :: umax, vmax, dmin
+    code = C_OK
+    umax = 0
+    vmax = 0
+    dmin = huge(1.0_dp)
+    do j = 1, self%n
+      do i = 1, self%cfg%nx
+        if (.not. (abs(self%u(i, j)) <= huge(1.0_dp))) code = min(code, C_NAN_U)
+        if (.not. (abs(self%v(i, j)) <= huge(1.0_dp))) code = min(code, C_NAN_V)
+        if (.not. (abs(self%h(i, j)) <= huge(1.0_dp))) code = min(code, C_NAN_H)
+        umax = max(umax, abs(self%u(i, j)))
+        vmax = max(vmax, abs(self%v(i, j)))
+        dmin = min(dmin, self%cfg%depth + self%h(i, j))
+      end do
+    end do
+    if (code == C_OK) then
+      if (dmin <= 0) then
+        code = C_DEPTH
+      else if (umax > self%cfg%max_speed) then
+        code = C_SPEED_U
+      else if (vmax > self%cfg%max_speed) then
+        code = C_SPEED_V
+      end if
+    end if
+    severity = C_OK - code
+    values(1) = -dmin
+    values(2) = umax
+    values(3) = vmax
+    values(4) = 0
+  end subroutine sw_check_local
+
+  !> The failure of the reduced state check; in coarse mode also the energy every
+  !> energy_check_interval steps (its maximum and the first step above energy_warn are kept).
+  subroutine sw_check_finish(self, step, severity, values, failure)
+    class(sw_host_t), intent(inout) :: self
+    integer, intent(in) :: step
+    integer, intent(in) :: severity
+    real(dp), intent(in) :: values(N_CHECK_VALUES)
     type(failure_t), intent(out) :: failure
     real(dp) :: d(ND)
-    integer :: flag
+    integer :: flag, code
     associate (cfg => self%cfg)
-    call check_state(cfg, self, failure%failed, failure%reason, failure%variable, failure%message)
+    code = C_OK - severity
+    select case (code)
+    case (C_NAN_U, C_NAN_V, C_NAN_H)
+      failure%reason = 'nonfinite'
+      failure%variable = merge('u', merge('v', 'h', code == C_NAN_V), code == C_NAN_U)
+      failure%message = trim(failure%variable)//' is not finite'
+    case (C_DEPTH)
+      failure%reason = 'negative_depth'
+      failure%variable = 'h'
+      failure%message = 'depth + h = '//ftoa(-values(1))//' <= 0'
+    case (C_SPEED_U, C_SPEED_V)
+      failure%reason = 'bounds'
+      failure%variable = merge('u', 'v', code == C_SPEED_U)
+      failure%message = '|'//trim(failure%variable)//'| = '// &
+                        ftoa(values(merge(2, 3, code == C_SPEED_U)))//' > max_speed = '// &
+                        ftoa(cfg%max_speed)
+    end select
+    failure%failed = code /= C_OK
     if (failure%failed) then
       if (cfg%mode == 'truth') failure%message = 'the truth run: '//trim(failure%message)// &
                                                  ' (is dt too large?)'
@@ -330,7 +446,7 @@ contains
       failure%variable = 'energy'
     end if
     end associate
-  end subroutine sw_check
+  end subroutine sw_check_finish
 
   !> Coarse: the step and the global diagnostics. Truth: the state and theta of the state,
   !> gathered on rank 0, and the diagnostics.
@@ -571,16 +687,20 @@ contains
     n = s%n
     allocate (s%u(nx, 0:n + 1), s%v(nx, 0:n + 1), s%h(nx, 0:n + 1), s%us(nx, 0:n + 1), &
               s%vs(nx, 0:n + 1), s%hs(nx, 0:n + 1), s%dd(nx, 0:n + 1), s%uf(nx, 0:n + 1), &
-              s%vf(nx, 0:n + 1), s%q(nx, 0:n + 1), s%bern(nx, 0:n + 1), source=0.0_dp)
-    allocate (s%du(nx, n), s%dv(nx, n), s%dh(nx, n), s%fu(nx, n), s%fv(nx, n), s%fh(nx, n), &
-              s%fh1(nx, n), s%wind_u(nx, n), s%wind_v(nx, n), s%h_eq(nx, n), source=0.0_dp)
+              s%vf(nx, 0:n + 1), s%q(nx, 0:n + 1), s%bern(nx, 0:n + 1), &
+              s%du(nx, n), s%dv(nx, n), s%dh(nx, n), s%fu(nx, n), s%fv(nx, n), s%fh(nx, n), &
+              s%fh1(nx, n), s%wind_u(nx, n), s%wind_v(nx, n), s%h_eq(nx, n), source=0.0_dp, &
+              stat=stat)
+    if (stat /= 0) then
+      errmsg = 'cannot allocate the state of nx = '//itoa(nx)//' by '//itoa(n)//' rows'
+      return
+    end if
     allocate (s%ip(nx), s%im(nx))
     do i = 1, nx
       s%ip(i) = modulo(i, nx) + 1
       s%im(i) = modulo(i - 2, nx) + 1
     end do
     s%ncol = nx * n
-    allocate (s%nn_in(N_IN, s%ncol), s%nn_out(N_OUT, s%ncol), source=0.0_wp)
     call gather_layout(nx, n, s%comm, s%counts, s%displs)
     mg = merge(nx, 1, s%rank == 0)
     ng = merge(cfg%ny, 1, s%rank == 0)
@@ -773,21 +893,19 @@ contains
     x(5) = real(a(i, j + 1), wp)
   end subroutine stencil5
 
-  !> theta of the state (u, v, h) from the closure, into s%fu, s%fv, s%fh. For 'nn', one coupler
-  !> call with all of this rank's columns (local column c = i + (j-1) nx, global offset
-  !> (first-1) nx). stat /= 0: the NN failed.
-  subroutine forcing(cfg, s, run, step, closure, u, v, h, stat, errmsg)
+  !> The halos of the stage's state (u, v, h), then theta from the closure into s%fu, s%fv,
+  !> s%fh, or for 'nn' the network's inputs of this rank's columns into nn_in (local column
+  !> c = i + (j-1) nx; the driver calls the coupler, theta is taken in forcing_end).
+  subroutine forcing_begin(cfg, s, closure, u, v, h, nn_in)
     type(sw_config_t), intent(in) :: cfg
     class(sw_host_t), intent(inout) :: s
-    type(host_run_t), intent(inout) :: run   !! the network's calls and timer
-    integer, intent(in) :: step
     character(len=*), intent(in) :: closure
-    real(dp), intent(in) :: u(:, 0:), v(:, 0:), h(:, 0:)
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
+    real(dp), intent(inout) :: u(:, 0:), v(:, 0:), h(:, 0:)
+    real(wp), intent(inout), contiguous :: nn_in(:, :)
     integer :: i, j, c
-    stat = 0
-    errmsg = ''
+    call ring_exchange(u, s%n, 1, 1, s%comm)
+    call ring_exchange(v, s%n, 1, 1, s%comm)
+    call ring_exchange(h, s%n, 1, 1, s%comm)
     select case (closure)
     case ('none')
       s%fu = 0
@@ -799,136 +917,96 @@ contains
       do j = 1, s%n
         do i = 1, cfg%nx
           c = i + (j - 1) * cfg%nx
-          call stencil5(u, i, j, s%im(i), s%ip(i), s%nn_in(1:5, c))
-          call stencil5(v, i, j, s%im(i), s%ip(i), s%nn_in(6:10, c))
-          call stencil5(h, i, j, s%im(i), s%ip(i), s%nn_in(11:15, c))
-        end do
-      end do
-      call run%network(s%nn_in, s%nn_out, (s%first - 1) * cfg%nx, step, stat, errmsg)
-      do j = 1, s%n
-        do i = 1, cfg%nx
-          c = i + (j - 1) * cfg%nx
-          s%fu(i, j) = real(s%nn_out(1, c), dp)
-          s%fv(i, j) = real(s%nn_out(2, c), dp)
-          s%fh(i, j) = real(s%nn_out(3, c), dp)
+          call stencil5(u, i, j, s%im(i), s%ip(i), nn_in(1:5, c))
+          call stencil5(v, i, j, s%im(i), s%ip(i), nn_in(6:10, c))
+          call stencil5(h, i, j, s%im(i), s%ip(i), nn_in(11:15, c))
         end do
       end do
     end select
-  end subroutine forcing
+  end subroutine forcing_begin
 
-  !> One RK stage: halos of (u, v, h), theta from the closure, the tendencies into s%du, s%dv,
-  !> s%dh. A failure on any rank is a failure on every rank (stat /= 0 everywhere).
-  subroutine stage_tendency(cfg, s, run, step, closure, u, v, h, stat, errmsg)
+  !> For 'nn': theta from the network's outputs.
+  subroutine forcing_end(cfg, s, closure, nn_out)
     type(sw_config_t), intent(in) :: cfg
     class(sw_host_t), intent(inout) :: s
-    type(host_run_t), intent(inout) :: run   !! the network's calls and timer
-    integer, intent(in) :: step
     character(len=*), intent(in) :: closure
-    real(dp), intent(inout) :: u(:, 0:), v(:, 0:), h(:, 0:)
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
-    call ring_exchange(u, s%n, 1, 1, s%comm)
-    call ring_exchange(v, s%n, 1, 1, s%comm)
-    call ring_exchange(h, s%n, 1, 1, s%comm)
-    call forcing(cfg, s, run, step, closure, u, v, h, stat, errmsg)
-    if (share_error(stat /= 0, errmsg, s%comm)) then
-      stat = 1
-      return
+    real(wp), intent(in), contiguous :: nn_out(:, :)
+    integer :: i, j, c
+    if (closure /= 'nn') return
+    do j = 1, s%n
+      do i = 1, cfg%nx
+        c = i + (j - 1) * cfg%nx
+        s%fu(i, j) = real(nn_out(1, c), dp)
+        s%fv(i, j) = real(nn_out(2, c), dp)
+        s%fh(i, j) = real(nn_out(3, c), dp)
+      end do
+    end do
+  end subroutine forcing_end
+
+  !> Stage `stage` of SSP-RK3 (Shu-Osher) up to its closure: the state of the stage (x, then
+  !> x1, then x2 in us, vs, hs) and its forcing (forcing_begin).
+  subroutine stage_begin(cfg, s, stage, closure, nn_in)
+    type(sw_config_t), intent(in) :: cfg
+    class(sw_host_t), intent(inout) :: s
+    integer, intent(in) :: stage
+    character(len=*), intent(in) :: closure
+    real(wp), intent(inout), contiguous :: nn_in(:, :)
+    if (stage == 1) then
+      call forcing_begin(cfg, s, closure, s%u, s%v, s%h, nn_in)
+    else
+      call forcing_begin(cfg, s, closure, s%us, s%vs, s%hs, nn_in)
     end if
-    call dynamics(cfg, s, u, v, h)
-  end subroutine stage_tendency
+  end subroutine stage_begin
 
-  !> One SSP-RK3 (Shu-Osher) step of the state with theta from `closure` at every stage:
+  !> The rest of the stage: theta, the tendencies L and the update
   !>   x1 = x + dt L(x),  x2 = 3/4 x + 1/4 (x1 + dt L(x1)),  x <- 1/3 x + 2/3 (x2 + dt L(x2)).
-  subroutine sw_step(cfg, s, run, step, closure, stat, errmsg)
+  subroutine stage_end(cfg, s, stage, closure, nn_out)
     type(sw_config_t), intent(in) :: cfg
     class(sw_host_t), intent(inout) :: s
-    type(host_run_t), intent(inout) :: run   !! the network's calls and timer
-    integer, intent(in) :: step
+    integer, intent(in) :: stage
     character(len=*), intent(in) :: closure
-    integer, intent(out) :: stat
-    character(len=*), intent(out) :: errmsg
+    real(wp), intent(in), contiguous :: nn_out(:, :)
     real(dp), parameter :: THIRD = 1.0_dp / 3, TWO_THIRDS = 2.0_dp / 3
     real(dp) :: dt
     integer :: n
     dt = cfg%dt
     n = s%n
-    call stage_tendency(cfg, s, run, step, closure, s%u, s%v, s%h, stat, errmsg)
-    if (stat /= 0) return
-    s%fh1 = s%fh
-    s%us(:, 1:n) = s%u(:, 1:n) + dt * s%du
-    s%vs(:, 1:n) = s%v(:, 1:n) + dt * s%dv
-    s%hs(:, 1:n) = s%h(:, 1:n) + dt * s%dh
-    call stage_tendency(cfg, s, run, step, closure, s%us, s%vs, s%hs, stat, errmsg)
-    if (stat /= 0) return
-    s%us(:, 1:n) = 0.75_dp * s%u(:, 1:n) + 0.25_dp * (s%us(:, 1:n) + dt * s%du)
-    s%vs(:, 1:n) = 0.75_dp * s%v(:, 1:n) + 0.25_dp * (s%vs(:, 1:n) + dt * s%dv)
-    s%hs(:, 1:n) = 0.75_dp * s%h(:, 1:n) + 0.25_dp * (s%hs(:, 1:n) + dt * s%dh)
-    call stage_tendency(cfg, s, run, step, closure, s%us, s%vs, s%hs, stat, errmsg)
-    if (stat /= 0) return
-    s%u(:, 1:n) = THIRD * s%u(:, 1:n) + TWO_THIRDS * (s%us(:, 1:n) + dt * s%du)
-    s%v(:, 1:n) = THIRD * s%v(:, 1:n) + TWO_THIRDS * (s%vs(:, 1:n) + dt * s%dv)
-    s%h(:, 1:n) = THIRD * s%h(:, 1:n) + TWO_THIRDS * (s%hs(:, 1:n) + dt * s%dh)
+    call forcing_end(cfg, s, closure, nn_out)
+    select case (stage)
+    case (1)
+      call dynamics(cfg, s, s%u, s%v, s%h)
+      s%fh1 = s%fh
+      s%us(:, 1:n) = s%u(:, 1:n) + dt * s%du
+      s%vs(:, 1:n) = s%v(:, 1:n) + dt * s%dv
+      s%hs(:, 1:n) = s%h(:, 1:n) + dt * s%dh
+    case (2)
+      call dynamics(cfg, s, s%us, s%vs, s%hs)
+      s%us(:, 1:n) = 0.75_dp * s%u(:, 1:n) + 0.25_dp * (s%us(:, 1:n) + dt * s%du)
+      s%vs(:, 1:n) = 0.75_dp * s%v(:, 1:n) + 0.25_dp * (s%vs(:, 1:n) + dt * s%dv)
+      s%hs(:, 1:n) = 0.75_dp * s%h(:, 1:n) + 0.25_dp * (s%hs(:, 1:n) + dt * s%dh)
+    case (3)
+      call dynamics(cfg, s, s%us, s%vs, s%hs)
+      s%u(:, 1:n) = THIRD * s%u(:, 1:n) + TWO_THIRDS * (s%us(:, 1:n) + dt * s%du)
+      s%v(:, 1:n) = THIRD * s%v(:, 1:n) + TWO_THIRDS * (s%vs(:, 1:n) + dt * s%dv)
+      s%h(:, 1:n) = THIRD * s%h(:, 1:n) + TWO_THIRDS * (s%hs(:, 1:n) + dt * s%dh)
+    end select
+  end subroutine stage_end
+
+  !> One SSP-RK3 step with a closure that is not the network (the coarse run's spin-up).
+  subroutine sw_step(cfg, s, closure)
+    type(sw_config_t), intent(in) :: cfg
+    class(sw_host_t), intent(inout) :: s
+    character(len=*), intent(in) :: closure
+    real(wp) :: no_columns(N_IN, 0)
+    integer :: stage
+    do stage = 1, 3
+      call stage_begin(cfg, s, stage, closure, no_columns)
+      call stage_end(cfg, s, stage, closure, no_columns)
+    end do
   end subroutine sw_step
 
   ! ---------------------------------------------------------------------------------------
   ! checks and global diagnostics
-
-  !> The per-step failure test (collective): non-finite u, v, h; depth + h <= 0; |u| or |v| >
-  !> max_speed. failed is the same on every rank, and so are reason, variable and msg.
-  subroutine check_state(cfg, s, failed, reason, variable, msg)
-    type(sw_config_t), intent(in) :: cfg
-    class(sw_host_t), intent(in) :: s
-    logical, intent(out) :: failed
-    character(len=*), intent(out) :: reason, variable, msg
-    integer :: code, i, j, ierr
-    real(dp) :: umax, vmax, dmin
-    code = C_OK
-    umax = 0
-    vmax = 0
-    dmin = huge(1.0_dp)
-    do j = 1, s%n
-      do i = 1, cfg%nx
-        if (.not. (abs(s%u(i, j)) <= huge(1.0_dp))) code = min(code, C_NAN_U)
-        if (.not. (abs(s%v(i, j)) <= huge(1.0_dp))) code = min(code, C_NAN_V)
-        if (.not. (abs(s%h(i, j)) <= huge(1.0_dp))) code = min(code, C_NAN_H)
-        umax = max(umax, abs(s%u(i, j)))
-        vmax = max(vmax, abs(s%v(i, j)))
-        dmin = min(dmin, cfg%depth + s%h(i, j))
-      end do
-    end do
-    if (code == C_OK) then
-      if (dmin <= 0) then
-        code = C_DEPTH
-      else if (umax > cfg%max_speed) then
-        code = C_SPEED_U
-      else if (vmax > cfg%max_speed) then
-        code = C_SPEED_V
-      end if
-    end if
-    call MPI_Allreduce(MPI_IN_PLACE, code, 1, MPI_INTEGER, MPI_MIN, s%comm, ierr)
-    failed = code /= C_OK
-    reason = ''
-    variable = ''
-    msg = ''
-    select case (code)
-    case (C_NAN_U, C_NAN_V, C_NAN_H)
-      reason = 'nonfinite'
-      variable = merge('u', merge('v', 'h', code == C_NAN_V), code == C_NAN_U)
-      msg = trim(variable)//' is not finite'
-    case (C_DEPTH)
-      call MPI_Allreduce(MPI_IN_PLACE, dmin, 1, MPI_DOUBLE_PRECISION, MPI_MIN, s%comm, ierr)
-      reason = 'negative_depth'
-      variable = 'h'
-      msg = 'depth + h = '//ftoa(dmin)//' <= 0'
-    case (C_SPEED_U, C_SPEED_V)
-      if (code == C_SPEED_V) umax = vmax
-      call MPI_Allreduce(MPI_IN_PLACE, umax, 1, MPI_DOUBLE_PRECISION, MPI_MAX, s%comm, ierr)
-      reason = 'bounds'
-      variable = merge('u', 'v', code == C_SPEED_U)
-      msg = '|'//trim(variable)//'| = '//ftoa(umax)//' > max_speed = '//ftoa(cfg%max_speed)
-    end select
-  end subroutine check_state
 
   !> Gathers u, v, h and theta_h of the first stage (s%fh1) on rank 0 (collective) and returns
   !> there the global diagnostics d(ND), summed in one order (D_* in this module):
