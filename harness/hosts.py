@@ -30,7 +30,8 @@ from .errors import HarnessError
 from .status import RunStatus
 
 __all__ = ["HOSTS", "HostRun", "host_executable", "host_defaults", "load_host_run",
-           "host_run_from_dict", "namelist_text", "run_host", "run_host_batch", "read_result"]
+           "host_run_from_dict", "namelist_text", "run_host", "run_host_batch",
+           "host_takes_batches", "read_result"]
 
 HOSTS = ("l96", "sw")
 SECTIONS = ("model", "run", "failure")
@@ -332,6 +333,12 @@ def run_host(run: HostRun, timeout: float | None = None) -> dict[str, Any]:
     return result
 
 
+def host_takes_batches(host: str, precision: str = "single", executable: str = "") -> bool:
+    """Whether the host program runs batches (its run group has n_runs; the protocol's
+    optional extension)."""
+    return "n_runs" in host_defaults(host, precision, executable).get(f"{host}_run", {})
+
+
 def run_host_batch(runs: list[HostRun], timeout: float | None = None,
                    batch_dir: Path | str | None = None) -> list[dict[str, Any]]:
     """Runs `runs` as one batch: one namelist (batch_dir/run.nml; by default the first run's
@@ -453,11 +460,6 @@ def _launch(run: HostRun, stale: list[Path], timeout: float | None) -> Path:
         raise HostError(f"{exe.name} {nml} wrote no result.json (exit {proc.returncode}):"
                         f" {proc.stderr.strip()[-2000:]}{_space_note(run.output_dir)}")
     return exe
-
-
-def run_host_batch(runs: list[HostRun], timeout: float | None = None) -> list[dict[str, Any]]:
-    """The results of several runs of one host and model (a study's couple task), in order."""
-    return [run_host(run, timeout=timeout) for run in runs]
 
 
 def _space_note(directory: Path) -> str:

@@ -129,7 +129,7 @@ class CoupleConfig:
     energy_factor: float = 10.0
     warn_factor: float = 2.0
     output_interval: int = 0            # 0: the host's default
-    #: wall-clock limit of one coupled run (s)
+    #: wall-clock limit of one coupled run (s); a batch of R runs gets R times it
     timeout: float = 3600.0
 
 

@@ -352,7 +352,7 @@ def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
     (batched runs: one coupler call per stage for all), each run with its own directory and
     result. The marker lists every run's outcome; a task killed half-way leaves no marker and
     is redone whole."""
-    from ..hosts import host_run_from_dict, run_host_batch
+    from ..hosts import host_run_from_dict, host_takes_batches, run_host, run_host_batch
     cfg, c = sd.config, sd.config.couple
     task = sd.plan["couple"][index]
     name, kind, ics = task["name"], task["kind"], task_ics(task)
@@ -360,8 +360,10 @@ def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
         _require(sd, "convert", [_candidate_index(sd, name)])
     elif kind == "ensemble":      # the members are the best of all candidates
         _require(sd, "convert", range(sd.n_tasks("convert")))
+    batch_dir = sd.run_dir(name, ics[0]).with_name(f"{name}-batch{ics[0]}")
     for ic in ics:
         sd.remove(sd.run_dir(name, ic))
+    sd.remove(batch_dir)
     cal = calibration(sd)
     plugin = host_plugin(cfg)
     base: dict[str, Any] = {**cfg.host.run, "mode": "coarse", "dt": c.dt, "n_steps": c.steps,
@@ -402,7 +404,12 @@ def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
                         "init_index": cal["init_indices"][ic]},
                 "failure": {**cfg.host.failure, **cal["failure"]}, "coupler": coupler}
         runs.append(host_run_from_dict(spec, sd.root, output_dir=sd.run_dir(name, ic)))
-    results = run_host_batch(runs, timeout=c.timeout)
+    if len(runs) > 1 and host_takes_batches(cfg.host.name, runs[0].precision,
+                                            cfg.host.executable):
+        # the runs share the process: the limit per run covers the batch once per run
+        results = run_host_batch(runs, timeout=c.timeout * len(runs), batch_dir=batch_dir)
+    else:
+        results = [run_host(run, timeout=c.timeout) for run in runs]
     return {**outcome, "runs": [{"ic": ic, "run_status": r.get("status"),
                                  "steps": r.get("steps"), "failure_step": r.get("failure_step"),
                                  "reason": r.get("reason")} for ic, r in zip(ics, results)]}
