@@ -78,9 +78,29 @@ static void gemm_d_generic(int m, int n, int k, const double *restrict a,
 #include <immintrin.h>
 
 /* Explicit fma intrinsics (the auto-vectorizer does not keep these tiles in registers reliably).
- * A tile is 2 vectors of rows x NR columns of accumulators; rows past m are masked out of the
- * loads (they load zeros) and of the stores, so tails run the same instructions. A column tail
- * runs one column at a time with the same per-element chain. */
+ * A tile is 2 vectors of rows x NT columns of accumulators; rows past m are masked out of the
+ * loads (they load zeros) and of the stores, so row tails run the same instructions. Columns go
+ * in tiles of NR, then 4, 2 and 1 (a tail of single columns would leave the FMA units waiting on
+ * two dependency chains); every tile keeps the same per-element chain. */
+#define COLNN_X86_TILE(NT, T, VEC, W, ZERO, SET1, FMA, LOADM, STOREM)                          \
+  {                                                                                           \
+    VEC acc0[NT], acc1[NT];                                                                   \
+    for (int jj = 0; jj < NT; jj++) acc0[jj] = acc1[jj] = ZERO();                             \
+    const T *bj = b + (size_t)j0 * k;                                                         \
+    for (int p = 0; p < k; p++) {                                                             \
+      const VEC a0 = LOADM(ai + (size_t)p * m, m0), a1 = LOADM(ai + (size_t)p * m + W, m1);   \
+      for (int jj = 0; jj < NT; jj++) {                                                       \
+        const VEC bv = SET1(bj[p + (size_t)jj * k]);                                          \
+        acc0[jj] = FMA(a0, bv, acc0[jj]);                                                     \
+        acc1[jj] = FMA(a1, bv, acc1[jj]);                                                     \
+      }                                                                                       \
+    }                                                                                         \
+    for (int jj = 0; jj < NT; jj++) {                                                         \
+      STOREM(ci + (size_t)(j0 + jj) * m, m0, acc0[jj]);                                       \
+      STOREM(ci + (size_t)(j0 + jj) * m + W, m1, acc1[jj]);                                   \
+    }                                                                                         \
+  }
+
 #define COLNN_X86_KERNEL(NAME, T, VEC, W, NR, ZERO, SET1, FMA, LOADM, STOREM, MASKT, MASKOF)   \
   static void NAME(int m, int n, int k, const T *restrict a, const T *restrict b,             \
                    T *restrict c)                                                             \
@@ -91,34 +111,14 @@ static void gemm_d_generic(int m, int n, int k, const double *restrict a,
       const T *ai = a + i0;                                                                   \
       T *ci = c + i0;                                                                         \
       int j0 = 0;                                                                             \
-      for (; j0 + NR <= n; j0 += NR) {                                                        \
-        VEC acc0[NR], acc1[NR];                                                               \
-        for (int jj = 0; jj < NR; jj++) acc0[jj] = acc1[jj] = ZERO();                         \
-        const T *bj = b + (size_t)j0 * k;                                                     \
-        for (int p = 0; p < k; p++) {                                                         \
-          const VEC a0 = LOADM(ai + (size_t)p * m, m0), a1 = LOADM(ai + (size_t)p * m + W, m1); \
-          for (int jj = 0; jj < NR; jj++) {                                                   \
-            const VEC bv = SET1(bj[p + (size_t)jj * k]);                                      \
-            acc0[jj] = FMA(a0, bv, acc0[jj]);                                                 \
-            acc1[jj] = FMA(a1, bv, acc1[jj]);                                                 \
-          }                                                                                   \
-        }                                                                                     \
-        for (int jj = 0; jj < NR; jj++) {                                                     \
-          STOREM(ci + (size_t)(j0 + jj) * m, m0, acc0[jj]);                                   \
-          STOREM(ci + (size_t)(j0 + jj) * m + W, m1, acc1[jj]);                               \
-        }                                                                                     \
-      }                                                                                       \
-      for (; j0 < n; j0++) {                                                                  \
-        VEC acc0 = ZERO(), acc1 = ZERO();                                                     \
-        const T *bj = b + (size_t)j0 * k;                                                     \
-        for (int p = 0; p < k; p++) {                                                         \
-          const VEC bv = SET1(bj[p]);                                                         \
-          acc0 = FMA(LOADM(ai + (size_t)p * m, m0), bv, acc0);                                \
-          acc1 = FMA(LOADM(ai + (size_t)p * m + W, m1), bv, acc1);                            \
-        }                                                                                     \
-        STOREM(ci + (size_t)j0 * m, m0, acc0);                                                \
-        STOREM(ci + (size_t)j0 * m + W, m1, acc1);                                            \
-      }                                                                                       \
+      for (; j0 + NR <= n; j0 += NR)                                                          \
+        COLNN_X86_TILE(NR, T, VEC, W, ZERO, SET1, FMA, LOADM, STOREM)                         \
+      for (; j0 + 4 <= n; j0 += 4)                                                            \
+        COLNN_X86_TILE(4, T, VEC, W, ZERO, SET1, FMA, LOADM, STOREM)                          \
+      for (; j0 + 2 <= n; j0 += 2)                                                            \
+        COLNN_X86_TILE(2, T, VEC, W, ZERO, SET1, FMA, LOADM, STOREM)                          \
+      for (; j0 < n; j0++)                                                                    \
+        COLNN_X86_TILE(1, T, VEC, W, ZERO, SET1, FMA, LOADM, STOREM)                          \
     }                                                                                         \
   }
 

@@ -347,9 +347,17 @@ contains
       end if
       ws%block = cache_block
     end if
-    ! the partition does not depend on the thread count, so results are bitwise the same for
-    ! any OMP_NUM_THREADS; few columns are still cut into up to MIN_SPLIT blocks for the threads
-    block = min(cache_block, max(MIN_BLOCK, (nc + MIN_SPLIT - 1) / MIN_SPLIT))
+    if (self%batch_invariant) then
+      ! a column's result does not depend on its block: one block per thread (each block streams
+      ! every weight once), in whole register tiles of 8 columns
+      block = (nc + n_threads - 1) / n_threads
+      block = min(cache_block, max(MIN_BLOCK, 8 * ((block + 7) / 8)))
+    else
+      ! the BLAS' results depend on the block, so the partition must not depend on the thread
+      ! count (bitwise the same for any OMP_NUM_THREADS); few columns are still cut into up to
+      ! MIN_SPLIT blocks for the threads
+      block = min(cache_block, max(MIN_BLOCK, (nc + MIN_SPLIT - 1) / MIN_SPLIT))
+    end if
     n_blocks = (nc + block - 1) / block
     !$omp parallel do schedule(static) private(j0, m, t) if(n_blocks > 1)
     do ib = 1, n_blocks
