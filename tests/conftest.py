@@ -82,3 +82,15 @@ def small_disk(tmp_path: Path):
     yield mount
     for path in mounted:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
+    """The single-precision build installed into a fresh prefix (once a session), as a host
+    model, a GCM build or a host of one's own finds it."""
+    prefix = tmp_path_factory.mktemp("prefix")
+    subprocess.run(["cmake", "--build", str(repo_root / "build/single")], check=True,
+                   capture_output=True)
+    subprocess.run(["cmake", "--install", str(repo_root / "build/single"), "--prefix",
+                    str(prefix)], check=True, capture_output=True)
+    return prefix

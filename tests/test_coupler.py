@@ -18,17 +18,6 @@ from test_ensemble import member
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
-    """The single-precision build installed into a fresh prefix, as a host model finds it."""
-    prefix = tmp_path_factory.mktemp("prefix")
-    subprocess.run(["cmake", "--build", str(repo_root / "build/single")], check=True,
-                   capture_output=True)
-    subprocess.run(["cmake", "--install", str(repo_root / "build/single"), "--prefix",
-                    str(prefix)], check=True, capture_output=True)
-    return prefix
-
-
-@pytest.fixture(scope="module")
 def installed_double(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
     prefix = tmp_path_factory.mktemp("prefix_double")
     subprocess.run(["cmake", "--build", str(repo_root / "build/double")], check=True,

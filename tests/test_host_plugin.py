@@ -24,13 +24,9 @@ SCM = Path(__file__).resolve().parent.parent / "examples" / "hosts" / "scm"
 
 
 @pytest.fixture(scope="module")
-def scm_host(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
+def scm_host(tmp_path_factory: pytest.TempPathFactory, installed: Path) -> Path:
     """colnn_scm built by its own Makefile against an installed prefix, pkg-config only."""
-    prefix = tmp_path_factory.mktemp("prefix")
-    subprocess.run(["cmake", "--build", str(repo_root / "build/single")], check=True,
-                   capture_output=True)
-    subprocess.run(["cmake", "--install", str(repo_root / "build/single"), "--prefix",
-                    str(prefix)], check=True, capture_output=True)
+    prefix = installed
     src = tmp_path_factory.mktemp("scm")
     for name in ("scm_host.f90", "Makefile"):
         shutil.copy(SCM / name, src / name)

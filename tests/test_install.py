@@ -16,16 +16,6 @@ from harness.modelfile import Activation, LayerSpec, ModelSpec, write_model
 from harness import reference
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
-    prefix = tmp_path_factory.mktemp("prefix")
-    subprocess.run(["cmake", "--build", str(repo_root / "build/single")], check=True,
-                   capture_output=True)
-    subprocess.run(["cmake", "--install", str(repo_root / "build/single"), "--prefix", str(prefix)],
-                   check=True, capture_output=True)
-    return prefix
-
-
 def _model(tmp: Path) -> tuple[Path, ModelSpec]:
     rng = np.random.default_rng(7)
     spec = ModelSpec("float32", 4, [
