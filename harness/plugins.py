@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,7 +32,6 @@ __all__ = ["HostPlugin", "PluginError", "load_plugin", "builtin_hosts", "ENTRY_P
 
 ENTRY_POINT_GROUP = "colnn.hosts"
 BUILTIN: dict[str, str] = {"l96": "harness.l96:L96Plugin", "sw": "harness.sw:SWPlugin"}
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class PluginError(HarnessError):
@@ -57,21 +55,6 @@ class HostPlugin(ABC):
     truth_file: ClassVar[str] = "truth.h5"
     #: further &<name>_run keys the study sets (beyond run_keys(), e.g. a baseline's fit)
     study_run_keys: ClassVar[frozenset[str]] = frozenset()
-
-    def executable(self, precision: str, configured: str = "") -> Path:
-        """The host program: `configured` (``[host] executable``) when given, else
-        ``colnn_<name>`` in $COLNN_HOST_BIN or the build tree."""
-        if configured:
-            exe = Path(configured)
-        else:
-            env = os.environ.get("COLNN_HOST_BIN")
-            base = Path(env) if env else REPO_ROOT / "build" / precision / "coupler"
-            exe = base / f"colnn_{self.name}"
-        if not exe.is_file():
-            raise PluginError(f"{exe}: the {self.name} host program does not exist (build the "
-                              f"project with scripts/setup.sh, set COLNN_HOST_BIN, or give "
-                              f"[host] executable)")
-        return exe
 
     def check(self, host: "HostConfig") -> None:
         """Raises ValueError naming the key when the [host] section does not fit this host."""
@@ -110,7 +93,7 @@ def builtin_hosts() -> tuple[str, ...]:
     return tuple(BUILTIN)
 
 
-_REQUIRED = ("calibrate", "training_pairs", "executable", "check", "inputs_label", "run_keys",
+_REQUIRED = ("calibrate", "training_pairs", "check", "inputs_label", "run_keys",
              "baseline_run_keys")
 
 
