@@ -164,6 +164,34 @@ def test_random_search_is_reproducible_from_the_seed() -> None:
         assert 1 <= c["layers"] <= 2 and c["optimizer"] in ("adam", "rmsprop", "sgd")
 
 
+def test_workers_take_the_most_expensive_tasks_first(tmp_path: Path) -> None:
+    sd = make_study(tmp_path / "s", merged(TINY, training__candidates=6,
+                                           space={"nodes": [8, 64], "layers": [1, 4]}))
+    size = {c["name"]: c["nodes"] ** 2 * c["layers"] for c in sd.plan["candidates"]}
+    assert len(set(size.values())) > 1
+    order = [sd.plan["candidates"][i]["name"] for i in sd.pending("train")]
+    assert [size[n] for n in order] == sorted(size.values(), reverse=True)
+    todo = sd.pending("couple")
+    costs = [sd.expected_cost("couple", i) for i in todo]
+    assert costs == sorted(costs, reverse=True)
+    by_name = {sd.plan["couple"][i]["name"]: c for i, c in zip(todo, costs)}
+    runs = len(sd.plan["couple"][0]["ics"])
+    # an ensemble's members are chosen later: it counts as two (ensemble_top_k) median networks
+    median = sorted(size.values())[len(size) // 2]
+    assert by_name["ensemble-top2"] == 2 * median * runs
+    assert by_name["baseline-none"] == by_name["baseline-cubic"] == 0.0
+    assert {sd.plan["couple"][i]["kind"] for i in todo[-2:]} == {"baseline"}
+    assert sd.pending("data") == list(range(sd.n_tasks("data")))
+
+
+def test_a_single_process_host_starts_mpi_without_its_daemon() -> None:
+    from harness.hosts import _mpi_env
+    assert _mpi_env(1, ranks=1)["OMPI_MCA_ess_singleton_isolated"] == "1"
+    assert _mpi_env(1, ranks=1)["OMPI_MCA_pml"] == "ob1"
+    # mpirun's ranks choose their transports themselves (a cluster's fabric needs UCX)
+    assert "OMPI_MCA_pml" not in _mpi_env(1, ranks=2)
+
+
 def test_a_changed_configuration_needs_a_new_directory(local_study: StudyDir) -> None:
     with pytest.raises(StudyError, match="different configuration.*couple.steps"):
         make_study(local_study.root, merged(TINY, couple__steps=4000))
