@@ -154,6 +154,8 @@ class L96Plugin(HostPlugin):
     calibrated_keys = frozenset({"drift_check", "drift_window", "drift_sample_interval",
                                  "drift_sigma", "clim_mean", "clim_std", "sd_window_mean",
                                  "sd_window_std"})
+    #: the last drift window's z-scores of mean and std: how far from failing a survivor was
+    table_metrics = {"drift_z_mean": "final_window_z_mean", "drift_z_std": "final_window_z_std"}
     study_run_keys = frozenset({"inputs", "stencil_halfwidth", "cubic_coeffs"})
 
     def check(self, host: "HostConfig") -> None:

@@ -55,6 +55,9 @@ class HostPlugin(ABC):
     truth_file: ClassVar[str] = "truth.h5"
     #: further &<name>_run keys the study sets (beyond run_keys(), e.g. a baseline's fit)
     study_run_keys: ClassVar[frozenset[str]] = frozenset()
+    #: the candidates table's host columns: {column: result.json "extra" key}, each the mean
+    #: over a candidate's finished runs (a key a run lacks counts as missing)
+    table_metrics: ClassVar[dict[str, str]] = {}
 
     def check(self, host: "HostConfig") -> None:
         """Raises ValueError naming the key when the [host] section does not fit this host."""

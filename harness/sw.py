@@ -66,6 +66,8 @@ class SWPlugin(HostPlugin):
                       "couple.baselines": ["none", "truth"]}
     calibrated_keys = frozenset({"energy_max", "energy_warn", "clim_ke", "clim_pe",
                                  "clim_h_std", "clim_speed_mean"})
+    #: the first step above the energy warning level and the largest energy reached
+    table_metrics = {"energy_warn_step": "energy_warn_step", "max_energy": "max_energy"}
 
     def inputs_label(self, host: "HostConfig") -> str:
         return "u, v, h on the 5-point stencil"

@@ -160,7 +160,7 @@ def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
     and compares it with the finished undisturbed study ``reference``."""
     import pandas as pd
 
-    from harness.study.collect import COMPARABLE_COLUMNS
+    from harness.study.collect import TIMING_COLUMNS
     from harness.study.config import STAGES
     from harness.study.layout import StudyDir, task_ics
 
@@ -244,8 +244,8 @@ def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
     report.duplicated = int(runs[["name", "ic"]].duplicated().sum()) + int(
         pd.read_csv(sd.results_dir / "candidates.csv")["name"].duplicated().sum())
     report.stray_temp_files = sorted(str(p.relative_to(root)) for p in root.rglob("*.tmp*"))
-    mine = pd.read_csv(sd.results_dir / "candidates.csv")[list(COMPARABLE_COLUMNS)]
-    theirs = pd.read_csv(ref.results_dir / "candidates.csv")[list(COMPARABLE_COLUMNS)]
+    mine = pd.read_csv(sd.results_dir / "candidates.csv").drop(columns=list(TIMING_COLUMNS))
+    theirs = pd.read_csv(ref.results_dir / "candidates.csv").drop(columns=list(TIMING_COLUMNS))
     try:
         pd.testing.assert_frame_equal(mine, theirs)
         report.table_equal = True

@@ -92,6 +92,8 @@ def test_a_study_runs_on_a_host_of_ones_own(scm_host: Path, plugin_path: None,
     t = pd.read_csv(sd.results_dir / "candidates.csv").set_index("name")
     assert list(t.index) == ["c0000", "c0001", "c0002", "baseline-none", "ensemble-top2"]
     assert (t["n_runs"] == 2).all()
+    # the plugin's own table column (its table_metrics), and no other host's
+    assert t["mean_t"].notna().all() and "drift_z_mean" not in t.columns
     cal = json.loads((sd.root / "data" / "calibration.json").read_text())
     assert cal["failure"]["max_abs"] == pytest.approx(3 * cal["truth_max_abs_t"])
     runs = pd.read_csv(sd.results_dir / "runs.csv")

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from harness.study.collect import COMPARABLE_COLUMNS
+from harness.study.collect import TIMING_COLUMNS
 from harness.study.config import STAGES, StudyError, config_from_dict
 from harness.study.layout import StudyDir, sample_candidates
 from harness.study.runner import run_stages
@@ -72,7 +72,7 @@ def make_study(root: Path, data: dict[str, Any]) -> StudyDir:
 
 
 def table(sd: StudyDir) -> pd.DataFrame:
-    return pd.read_csv(sd.results_dir / "candidates.csv")[list(COMPARABLE_COLUMNS)]
+    return pd.read_csv(sd.results_dir / "candidates.csv").drop(columns=list(TIMING_COLUMNS))
 
 
 def assert_scripts_pass_shellcheck(study_root: Path) -> None:

@@ -22,21 +22,23 @@ from .config import host_plugin
 from .layout import (StudyDir, atomic_write_json, atomic_write_text, read_json, task_ics,
                      search_distributions)
 
-__all__ = ["collect", "TABLE_COLUMNS", "COMPARABLE_COLUMNS"]
+__all__ = ["collect", "table_columns", "TIMING_COLUMNS"]
 
 HYPER = ("batch_norm", "dropout", "leaky_relu", "learning_rate", "nodes", "layers", "optimizer")
+#: the candidates table's columns for every host; the host's plugin adds its own metrics
+#: (HostPlugin.table_metrics) before the timings
 TABLE_COLUMNS = ("name", "kind", *HYPER, "n_params", "val_mse", "train_status", "epochs",
                  "convert_status", "verify_max_abs_err", "n_runs", "n_failed", "n_steps",
                  "steps_to_failure", "steps_min", "survived", "failure_reason",
-                 "mean_abs_bias", "drift_z_mean", "drift_z_std", "energy_warn_step",
-                 "max_energy", "members", "train_s", "couple_wall_s")
-#: per-run host metrics (result.json "extra") averaged into the table: l96 the final drift
-#: window's z-scores, sw the first step above the energy warning level and the largest energy
-EXTRA_METRICS = {"drift_z_mean": "final_window_z_mean", "drift_z_std": "final_window_z_std",
-                 "energy_warn_step": "energy_warn_step", "max_energy": "max_energy"}
+                 "mean_abs_bias", "members")
+#: the columns that depend on where and how fast the study ran (the rest must not)
+TIMING_COLUMNS = ("train_s", "couple_wall_s")
 INT_COLUMNS = ("nodes", "layers", "n_params", "epochs", "n_runs", "n_failed", "n_steps")
-#: the columns that do not depend on where or how fast the study ran
-COMPARABLE_COLUMNS = tuple(c for c in TABLE_COLUMNS if c not in ("train_s", "couple_wall_s"))
+
+
+def table_columns(metrics: dict[str, str]) -> tuple[str, ...]:
+    """The candidates table's columns with a host's metric columns."""
+    return (*TABLE_COLUMNS, *metrics, *TIMING_COLUMNS)
 
 
 def _marker(sd: StudyDir, stage: str, index: int) -> dict[str, Any] | None:
@@ -76,6 +78,8 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
 
     cfg = sd.config
     n_steps = cfg.couple.steps
+    metrics = host_plugin(cfg).table_metrics
+    columns = table_columns(metrics)
     cal = read_json(sd.root / "data" / "calibration.json") or {}
     bias_var = cal.get("bias_variable", "bias")
     runs: list[dict[str, Any]] = []
@@ -169,10 +173,10 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
                      mean_abs_bias=float(mine["mean_abs_bias"].mean()) if len(mine) else np.nan,
                      **{col: float(mine[f"extra_{key}"].mean())
                         if len(mine) and f"extra_{key}" in mine else np.nan
-                        for col, key in EXTRA_METRICS.items()},
+                        for col, key in metrics.items()},
                      couple_wall_s=float(mine["wall_s"].sum()) if len(mine) else np.nan)
-        rows.append({c: model.get(c) for c in TABLE_COLUMNS})
-    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+        rows.append({c: model.get(c) for c in columns})
+    table = pd.DataFrame(rows, columns=list(columns))
     for col in INT_COLUMNS:
         table[col] = pd.to_numeric(table[col]).round().astype("Int64")
     out = sd.results_dir

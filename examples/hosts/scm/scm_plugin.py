@@ -42,6 +42,8 @@ class SCMPlugin(HostPlugin):
                       "data.sample_interval": 10, "couple.dt": 0.05, "couple.steps": 4_000,
                       "couple.baselines": ["none"]}
     calibrated_keys = frozenset({"max_abs"})
+    #: the candidates table's column: the run's mean temperature (result.json extra "mean_t")
+    table_metrics = {"mean_t": "mean_t"}
     #: a coarse run fails when |T| exceeds this multiple of the truth's largest |T|
     bound_factor = 3.0
 
