@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from .climate import MAX_ACF_LAGS, MAX_PDF_BINS, ClimateCalibration, calibrate_climate
 from .errors import HarnessError
 from .plugins import HostPlugin, split_in_time
 
@@ -100,6 +101,13 @@ def _windows(x: np.ndarray, sample_every: int, per_window: int) -> tuple[np.ndar
     return mean, std
 
 
+def _window_series(x: np.ndarray, sample_every: int, per_window: int) -> np.ndarray:
+    """The drift windows' samples as the coarse host holds them: (windows, K, samples)."""
+    xs = x[sample_every - 1::sample_every]
+    n = xs.shape[0] // per_window
+    return xs[: n * per_window].reshape(n, per_window, xs.shape[1]).transpose(0, 2, 1)
+
+
 def _spacing(attrs: dict, window_time: float, sample_time: float) -> tuple[int, int]:
     snap_time = float(attrs["dt"]) * float(attrs["sample_interval"])
     every = int(round(sample_time / snap_time))
@@ -129,6 +137,48 @@ def calibrate_drift(truth: Path | str, window_time: float, sample_time: float) -
                             sample_time=sample_time, n_windows=int(mean.size))
 
 
+def calibrate_window_climate(truth: Path | str, cal: DriftCalibration, pdf_bins: int,
+                             acf_lags: list[float]) -> ClimateCalibration:
+    """The distribution and autocorrelation criteria in the drift test's windows (harness.climate)
+    from a truth run; the lags, fractions of the window, become whole samples."""
+    x, _, attrs = read_truth(truth)
+    every, per_window = _spacing(attrs, cal.window_time, cal.sample_time)
+    lags = [int(round(f * per_window)) for f in acf_lags]
+    if any(lag < 1 or lag >= per_window for lag in lags) or len(set(lags)) != len(lags):
+        raise HarnessError(f"couple.drift_acf_lags: {acf_lags} of a window of {per_window} "
+                           f"samples give the lags {lags}: each must be a distinct whole number "
+                           f"of samples in 1..{per_window - 1} (more samples a window, or fewer "
+                           f"lags)")
+    try:
+        return calibrate_climate(_window_series(x, every, per_window), pdf_bins, lags)
+    except ValueError as exc:
+        raise HarnessError(f"{truth}: {exc}") from None
+
+
+def _padded(values: list, size: int, fill: Any = 0.0) -> list:
+    return list(values) + [fill] * (size - len(values))
+
+
+def climate_false_alarm_rates(truth: Path | str, cal: DriftCalibration,
+                              climate: ClimateCalibration, sigmas: tuple[float, ...]
+                              ) -> dict[str, dict[float, float]]:
+    """Per criterion and for any of them (what a run meets), the fraction of a truth run's
+    windows that would fail at each threshold."""
+    x, _, attrs = read_truth(truth)
+    every, per_window = _spacing(attrs, cal.window_time, cal.sample_time)
+    mean, std = _windows(x, every, per_window)
+    z = {"mean/std": np.maximum(np.abs(mean - cal.clim_mean) / cal.sd_window_mean,
+                                np.abs(std - cal.clim_std) / cal.sd_window_std)}
+    zp, za = climate.z_scores(_window_series(x, every, per_window))
+    if climate.clim_pdf:
+        z["distribution"] = zp
+    if climate.acf_lags:
+        z["autocorrelation"] = za
+    z["any"] = np.max(np.vstack([np.abs(v) if k == "mean/std" else v for k, v in z.items()]),
+                      axis=0)
+    return {k: {s: float((v > s).mean()) for s in sigmas} for k, v in z.items()}
+
+
 def false_alarm_rates(truth: Path | str, cal: DriftCalibration,
                       sigmas: tuple[float, ...] = (3.0, 4.0, 5.0)) -> dict[float, float]:
     """Fraction of windows of a truth run (use one the calibration did not see) that the drift
@@ -150,12 +200,17 @@ class L96Plugin(HostPlugin):
     baselines = ("none", "cubic")
     study_defaults = {"data.dt": 0.001, "data.steps": 200_000, "data.spinup_steps": 2_000,
                       "data.sample_interval": 10, "couple.dt": 0.005, "couple.steps": 20_000,
-                      "couple.baselines": ["none", "cubic"]}
+                      "couple.baselines": ["none", "cubic"], "couple.drift_window_time": 5.0,
+                      "couple.drift_sample_time": 0.05}
     calibrated_keys = frozenset({"drift_check", "drift_window", "drift_sample_interval",
                                  "drift_sigma", "clim_mean", "clim_std", "sd_window_mean",
-                                 "sd_window_std"})
+                                 "sd_window_std", "pdf_check", "n_pdf_bins", "pdf_edges",
+                                 "clim_pdf", "pdf_dist_mean", "pdf_dist_sd", "acf_check",
+                                 "n_acf_lags", "acf_lags", "clim_acf", "acf_dist_mean",
+                                 "acf_dist_sd"})
     #: the last drift window's z-scores of mean and std: how far from failing a survivor was
-    table_metrics = {"drift_z_mean": "final_window_z_mean", "drift_z_std": "final_window_z_std"}
+    table_metrics = {"drift_z_mean": "final_window_z_mean", "drift_z_std": "final_window_z_std",
+                     "drift_z_pdf": "final_window_z_pdf", "drift_z_acf": "final_window_z_acf"}
     study_run_keys = frozenset({"inputs", "stencil_halfwidth", "cubic_coeffs"})
 
     def check(self, host: "HostConfig") -> None:
@@ -183,16 +238,35 @@ class L96Plugin(HostPlugin):
             raise HarnessError(f"couple.drift_window_time and drift_sample_time must be "
                                f"multiples of couple.dt = {dt}")
         cal = calibrate_drift(first, couple.drift_window_time, couple.drift_sample_time)
+        climate = calibrate_window_climate(first, cal, couple.drift_pdf_bins,
+                                           couple.drift_acf_lags)
         sigmas = tuple(sorted({3.0, 4.0, 5.0, float(couple.drift_sigma)}))
-        rates = false_alarm_rates(last, cal, sigmas)
+        # the rates on the last truth run, which the calibration did not see
+        rates = climate_false_alarm_rates(last, cal, climate, sigmas)
+        pdf_on = bool(couple.drift and climate.clim_pdf)
+        acf_on = bool(couple.drift and climate.acf_lags)
         return {"n_snapshots": int(n_snap), "drift": cal.as_dict(),
-                "false_alarm_rates": {str(k): v for k, v in rates.items()},
+                "climate": climate.as_dict(),
+                "false_alarm_rates": {crit: {str(k): v for k, v in r.items()}
+                                      for crit, r in rates.items()},
                 "cubic_coeffs": fit_cubic(x, u),
                 "failure": {"drift_check": bool(couple.drift), "drift_window": window,
                             "drift_sample_interval": sample, "drift_sigma": couple.drift_sigma,
                             "clim_mean": cal.clim_mean, "clim_std": cal.clim_std,
                             "sd_window_mean": cal.sd_window_mean,
-                            "sd_window_std": cal.sd_window_std},
+                            "sd_window_std": cal.sd_window_std,
+                            "pdf_check": pdf_on, "acf_check": acf_on,
+                            # the host's arrays have fixed bounds; n_* says how much is used
+                            **({"n_pdf_bins": len(climate.clim_pdf),
+                                "pdf_edges": _padded(climate.pdf_edges, MAX_PDF_BINS - 1),
+                                "clim_pdf": _padded(climate.clim_pdf, MAX_PDF_BINS),
+                                "pdf_dist_mean": climate.pdf_dist_mean,
+                                "pdf_dist_sd": climate.pdf_dist_sd} if pdf_on else {}),
+                            **({"n_acf_lags": len(climate.acf_lags),
+                                "acf_lags": _padded(climate.acf_lags, MAX_ACF_LAGS, 0),
+                                "clim_acf": _padded(climate.clim_acf, MAX_ACF_LAGS),
+                                "acf_dist_mean": climate.acf_dist_mean,
+                                "acf_dist_sd": climate.acf_dist_sd} if acf_on else {})},
                 "bias_variable": "bias",
                 "bias_label": "bias of the mean of X vs the truth climatology"}
 

@@ -37,7 +37,7 @@ from scipy import stats
 
 from .atomic import atomic_path, atomic_write_text
 from .errors import HarnessError
-from .status import ConvertStatus, TrainStatus
+from .status import ConvertStatus, RunStatus, TrainStatus
 
 __all__ = [
     "Study",
@@ -1027,15 +1027,46 @@ def _header(study: Study) -> list[str]:
         lines += [f"- `{k}`: {_value_text(v)}" for k, v in _flatten(rest)]
         if isinstance(rates, dict) and rates:
             lines += ["", "False-alarm rates: the fraction of test windows of a truth run not "
-                      "used for calibration that the criterion would flag, per threshold. "
-                      "A coupled run is tested in many windows, so its chance of a false "
-                      "failure is higher than the per-window rate.", ""]
-            lines += _md_table(["threshold", "false-alarm rate per window"],
-                               [[k, _num(v)] for k, v in rates.items()])
+                      "used for calibration that the criterion would flag, per threshold "
+                      "('any': one of them, as a run meets them). A coupled run is tested in "
+                      "many windows, so its chance of a false failure is higher than the "
+                      "per-window rate.", ""]
+            lines += _false_alarm_table(rates)
         lines.append("")
+    lines += _failures_by_criterion(study)
     if study.notes:
         lines += ["**Notes on the inputs:**"] + [f"- {n}" for n in study.notes] + [""]
     return lines
+
+
+def _false_alarm_table(rates: dict[str, Any]) -> list[str]:
+    """{criterion: {threshold: rate}}, or (older studies) {threshold: rate} for one criterion."""
+    if not all(isinstance(v, dict) for v in rates.values()):
+        return _md_table(["threshold", "false-alarm rate per window"],
+                         [[k, _num(v)] for k, v in rates.items()])
+    criteria = list(rates)
+    thresholds = sorted({t for r in rates.values() for t in r}, key=float)
+    return _md_table(["threshold", *criteria],
+                     [[t, *(_num(rates[c].get(t)) for c in criteria)] for t in thresholds])
+
+
+def _failures_by_criterion(study: Study) -> list[str]:
+    """How many coupled runs each criterion stopped, and when (the runs table's reasons)."""
+    runs = study.runs
+    if runs is None or "status" not in runs or "reason" not in runs:
+        return []
+    failed = runs[runs["status"] == RunStatus.FAILED]
+    lines = ["**Coupled runs stopped, by criterion** (runs.csv):", ""]
+    if failed.empty:
+        return lines + [f"- none of the {len(runs)} runs failed", ""]
+    rows = []
+    for reason, group in failed.groupby(failed["reason"].fillna("").replace("", "unknown")):
+        steps = group["failure_step"].astype(float)
+        rows.append([reason, len(group), _num(float(steps.median())),
+                     f"{_num(float(steps.min()))}-{_num(float(steps.max()))}"])
+    rows.sort(key=lambda r: -r[1])
+    return lines + _md_table(["criterion (reason)", "runs", "median failure step",
+                              "range"], rows) + [f"- of {len(runs)} runs", ""]
 
 
 def _overall_section(study: Study, overall: dict[str, Any], bias: dict[str, Any],

@@ -140,6 +140,8 @@ def test_monotone_study_negative_rho_and_full_report(tmp_path: Path) -> None:
     # header: counts, criteria and calibration from summary.json
     assert "training ok: 20" in text and "coupled: 20" in text
     assert "`drift.threshold`: 3" in text and "| 2.0 | 0.08 |" in text
+    # the runs each criterion stopped: 16 candidates (drift) and 2 others (bounds), 3 runs each
+    assert "| drift | 48 |" in text and "| bounds | 6 |" in text
     assert "**ensemble-top3** (members: c0000, c0001, c0002)" in text
     # Table 2: constant BatchNorm is undefined, the paper's values are there
     bn = next(line for line in text.splitlines() if line.startswith("| BatchNorm"))
@@ -158,6 +160,16 @@ def test_monotone_study_negative_rho_and_full_report(tmp_path: Path) -> None:
         assert f"]({name})" in text
         _assert_png(study / "report" / name)
     assert not [p for p in (study / "report").iterdir() if p.name.startswith(".")]
+
+
+def test_false_alarm_rates_per_criterion(tmp_path: Path) -> None:
+    rates = {"mean/std": {"3.0": 0.0, "5.0": 0.0}, "distribution": {"3.0": 0.05, "5.0": 0.0},
+             "any": {"3.0": 0.05, "5.0": 0.0}}
+    study = _write_study(tmp_path / "s", _full_rows(),
+                         summary={"calibration": {"false_alarm_rates": rates}})
+    text = write_report(study).read_text()
+    assert "| threshold | mean/std | distribution | any |" in text
+    assert "| 3.0 | 0 | 0.05 | 0.05 |" in text
 
 
 def test_spearman_table_values(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..climate import MAX_ACF_LAGS, MAX_PDF_BINS
 from ..errors import HarnessError
 from ..plugins import HostPlugin, PluginError, load_plugin
 
@@ -119,11 +120,27 @@ class CoupleConfig:
     #: ensemble of the k candidates with the lowest validation MSE (0: none)
     ensemble_top_k: int = 3
     ensemble_noise_sd: float = 0.0
-    #: l96 drift test (calibrated on the first truth run): window and sampling in model time
+    #: the windowed climate tests (calibrated on the first truth run): window and sampling in
+    #: model time (the host's defaults: l96 5.0 and 0.05 time units, sw 10 days and 12 h)
     drift: bool = True
-    drift_window_time: float = 5.0
-    drift_sample_time: float = 0.05
+    drift_window_time: float | None = None
+    drift_sample_time: float | None = None
     drift_sigma: float = 5.0
+    #: in the same windows and with the same drift_sigma: the window's distribution (l96: X;
+    #: sw: h over the grid) against the truth's, as a Hellinger distance on this many
+    #: equal-probability bins of the truth (0: off), and (l96) its autocorrelation at these
+    #: lags, as fractions of the window (empty: off; sw compares its kinetic-energy spectrum
+    #: instead), each a one-sided z-score against the spread of the same distance over truth
+    #: windows. A run locked onto a regular wave keeps a plausible mean and std but not these.
+    #: Why these defaults (l96, K = 8, 5-unit windows of 100 samples; tests/
+    #: test_climate_criteria.py): 16 bins keep ~50 of a window's 800 values a bin; on an
+    #: independent 300-unit truth run no window fails either criterion at 3, 4 or 5 sigma,
+    #: while a wave with the truth's mean and std (the one-scale model at F = 3.5, rescaled)
+    #: reaches z = 8.6 (distribution) and 4.4 (autocorrelation) in its second window. Lags of
+    #: 0.1-0.5 windows (0.5-2.5 units) gave the wave's acf z 4.4 with no false alarm at 3 sigma;
+    #: 0.25-2 units gave 4.3 with 1 of 60 truth windows at 3 sigma.
+    drift_pdf_bins: int = 16
+    drift_acf_lags: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])
     #: sw: a run fails when its energy exceeds energy_factor x the truth maximum; the first
     #: step above warn_factor x the truth maximum is recorded as a graded metric
     energy_factor: float = 10.0
@@ -213,6 +230,8 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None       # study.json's "not set for this host" (TOML has no null)
         return _coerce(path, value, args[0])
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -340,6 +359,14 @@ def _check(cfg: StudyConfig) -> None:
                 "drift_sample_time",
                 "drift_sigma", "energy_factor", "warn_factor", "timeout"):
         _positive(f"couple.{key}", getattr(c, key))
+    if c.drift_pdf_bins != 0 and not 2 <= c.drift_pdf_bins <= MAX_PDF_BINS:
+        raise StudyError(f"couple.drift_pdf_bins: must be 0 (off) or in 2..{MAX_PDF_BINS}, got "
+                         f"{c.drift_pdf_bins}")
+    lags = c.drift_acf_lags
+    if len(lags) > MAX_ACF_LAGS or len(set(lags)) != len(lags) or \
+            not all(0 < lag < 1 for lag in lags):
+        raise StudyError(f"couple.drift_acf_lags: at most {MAX_ACF_LAGS} distinct fractions of "
+                         f"the window, each in (0, 1), got {lags!r}")
     _positive("couple.ensemble_top_k", c.ensemble_top_k, zero_ok=True)
     _positive("couple.ensemble_noise_sd", c.ensemble_noise_sd, zero_ok=True)
     _positive("couple.output_interval", c.output_interval, zero_ok=True)

@@ -15,6 +15,8 @@ module l96_host
   use host_h5
   use host_mpi
   use host_driver
+  use climate_stats, only: MAX_PDF_BINS, MAX_ACF_LAGS, hellinger_distance, window_acf, &
+                           acf_distance
   use l96_dynamics, only: l96_params_t, slow_tendency, coupling_term, truth_tendencies, &
                           rk4_update, RK4_STAGES, X_HALO_LEFT, X_HALO_RIGHT, Y_HALO_LEFT, &
                           Y_HALO_RIGHT
@@ -47,6 +49,15 @@ module l96_host
     integer :: drift_window = 1000, drift_sample_interval = 10
     real(dp) :: drift_sigma = 5
     real(dp) :: clim_mean = 0, clim_std = 0, sd_window_mean = 0, sd_window_std = 0
+    ! in the drift test's windows: the distribution of x against the truth's (Hellinger
+    ! distance on the truth's bins) and its autocorrelation at lags (in drift samples), each as
+    ! a one-sided z-score against the spread of the same distance over truth windows
+    logical :: pdf_check = .false., acf_check = .false.
+    integer :: n_pdf_bins = 0, n_acf_lags = 0
+    real(dp) :: pdf_edges(MAX_PDF_BINS - 1) = 0, clim_pdf(MAX_PDF_BINS) = 0
+    real(dp) :: pdf_dist_mean = 0, pdf_dist_sd = 0
+    integer :: acf_lags(MAX_ACF_LAGS) = 0
+    real(dp) :: clim_acf(MAX_ACF_LAGS) = 0, acf_dist_mean = 0, acf_dist_sd = 0
   end type l96_config_t
 
   ! a coarse record, in this order (a truth sample is x(1:K) then U(1:K))
@@ -70,8 +81,9 @@ module l96_host
     real(dp), allocatable :: xg(:, :), ug(:, :)          !< gathered on rank 0: (1, K)
     ! the drift test (rank 0): sums over the current window, the z-scores of the windows so far
     real(dp) :: wsum = 0, wsq = 0, wcount = 0
-    integer :: i_win = 0
-    real(dp), allocatable :: w_time(:), w_zmean(:), w_zstd(:)
+    integer :: i_win = 0, i_sample = 0
+    real(dp), allocatable :: w_time(:), w_zmean(:), w_zstd(:), w_zpdf(:), w_zacf(:)
+    real(dp), allocatable :: wbuf(:, :)                  !< the window's samples (K, samples)
   contains
     procedure :: name => l96_name
     procedure :: groups => l96_groups
@@ -120,22 +132,27 @@ contains
     character(len=*), intent(inout) :: iomsg
     integer :: k, j, stencil_halfwidth, n_steps, spinup_steps, init_index, output_interval, &
                sample_interval, inject_nan_step, inject_nan_column, drift_window, &
-               drift_sample_interval, n_runs, init_indices(MAX_RUNS), inject_nan_run
+               drift_sample_interval, n_runs, init_indices(MAX_RUNS), inject_nan_run, &
+               n_pdf_bins, n_acf_lags, acf_lags(MAX_ACF_LAGS)
     real(dp) :: f, h, b, c, dt, cubic_coeffs(4), max_abs, drift_sigma, clim_mean, clim_std, &
-                sd_window_mean, sd_window_std
+                sd_window_mean, sd_window_std, pdf_edges(MAX_PDF_BINS - 1), &
+                clim_pdf(MAX_PDF_BINS), pdf_dist_mean, pdf_dist_sd, clim_acf(MAX_ACF_LAGS), &
+                acf_dist_mean, acf_dist_sd
     character(len=16) :: mode, closure, inputs
     character(len=8) :: inject_value
     character(len=1024) :: init_file, output_dir
     character(len=DIR_LEN) :: run_dirs(MAX_RUNS)
     integer(i8) :: seed, seeds(MAX_RUNS), max_batch_bytes
-    logical :: drift_check
+    logical :: drift_check, pdf_check, acf_check
     namelist /l96_model/ k, j, f, h, b, c
     namelist /l96_run/ mode, closure, inputs, stencil_halfwidth, dt, n_steps, spinup_steps, &
       seed, init_file, init_index, output_dir, output_interval, sample_interval, cubic_coeffs, &
       inject_nan_step, inject_nan_column, inject_value, n_runs, init_indices, seeds, run_dirs, &
       inject_nan_run, max_batch_bytes
     namelist /l96_failure/ max_abs, drift_check, drift_window, drift_sample_interval, &
-      drift_sigma, clim_mean, clim_std, sd_window_mean, sd_window_std
+      drift_sigma, clim_mean, clim_std, sd_window_mean, sd_window_std, pdf_check, n_pdf_bins, &
+      pdf_edges, clim_pdf, pdf_dist_mean, pdf_dist_sd, acf_check, n_acf_lags, acf_lags, &
+      clim_acf, acf_dist_mean, acf_dist_sd
 
     associate (cfg => self%cfg)
     k = cfg%model%k; j = cfg%model%j; f = cfg%model%f; h = cfg%model%h; b = cfg%model%b
@@ -154,6 +171,10 @@ contains
     drift_sample_interval = cfg%drift_sample_interval; drift_sigma = cfg%drift_sigma
     clim_mean = cfg%clim_mean; clim_std = cfg%clim_std; sd_window_mean = cfg%sd_window_mean
     sd_window_std = cfg%sd_window_std
+    pdf_check = cfg%pdf_check; n_pdf_bins = cfg%n_pdf_bins; pdf_edges = cfg%pdf_edges
+    clim_pdf = cfg%clim_pdf; pdf_dist_mean = cfg%pdf_dist_mean; pdf_dist_sd = cfg%pdf_dist_sd
+    acf_check = cfg%acf_check; n_acf_lags = cfg%n_acf_lags; acf_lags = cfg%acf_lags
+    clim_acf = cfg%clim_acf; acf_dist_mean = cfg%acf_dist_mean; acf_dist_sd = cfg%acf_dist_sd
 
     iostat = 0
     select case (group)
@@ -189,6 +210,10 @@ contains
     cfg%drift_sample_interval = drift_sample_interval; cfg%drift_sigma = drift_sigma
     cfg%clim_mean = clim_mean; cfg%clim_std = clim_std; cfg%sd_window_mean = sd_window_mean
     cfg%sd_window_std = sd_window_std
+    cfg%pdf_check = pdf_check; cfg%n_pdf_bins = n_pdf_bins; cfg%pdf_edges = pdf_edges
+    cfg%clim_pdf = clim_pdf; cfg%pdf_dist_mean = pdf_dist_mean; cfg%pdf_dist_sd = pdf_dist_sd
+    cfg%acf_check = acf_check; cfg%n_acf_lags = n_acf_lags; cfg%acf_lags = acf_lags
+    cfg%clim_acf = clim_acf; cfg%acf_dist_mean = acf_dist_mean; cfg%acf_dist_sd = acf_dist_sd
     end associate
   end subroutine l96_group_io
 
@@ -244,12 +269,54 @@ contains
         errmsg = key_error(path, 'l96_failure', 'drift_sigma, clim_std, sd_window_mean, '// &
                            'sd_window_std', 'the drift test needs all of them > 0 (from a '// &
                            'calibration on truth runs)')
+      else if ((cfg%pdf_check .or. cfg%acf_check) .and. .not. cfg%drift_check) then
+        errmsg = key_error(path, 'l96_failure', merge('pdf_check', 'acf_check', cfg%pdf_check), &
+                           "runs in the drift test's windows: needs drift_check = .true.")
+      else if (cfg%pdf_check .and. .not. (cfg%n_pdf_bins >= 2 .and. &
+               cfg%n_pdf_bins <= MAX_PDF_BINS)) then
+        errmsg = key_error(path, 'l96_failure', 'n_pdf_bins', 'must be in 2 .. '// &
+                           itoa(MAX_PDF_BINS)//', got '//itoa(cfg%n_pdf_bins))
+      else if (cfg%pdf_check .and. .not. pdf_ok(cfg)) then
+        errmsg = key_error(path, 'l96_failure', 'pdf_edges, clim_pdf', 'need n_pdf_bins - 1 '// &
+                           'ascending finite edges and n_pdf_bins probabilities >= 0 summing to 1')
+      else if (cfg%pdf_check .and. .not. (cfg%pdf_dist_sd > 0 .and. cfg%pdf_dist_mean >= 0)) then
+        errmsg = key_error(path, 'l96_failure', 'pdf_dist_mean, pdf_dist_sd', 'must be >= 0 '// &
+                           'and > 0 (from a calibration on truth runs)')
+      else if (cfg%acf_check .and. .not. (cfg%n_acf_lags >= 1 .and. &
+               cfg%n_acf_lags <= MAX_ACF_LAGS)) then
+        errmsg = key_error(path, 'l96_failure', 'n_acf_lags', 'must be in 1 .. '// &
+                           itoa(MAX_ACF_LAGS)//', got '//itoa(cfg%n_acf_lags))
+      else if (cfg%acf_check .and. .not. acf_ok(cfg)) then
+        errmsg = key_error(path, 'l96_failure', 'acf_lags, clim_acf', 'need n_acf_lags lags '// &
+                           'in 1 .. drift_window / drift_sample_interval - 1 and as many '// &
+                           'autocorrelations in [-1, 1]')
+      else if (cfg%acf_check .and. .not. (cfg%acf_dist_sd > 0 .and. cfg%acf_dist_mean >= 0)) then
+        errmsg = key_error(path, 'l96_failure', 'acf_dist_mean, acf_dist_sd', 'must be >= 0 '// &
+                           'and > 0 (from a calibration on truth runs)')
       else
         stat = 0
         errmsg = ''
       end if
     end associate
   end subroutine l96_validate
+
+  logical function pdf_ok(cfg)
+    type(l96_config_t), intent(in) :: cfg
+    integer :: n
+    n = cfg%n_pdf_bins
+    pdf_ok = all(is_finite(cfg%pdf_edges(1:n - 1))) .and. &
+             all(cfg%pdf_edges(2:n - 1) > cfg%pdf_edges(1:n - 2)) .and. &
+             all(cfg%clim_pdf(1:n) >= 0) .and. abs(sum(cfg%clim_pdf(1:n)) - 1) < 1e-6_dp
+  end function pdf_ok
+
+  logical function acf_ok(cfg)
+    type(l96_config_t), intent(in) :: cfg
+    integer :: n
+    n = cfg%n_acf_lags
+    acf_ok = all(cfg%acf_lags(1:n) >= 1) .and. &
+             all(cfg%acf_lags(1:n) < cfg%drift_window / cfg%drift_sample_interval) .and. &
+             all(abs(cfg%clim_acf(1:n)) <= 1)
+  end function acf_ok
 
   !> Decomposition, halos and every array of the run (nothing is allocated after this), the
   !> initial state.
@@ -312,7 +379,12 @@ contains
     end if
     i = 0
     if (cfg%drift_check) i = cfg%n_steps / cfg%drift_window
-    allocate (self%w_time(i), self%w_zmean(i), self%w_zstd(i), source=ieee_nan())
+    allocate (self%w_time(i), self%w_zmean(i), self%w_zstd(i), self%w_zpdf(i), &
+              self%w_zacf(i), source=ieee_nan())
+    i = 0
+    if ((cfg%pdf_check .or. cfg%acf_check) .and. self%rank == 0) &
+      i = cfg%drift_window / cfg%drift_sample_interval
+    allocate (self%wbuf(merge(k, 0, i > 0), i))
 
     ! initial state: from a truth file (column init_index of its x), or keyed random numbers
     if (len_trim(cfg%init_file) > 0) then
@@ -382,7 +454,9 @@ contains
     bytes = 8 * (2 * (n + halo) + 6 * n) + storage_size(1.0_wp) / 8 * nn
     if (self%rank == 0) bytes = bytes + 8 * 2 * k
     if (self%cfg%mode == 'truth') bytes = bytes + 8 * (6 * self%cfg%model%j * n + 6)
-    if (self%cfg%drift_check) bytes = bytes + 8 * 3 * (self%cfg%n_steps / self%cfg%drift_window)
+    if (self%cfg%drift_check) bytes = bytes + 8 * 5 * (self%cfg%n_steps / self%cfg%drift_window)
+    if (self%rank == 0 .and. (self%cfg%pdf_check .or. self%cfg%acf_check)) &
+      bytes = bytes + 8 * k * (self%cfg%drift_window / self%cfg%drift_sample_interval)
   end function l96_state_bytes
 
   subroutine l96_network_columns(self, n_columns, column_offset)
@@ -558,13 +632,15 @@ contains
   end subroutine l96_check_finish
 
   !> Samples the state into the current window; at a window's end, its mean and std against
-  !> the truth climatology in units of their spread over truth windows (collective).
+  !> the truth climatology in units of their spread over truth windows, then (where asked) its
+  !> distribution and its autocorrelation (collective). The first criterion that fails names
+  !> the failure: reason 'drift' (mean, std), 'distribution' or 'autocorrelation'.
   subroutine drift_test(self, step, failure)
     class(l96_host_t), intent(inout) :: self
     integer, intent(in) :: step
     type(failure_t), intent(inout) :: failure
-    real(dp) :: wmean, wstd, zm, zs
-    integer :: fail_flag
+    real(dp) :: wmean, wstd, zm, zs, zp, za, dist
+    integer :: fail_flag, nb, nl
     associate (cfg => self%cfg)
     call gather_columns_dp(self%x(:, 1:self%n), self%xg, self%counts, self%displs, self%comm)
     fail_flag = 0
@@ -572,16 +648,35 @@ contains
       self%wsum = self%wsum + sum(self%xg(1, :))
       self%wsq = self%wsq + sum(self%xg(1, :)**2)
       self%wcount = self%wcount + cfg%model%k
+      if (size(self%wbuf) > 0) then
+        self%i_sample = self%i_sample + 1
+        self%wbuf(:, self%i_sample) = self%xg(1, :)
+      end if
       if (mod(step, cfg%drift_window) == 0) then
         wmean = self%wsum / self%wcount
         wstd = sqrt(max(self%wsq / self%wcount - wmean**2, 0.0_dp))
         zm = (wmean - cfg%clim_mean) / cfg%sd_window_mean
         zs = (wstd - cfg%clim_std) / cfg%sd_window_std
+        zp = ieee_nan()
+        za = ieee_nan()
+        nb = cfg%n_pdf_bins
+        nl = cfg%n_acf_lags
+        if (cfg%pdf_check) then
+          dist = hellinger_distance(self%wbuf, cfg%pdf_edges(1:nb - 1), cfg%clim_pdf(1:nb))
+          zp = (dist - cfg%pdf_dist_mean) / cfg%pdf_dist_sd
+        end if
+        if (cfg%acf_check) then
+          dist = acf_distance(window_acf(self%wbuf, cfg%acf_lags(1:nl)), cfg%clim_acf(1:nl))
+          za = (dist - cfg%acf_dist_mean) / cfg%acf_dist_sd
+        end if
         self%i_win = self%i_win + 1
         self%w_time(self%i_win) = step * cfg%dt
         self%w_zmean(self%i_win) = zm
         self%w_zstd(self%i_win) = zs
+        self%w_zpdf(self%i_win) = zp
+        self%w_zacf(self%i_win) = za
         self%wsum = 0; self%wsq = 0; self%wcount = 0
+        self%i_sample = 0
         if (abs(zm) > cfg%drift_sigma) then
           fail_flag = 1
           failure%variable = 'x_mean'
@@ -592,6 +687,18 @@ contains
           failure%variable = 'x_std'
           failure%message = 'window std of x '//ftoa(wstd)//' is '//ftoa(zs)//' sd from '// &
                             'the truth climatology (threshold '//ftoa(cfg%drift_sigma)//')'
+        else if (zp > cfg%drift_sigma) then
+          fail_flag = 2
+          failure%variable = 'x_pdf'
+          failure%message = "the window's distribution of x is "//ftoa(zp)//' sd further '// &
+                            "from the truth's (Hellinger) than truth windows are (threshold "// &
+                            ftoa(cfg%drift_sigma)//')'
+        else if (za > cfg%drift_sigma) then
+          fail_flag = 3
+          failure%variable = 'x_acf'
+          failure%message = "the window's autocorrelation of x is "//ftoa(za)//' sd further '// &
+                            "from the truth's than truth windows are (threshold "// &
+                            ftoa(cfg%drift_sigma)//')'
         end if
       end if
     end if
@@ -600,7 +707,14 @@ contains
       call bcast_str(failure%variable, self%comm)
       call bcast_str(failure%message, self%comm)
       failure%failed = .true.
-      failure%reason = 'drift'
+      select case (fail_flag)
+      case (1)
+        failure%reason = 'drift'
+      case (2)
+        failure%reason = 'distribution'
+      case default
+        failure%reason = 'autocorrelation'
+      end select
     end if
     end associate
   end subroutine drift_test
@@ -647,6 +761,10 @@ contains
     call run%result%clear_extras()
     call run%result%add_extra('final_window_z_mean', last(self%w_zmean(1:self%i_win)))
     call run%result%add_extra('final_window_z_std', last(self%w_zstd(1:self%i_win)))
+    if (self%cfg%pdf_check) &
+      call run%result%add_extra('final_window_z_pdf', last(self%w_zpdf(1:self%i_win)))
+    if (self%cfg%acf_check) &
+      call run%result%add_extra('final_window_z_acf', last(self%w_zacf(1:self%i_win)))
     call run%result%add_extra('mean_x', mean_finite(run%records%series(R_MEAN)))
     call run%result%add_extra('std_x', mean_finite(run%records%series(R_STD)))
   end subroutine l96_summarize
@@ -682,6 +800,8 @@ contains
     call out%dim('window_end', self%w_time(1:self%i_win))
     call out%put1('drift_z_mean', self%w_zmean(1:self%i_win), 'window_end')
     call out%put1('drift_z_std', self%w_zstd(1:self%i_win), 'window_end')
+    if (cfg%pdf_check) call out%put1('drift_z_pdf', self%w_zpdf(1:self%i_win), 'window_end')
+    if (cfg%acf_check) call out%put1('drift_z_acf', self%w_zacf(1:self%i_win), 'window_end')
     call out%dim('k', [(real(i, dp), i = 1, k)])
     call out%put1('x_final', self%xg(1, :), 'k')
     call out%attr_str('host', 'l96')

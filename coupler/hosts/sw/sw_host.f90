@@ -25,6 +25,9 @@ module sw_host
   use host_h5
   use host_mpi
   use host_driver
+  use climate_stats, only: MAX_PDF_BINS, MAX_SPEC_WAVES, pdf_accumulate, &
+                           hellinger_from_counts, dft_tables, power_spectrum_accumulate, &
+                           spectrum_distance
   implicit none
   private
 
@@ -80,6 +83,17 @@ module sw_host
     real(dp) :: energy_max = 0, energy_warn = 0     !< m^3/s^2 (domain mean); 0: off
     integer :: energy_check_interval = 24
     real(dp) :: clim_ke = 0, clim_pe = 0, clim_h_std = 0, clim_speed_mean = 0  !< 0: not given
+    ! the climate tests (coarse): windows of climate_window steps sampled every
+    ! climate_sample_interval; in each, the distribution of h over the grid (Hellinger distance
+    ! on the truth's bins) and the kinetic-energy spectrum along x (rms log10 ratio to the
+    ! truth's), each a one-sided z-score against the spread of the same distance over truth
+    ! windows, failing above climate_sigma. 0 windows, bins or wavenumbers: off.
+    integer :: climate_window = 0, climate_sample_interval = 48
+    real(dp) :: climate_sigma = 5
+    integer :: n_pdf_bins = 0, n_ke_waves = 0
+    real(dp) :: pdf_edges(MAX_PDF_BINS - 1) = 0, clim_pdf(MAX_PDF_BINS) = 0
+    real(dp) :: pdf_dist_mean = 0, pdf_dist_sd = 0
+    real(dp) :: clim_ke_spectrum(MAX_SPEC_WAVES) = 0, spec_dist_mean = 0, spec_dist_sd = 0
   end type sw_config_t
 
   !> The host: its configuration and this rank's state. Fields are (nx, 0:n+1): this rank's
@@ -103,6 +117,10 @@ module sw_host
     ! the energy check (coarse): its largest value and the first step above energy_warn
     real(dp) :: e_max = 0
     integer :: warn_step = -1
+    ! the climate tests (rank 0): the window's h counts and KE spectrum, the z-scores so far
+    real(dp), allocatable :: h_counts(:), ke_spec(:), cos_t(:, :), sin_t(:, :)
+    integer :: i_win = 0, n_samples = 0
+    real(dp), allocatable :: w_time(:), w_zpdf(:), w_zspec(:)
   contains
     procedure :: name => sw_name
     procedure :: groups => sw_groups
@@ -153,10 +171,13 @@ contains
     character(len=*), intent(inout) :: iomsg
     integer :: nx, ny, n_steps, spinup_steps, init_index, output_interval, sample_interval, &
                inject_nan_step, inject_nan_column, energy_check_interval, n_runs, &
-               init_indices(MAX_RUNS), inject_nan_run
+               init_indices(MAX_RUNS), inject_nan_run, climate_window, &
+               climate_sample_interval, n_pdf_bins, n_ke_waves
     real(dp) :: dx, dy, f0, g, depth, viscosity, drag_days, wind_u0, wind_days, relax_days, &
                 h_eq_amplitude, dt, wind_scale, max_speed, energy_max, energy_warn, clim_ke, &
-                clim_pe, clim_h_std, clim_speed_mean
+                clim_pe, clim_h_std, clim_speed_mean, climate_sigma, &
+                pdf_edges(MAX_PDF_BINS - 1), clim_pdf(MAX_PDF_BINS), pdf_dist_mean, pdf_dist_sd, &
+                clim_ke_spectrum(MAX_SPEC_WAVES), spec_dist_mean, spec_dist_sd
     character(len=16) :: mode, closure
     character(len=8) :: inject_value
     character(len=1024) :: init_file, output_dir
@@ -170,7 +191,9 @@ contains
       inject_value, wind_scale, relaxation, n_runs, init_indices, seeds, run_dirs, inject_nan_run, &
       max_batch_bytes
     namelist /sw_failure/ max_speed, energy_max, energy_warn, energy_check_interval, clim_ke, &
-      clim_pe, clim_h_std, clim_speed_mean
+      clim_pe, clim_h_std, clim_speed_mean, climate_window, climate_sample_interval, &
+      climate_sigma, n_pdf_bins, pdf_edges, clim_pdf, pdf_dist_mean, pdf_dist_sd, n_ke_waves, &
+      clim_ke_spectrum, spec_dist_mean, spec_dist_sd
 
     associate (cfg => self%cfg)
     nx = cfg%nx; ny = cfg%ny; dx = cfg%dx; dy = cfg%dy; f0 = cfg%f0; g = cfg%g
@@ -189,6 +212,11 @@ contains
     max_speed = cfg%max_speed; energy_max = cfg%energy_max; energy_warn = cfg%energy_warn
     energy_check_interval = cfg%energy_check_interval; clim_ke = cfg%clim_ke
     clim_pe = cfg%clim_pe; clim_h_std = cfg%clim_h_std; clim_speed_mean = cfg%clim_speed_mean
+    climate_window = cfg%climate_window; climate_sample_interval = cfg%climate_sample_interval
+    climate_sigma = cfg%climate_sigma; n_pdf_bins = cfg%n_pdf_bins; pdf_edges = cfg%pdf_edges
+    clim_pdf = cfg%clim_pdf; pdf_dist_mean = cfg%pdf_dist_mean; pdf_dist_sd = cfg%pdf_dist_sd
+    n_ke_waves = cfg%n_ke_waves; clim_ke_spectrum = cfg%clim_ke_spectrum
+    spec_dist_mean = cfg%spec_dist_mean; spec_dist_sd = cfg%spec_dist_sd
 
     iostat = 0
     select case (group)
@@ -225,6 +253,11 @@ contains
     cfg%max_speed = max_speed; cfg%energy_max = energy_max; cfg%energy_warn = energy_warn
     cfg%energy_check_interval = energy_check_interval; cfg%clim_ke = clim_ke
     cfg%clim_pe = clim_pe; cfg%clim_h_std = clim_h_std; cfg%clim_speed_mean = clim_speed_mean
+    cfg%climate_window = climate_window; cfg%climate_sample_interval = climate_sample_interval
+    cfg%climate_sigma = climate_sigma; cfg%n_pdf_bins = n_pdf_bins; cfg%pdf_edges = pdf_edges
+    cfg%clim_pdf = clim_pdf; cfg%pdf_dist_mean = pdf_dist_mean; cfg%pdf_dist_sd = pdf_dist_sd
+    cfg%n_ke_waves = n_ke_waves; cfg%clim_ke_spectrum = clim_ke_spectrum
+    cfg%spec_dist_mean = spec_dist_mean; cfg%spec_dist_sd = spec_dist_sd
     end associate
   end subroutine sw_group_io
 
@@ -288,6 +321,9 @@ contains
     bytes = 8 * (11 * nx * (n + 2) + 10 * nx * n + nx) + &
             storage_size(1.0_wp) / 8 * (N_IN + N_OUT) * nx * n
     if (self%rank == 0) bytes = bytes + 8 * 4 * nx * self%cfg%ny
+    if (self%rank == 0 .and. self%cfg%climate_window > 0) bytes = bytes + &
+      8 * (MAX_PDF_BINS + (2 * nx + 1) * self%cfg%n_ke_waves + &
+           3 * (self%cfg%n_steps / self%cfg%climate_window))
   end function sw_state_bytes
 
   subroutine sw_network_columns(self, n_columns, column_offset)
@@ -315,6 +351,10 @@ contains
       self%fh1 = ieee_nan()
       self%e_max = ieee_nan()
       self%warn_step = -1
+      self%i_win = 0
+      self%n_samples = 0
+      if (allocated(self%h_counts)) self%h_counts = 0
+      if (allocated(self%ke_spec)) self%ke_spec = 0
     end if
     call global_diag(self%cfg, self, self%d0)
   end subroutine sw_start
@@ -425,7 +465,12 @@ contains
                                                  ' (is dt too large?)'
       return
     end if
-    if (cfg%mode == 'truth' .or. .not. (cfg%energy_max > 0 .or. cfg%energy_warn > 0)) return
+    if (cfg%mode == 'truth') return
+    if (cfg%climate_window > 0 .and. mod(step, cfg%climate_sample_interval) == 0) then
+      call climate_test(self, step, failure)
+      if (failure%failed) return
+    end if
+    if (.not. (cfg%energy_max > 0 .or. cfg%energy_warn > 0)) return
     if (mod(step, cfg%energy_check_interval) /= 0) return
     call global_diag(cfg, self, d)
     flag = 0
@@ -447,6 +492,65 @@ contains
     end if
     end associate
   end subroutine sw_check_finish
+
+  !> Samples the gathered state into the climate window; at the window's end, the distance of
+  !> its h distribution and its KE spectrum from the truth's as z-scores (collective).
+  subroutine climate_test(self, step, failure)
+    class(sw_host_t), intent(inout) :: self
+    integer, intent(in) :: step
+    type(failure_t), intent(inout) :: failure
+    real(dp) :: d(ND), zp, zs
+    integer :: flag, nb, nw
+    associate (cfg => self%cfg)
+    call global_diag(cfg, self, d)           ! gathers u, v and h on rank 0
+    flag = 0
+    nb = cfg%n_pdf_bins
+    nw = cfg%n_ke_waves
+    if (self%rank == 0) then
+      if (nb > 0) call pdf_accumulate(self%hg, cfg%pdf_edges(1:nb - 1), self%h_counts(1:nb))
+      if (nw > 0) then
+        call power_spectrum_accumulate(self%ug, self%cos_t, self%sin_t, self%ke_spec)
+        call power_spectrum_accumulate(self%vg, self%cos_t, self%sin_t, self%ke_spec)
+      end if
+      self%n_samples = self%n_samples + 1
+      if (mod(step, cfg%climate_window) == 0) then
+        zp = ieee_nan()
+        zs = ieee_nan()
+        if (nb > 0) zp = (hellinger_from_counts(self%h_counts(1:nb), cfg%clim_pdf(1:nb)) - &
+                          cfg%pdf_dist_mean) / cfg%pdf_dist_sd
+        ! per sample and row: the truth's spectrum is normalized the same way
+        if (nw > 0) zs = (spectrum_distance(self%ke_spec / (2 * self%n_samples * cfg%ny), &
+                                            cfg%clim_ke_spectrum(1:nw)) - &
+                          cfg%spec_dist_mean) / cfg%spec_dist_sd
+        self%i_win = self%i_win + 1
+        self%w_time(self%i_win) = step * cfg%dt / DAY
+        self%w_zpdf(self%i_win) = zp
+        self%w_zspec(self%i_win) = zs
+        self%h_counts = 0
+        self%ke_spec = 0
+        self%n_samples = 0
+        if (zp > cfg%climate_sigma) then
+          flag = 1
+          failure%message = "the window's distribution of h is "//ftoa(zp)//' sd further '// &
+                            "from the truth's (Hellinger) than truth windows are (threshold "// &
+                            ftoa(cfg%climate_sigma)//')'
+        else if (zs > cfg%climate_sigma) then
+          flag = 2
+          failure%message = "the window's kinetic-energy spectrum is "//ftoa(zs)//' sd '// &
+                            "further from the truth's than truth windows are (threshold "// &
+                            ftoa(cfg%climate_sigma)//')'
+        end if
+      end if
+    end if
+    call bcast_int(flag, self%comm)
+    if (flag /= 0) then
+      call bcast_str(failure%message, self%comm)
+      failure%failed = .true.
+      failure%reason = merge('distribution', 'spectrum    ', flag == 1)
+      failure%variable = merge('h_pdf      ', 'ke_spectrum', flag == 1)
+    end if
+    end associate
+  end subroutine climate_test
 
   !> Coarse: the step and the global diagnostics. Truth: the state and theta of the state,
   !> gathered on rank 0, and the diagnostics.
@@ -526,6 +630,10 @@ contains
       call r%add_extra('rmse_pe', rms_vs(series(D_PE), cfg%clim_pe))
       call r%add_extra('rmse_h_std', rms_vs(series(D_H_STD), cfg%clim_h_std))
       call r%add_extra('rmse_speed', rms_vs(series(D_MEAN_SPEED), cfg%clim_speed_mean))
+      if (cfg%climate_window > 0 .and. cfg%n_pdf_bins > 0) &
+        call r%add_extra('final_window_z_pdf', last(self%w_zpdf(1:self%i_win)))
+      if (cfg%climate_window > 0 .and. cfg%n_ke_waves > 0) &
+        call r%add_extra('final_window_z_spectrum', last(self%w_zspec(1:self%i_win)))
     end if
     end associate
   contains
@@ -572,6 +680,12 @@ contains
     call out%put1('bias_pe', bias(values(1 + D_PE, 1:n), cfg%clim_pe), 'time')
     call out%put1('bias_h_std', bias(values(1 + D_H_STD, 1:n), cfg%clim_h_std), 'time')
     call out%put1('bias_speed', bias(values(1 + D_MEAN_SPEED, 1:n), cfg%clim_speed_mean), 'time')
+    if (cfg%climate_window > 0) then
+      call out%dim('window_end', self%w_time(1:self%i_win))
+      if (cfg%n_pdf_bins > 0) call out%put1('climate_z_pdf', self%w_zpdf(1:self%i_win), 'window_end')
+      if (cfg%n_ke_waves > 0) &
+        call out%put1('climate_z_spectrum', self%w_zspec(1:self%i_win), 'window_end')
+    end if
     call write_grid(cfg, out)
     call out%put2('u', self%ug, [character(len=8) :: 'x', 'y'])
     call out%put2('v', self%vg, [character(len=8) :: 'x', 'y'])
@@ -654,11 +768,48 @@ contains
                     cfg%clim_speed_mean >= 0)) then
       errmsg = key_error(path, 'sw_failure', 'clim_ke, clim_pe, clim_h_std, clim_speed_mean', &
                    'must be >= 0 (0: not given)')
+    else if (cfg%climate_window < 0 .or. (cfg%climate_window > 0 .and. &
+             (cfg%climate_sample_interval < 1 .or. &
+              mod(cfg%climate_window, max(cfg%climate_sample_interval, 1)) /= 0))) then
+      errmsg = key_error(path, 'sw_failure', 'climate_window', 'must be 0 (off) or a positive '// &
+                   'multiple of climate_sample_interval')
+    else if (cfg%climate_window > 0 .and. .not. (cfg%climate_sigma > 0)) then
+      errmsg = key_error(path, 'sw_failure', 'climate_sigma', 'must be > 0')
+    else if (cfg%climate_window > 0 .and. .not. (cfg%n_pdf_bins == 0 .or. &
+             (cfg%n_pdf_bins >= 2 .and. cfg%n_pdf_bins <= MAX_PDF_BINS))) then
+      errmsg = key_error(path, 'sw_failure', 'n_pdf_bins', 'must be 0 (off) or in 2 .. '// &
+                   itoa(MAX_PDF_BINS)//', got '//itoa(cfg%n_pdf_bins))
+    else if (cfg%climate_window > 0 .and. cfg%n_pdf_bins > 0 .and. .not. pdf_ok(cfg)) then
+      errmsg = key_error(path, 'sw_failure', 'pdf_edges, clim_pdf', 'need n_pdf_bins - 1 '// &
+                   'ascending finite edges and n_pdf_bins probabilities >= 0 summing to 1')
+    else if (cfg%climate_window > 0 .and. cfg%n_pdf_bins > 0 .and. &
+             .not. (cfg%pdf_dist_sd > 0 .and. cfg%pdf_dist_mean >= 0)) then
+      errmsg = key_error(path, 'sw_failure', 'pdf_dist_mean, pdf_dist_sd', 'must be >= 0 and '// &
+                   '> 0 (from a calibration on truth runs)')
+    else if (cfg%climate_window > 0 .and. .not. (cfg%n_ke_waves >= 0 .and. &
+             cfg%n_ke_waves <= min(cfg%nx / 2, MAX_SPEC_WAVES))) then
+      errmsg = key_error(path, 'sw_failure', 'n_ke_waves', 'must be in 0 (off) .. nx / 2 '// &
+                   '(at most '//itoa(MAX_SPEC_WAVES)//'), got '//itoa(cfg%n_ke_waves))
+    else if (cfg%climate_window > 0 .and. cfg%n_ke_waves > 0 .and. .not. &
+             (all(cfg%clim_ke_spectrum(1:cfg%n_ke_waves) > 0) .and. &
+              cfg%spec_dist_sd > 0 .and. cfg%spec_dist_mean >= 0)) then
+      errmsg = key_error(path, 'sw_failure', 'clim_ke_spectrum, spec_dist_mean, spec_dist_sd', &
+                   'need n_ke_waves powers > 0, a mean >= 0 and a spread > 0 (from a '// &
+                   'calibration on truth runs)')
     else
       stat = 0
       errmsg = ''
     end if
   end subroutine validate
+  logical function pdf_ok(cfg)
+    type(sw_config_t), intent(in) :: cfg
+    integer :: n
+    n = cfg%n_pdf_bins
+    pdf_ok = all(is_finite(cfg%pdf_edges(1:n - 1))) .and. &
+             all(cfg%pdf_edges(2:n - 1) > cfg%pdf_edges(1:n - 2)) .and. &
+             all(cfg%clim_pdf(1:n) >= 0) .and. abs(sum(cfg%clim_pdf(1:n)) - 1) < 1e-6_dp
+  end function pdf_ok
+
   ! ---------------------------------------------------------------------------------------
   ! setup: decomposition, every array of the run (nothing is allocated after this), the static
   ! forcing patterns and the initial state
@@ -705,6 +856,12 @@ contains
     mg = merge(nx, 1, s%rank == 0)
     ng = merge(cfg%ny, 1, s%rank == 0)
     allocate (s%ug(mg, ng), s%vg(mg, ng), s%hg(mg, ng), s%wg(mg, ng), source=0.0_dp)
+    i = 0
+    if (cfg%mode == 'coarse' .and. cfg%climate_window > 0) i = cfg%n_steps / cfg%climate_window
+    allocate (s%w_time(i), s%w_zpdf(i), s%w_zspec(i), source=ieee_nan())
+    allocate (s%h_counts(MAX_PDF_BINS), s%ke_spec(cfg%n_ke_waves), source=0.0_dp)
+    allocate (s%cos_t(nx, cfg%n_ke_waves), s%sin_t(nx, cfg%n_ke_waves))
+    if (cfg%n_ke_waves > 0) call dft_tables(nx, s%cos_t, s%sin_t)
 
     ! static forcing patterns, from global positions: wind stress at the u and v points, the
     ! relaxation target at the h points (a whole period in x and y: zero domain mean)
