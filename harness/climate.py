@@ -3,8 +3,8 @@ them (coupler/hosts/common/climate_stats.f90; tests/test_climate_criteria.py hol
 together): the Hellinger distance between the distribution of a window's values and the
 truth's, and the distance between the window's lag autocorrelation and the truth's. The
 plugins calibrate them on truth runs: a window's distance becomes a one-sided z-score against
-the spread of the same distance over truth windows, which the host tests like the drift test's
-mean and std."""
+the same distance over truth windows (taken on the distance to the power 2/3: ``normalized``),
+which the host tests like the drift test's mean and std."""
 
 from __future__ import annotations
 
@@ -55,6 +55,17 @@ def window_acf(series: np.ndarray, lags: np.ndarray) -> np.ndarray:
     return out
 
 
+def normalized(distance: np.ndarray | float) -> np.ndarray:
+    """A distance to the power 2/3, where the z-scores are taken (climate_stats.f90's distance_z:
+    a root of a sum of squares is about chi-square's root; Wilson-Hilferty's cube root of the
+    square is about normal, the raw distance is right-skewed)."""
+    return np.maximum(np.asarray(distance, float), 0.0) ** (2.0 / 3.0)
+
+
+def distance_z(distance: float, mean: float, sd: float) -> float:
+    return float((normalized(distance) - mean) / sd)
+
+
 def acf_distance(acf: np.ndarray, ref_acf: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(acf) - np.asarray(ref_acf)) ** 2)))
 
@@ -79,10 +90,12 @@ class ClimateCalibration:
         """windows (n, columns, samples) -> the z-scores of their pdf and acf distances."""
         edges, pdf = np.asarray(self.pdf_edges), np.asarray(self.clim_pdf)
         lags = np.asarray(self.acf_lags, int)
-        zp = np.array([(hellinger_distance(w, edges, pdf) - self.pdf_dist_mean)
-                       / self.pdf_dist_sd for w in windows]) if pdf.size else np.full(len(windows), np.nan)
-        za = np.array([(acf_distance(window_acf(w, lags), self.clim_acf) - self.acf_dist_mean)
-                       / self.acf_dist_sd for w in windows]) if lags.size else np.full(len(windows), np.nan)
+        zp = np.array([distance_z(hellinger_distance(w, edges, pdf), self.pdf_dist_mean,
+                                  self.pdf_dist_sd) for w in windows]) \
+            if pdf.size else np.full(len(windows), np.nan)
+        za = np.array([distance_z(acf_distance(window_acf(w, lags), self.clim_acf),
+                                  self.acf_dist_mean, self.acf_dist_sd) for w in windows]) \
+            if lags.size else np.full(len(windows), np.nan)
         return zp, za
 
 
@@ -94,14 +107,14 @@ def calibrate_climate(windows: np.ndarray, n_bins: int, lags: list[int]) -> Clim
     if n_bins:
         edges = quantile_edges(windows, n_bins)
         pdf = histogram_pdf(windows, edges)
-        dist = np.array([hellinger_distance(w, edges, pdf) for w in windows])
+        dist = normalized([hellinger_distance(w, edges, pdf) for w in windows])
     else:
         edges, pdf, dist = np.empty(0), np.empty(0), np.zeros(2)
     lag_arr = np.asarray(lags, int)
     if lag_arr.size:
         acfs = np.array([window_acf(w, lag_arr) for w in windows])
         clim_acf = acfs.mean(axis=0)
-        adist = np.array([acf_distance(a, clim_acf) for a in acfs])
+        adist = normalized([acf_distance(a, clim_acf) for a in acfs])
     else:
         clim_acf, adist = np.empty(0), np.zeros(2)
     return ClimateCalibration(
@@ -144,10 +157,10 @@ class FieldClimateCalibration:
         """windows: [{"h": (samples, rows, n), "u": ..., "v": ...}] -> pdf and spectrum z."""
         edges, pdf = np.asarray(self.pdf_edges), np.asarray(self.clim_pdf)
         ref = np.asarray(self.clim_ke_spectrum)
-        zp = np.array([(hellinger_distance(w["h"], edges, pdf) - self.pdf_dist_mean)
-                       / self.pdf_dist_sd if pdf.size else np.nan for w in windows])
-        zs = np.array([(spectrum_distance(window_ke_spectrum(w, ref.size), ref)
-                        - self.spec_dist_mean) / self.spec_dist_sd if ref.size else np.nan
+        zp = np.array([distance_z(hellinger_distance(w["h"], edges, pdf), self.pdf_dist_mean,
+                                  self.pdf_dist_sd) if pdf.size else np.nan for w in windows])
+        zs = np.array([distance_z(spectrum_distance(window_ke_spectrum(w, ref.size), ref),
+                                  self.spec_dist_mean, self.spec_dist_sd) if ref.size else np.nan
                        for w in windows])
         return zp, zs
 
@@ -168,13 +181,13 @@ def calibrate_field_climate(windows: list[dict[str, np.ndarray]], n_bins: int,
     if n_bins:
         edges = quantile_edges(np.concatenate([w["h"].ravel() for w in windows]), n_bins)
         pdf = histogram_pdf(np.concatenate([w["h"].ravel() for w in windows]), edges)
-        dist = np.array([hellinger_distance(w["h"], edges, pdf) for w in windows])
+        dist = normalized([hellinger_distance(w["h"], edges, pdf) for w in windows])
     else:
         edges, pdf, dist = np.empty(0), np.empty(0), np.zeros(2)
     if n_waves:
         specs = np.array([window_ke_spectrum(w, n_waves) for w in windows])
         clim = specs.mean(axis=0)
-        sdist = np.array([spectrum_distance(s, clim) for s in specs])
+        sdist = normalized([spectrum_distance(s, clim) for s in specs])
     else:
         clim, sdist = np.empty(0), np.zeros(2)
     return FieldClimateCalibration(

@@ -1062,8 +1062,8 @@ def _failures_by_criterion(study: Study) -> list[str]:
     rows = []
     for reason, group in failed.groupby(failed["reason"].fillna("").replace("", "unknown")):
         steps = group["failure_step"].astype(float)
-        rows.append([reason, len(group), _num(float(steps.median())),
-                     f"{_num(float(steps.min()))}-{_num(float(steps.max()))}"])
+        rows.append([reason, len(group), _steps(int(round(float(steps.median())))),
+                     f"{_steps(int(steps.min()))}-{_steps(int(steps.max()))}"])
     rows.sort(key=lambda r: -r[1])
     return lines + _md_table(["criterion (reason)", "runs", "median failure step",
                               "range"], rows) + [f"- of {len(runs)} runs", ""]

@@ -144,10 +144,11 @@ def test_the_fitted_closure_passes_every_criterion(truth: dict) -> None:
 
 
 def test_an_autocorrelation_far_from_the_truths_fails_by_it(truth: dict) -> None:
-    """The autocorrelation criterion alone: the truth's own climate with a reference acf of the
-    opposite sign is a run whose temporal structure is wrong."""
+    """The autocorrelation criterion alone: the truth's own climate against a reference acf of
+    0.9 at every lag (a persistent flow) is a run whose temporal structure is wrong."""
     fail = dict(truth["calibration"]["failure"])
-    fail.update(pdf_check=False, clim_acf=[-a for a in fail["clim_acf"]])
+    n = fail["n_acf_lags"]
+    fail.update(pdf_check=False, clim_acf=[0.9] * n + fail["clim_acf"][n:])
     result = run(truth["base"], "acf",
                  run={"init_file": str(truth[2]), "init_index": 100, "dt": 0.005,
                       "n_steps": 4000, "closure": "cubic",

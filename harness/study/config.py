@@ -136,9 +136,8 @@ class CoupleConfig:
     #: test_climate_criteria.py): 16 bins keep ~50 of a window's 800 values a bin; on an
     #: independent 300-unit truth run no window fails either criterion at 3, 4 or 5 sigma,
     #: while a wave with the truth's mean and std (the one-scale model at F = 3.5, rescaled)
-    #: reaches z = 8.6 (distribution) and 4.4 (autocorrelation) in its second window. Lags of
-    #: 0.1-0.5 windows (0.5-2.5 units) gave the wave's acf z 4.4 with no false alarm at 3 sigma;
-    #: 0.25-2 units gave 4.3 with 1 of 60 truth windows at 3 sigma.
+    #: reaches z = 7.0 (distribution) and 3.8 (autocorrelation) in its second window. Lags of
+    #: 0.1-0.5 windows gave no false alarm at 3 sigma; 0.05-0.4 gave 1 of 60 truth windows.
     drift_pdf_bins: int = 16
     drift_acf_lags: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])
     #: sw: a run fails when its energy exceeds energy_factor x the truth maximum; the first

@@ -14,7 +14,7 @@ module climate_stats
   public :: MAX_PDF_BINS, MAX_ACF_LAGS
   public :: pdf_bin, hellinger_distance, pdf_accumulate, hellinger_from_counts, &
             window_acf, acf_distance, dft_tables, power_spectrum_accumulate, &
-            spectrum_distance, MAX_SPEC_WAVES
+            spectrum_distance, distance_z, MAX_SPEC_WAVES
 
   integer, parameter :: MAX_PDF_BINS = 64   !< bins of a climate pdf (namelist array bounds)
   integer, parameter :: MAX_ACF_LAGS = 16   !< lags of an autocorrelation criterion
@@ -146,5 +146,15 @@ contains
     real(dp), intent(in) :: spec(:), ref_spec(:)
     d = sqrt(sum(log10(max(spec, 1e-300_dp) / ref_spec)**2) / max(size(spec), 1))
   end function spectrum_distance
+
+  !> A window's distance as a z-score against truth windows: on the distance to the power 2/3
+  !> (Wilson-Hilferty: these distances are roots of sums of squares, about chi-square, whose
+  !> cube root is about normal; the raw distances are right-skewed, so a z-score on them would
+  !> put false alarms in the tail the threshold is meant to keep clean).
+  elemental real(dp) function distance_z(d, mean, sd) result(z)
+    real(dp), intent(in) :: d       !! the window's distance
+    real(dp), intent(in) :: mean, sd  !! of d**(2/3) over truth windows
+    z = (max(d, 0.0_dp)**(2.0_dp / 3) - mean) / sd
+  end function distance_z
 
 end module climate_stats

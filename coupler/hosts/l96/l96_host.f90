@@ -16,7 +16,7 @@ module l96_host
   use host_mpi
   use host_driver
   use climate_stats, only: MAX_PDF_BINS, MAX_ACF_LAGS, hellinger_distance, window_acf, &
-                           acf_distance
+                           acf_distance, distance_z
   use l96_dynamics, only: l96_params_t, slow_tendency, coupling_term, truth_tendencies, &
                           rk4_update, RK4_STAGES, X_HALO_LEFT, X_HALO_RIGHT, Y_HALO_LEFT, &
                           Y_HALO_RIGHT
@@ -51,7 +51,8 @@ module l96_host
     real(dp) :: clim_mean = 0, clim_std = 0, sd_window_mean = 0, sd_window_std = 0
     ! in the drift test's windows: the distribution of x against the truth's (Hellinger
     ! distance on the truth's bins) and its autocorrelation at lags (in drift samples), each as
-    ! a one-sided z-score against the spread of the same distance over truth windows
+    ! a one-sided z-score against the same distance over truth windows (climate_stats'
+    ! distance_z: the *_dist_mean and *_dist_sd are of the distance to the power 2/3)
     logical :: pdf_check = .false., acf_check = .false.
     integer :: n_pdf_bins = 0, n_acf_lags = 0
     real(dp) :: pdf_edges(MAX_PDF_BINS - 1) = 0, clim_pdf(MAX_PDF_BINS) = 0
@@ -663,11 +664,11 @@ contains
         nl = cfg%n_acf_lags
         if (cfg%pdf_check) then
           dist = hellinger_distance(self%wbuf, cfg%pdf_edges(1:nb - 1), cfg%clim_pdf(1:nb))
-          zp = (dist - cfg%pdf_dist_mean) / cfg%pdf_dist_sd
+          zp = distance_z(dist, cfg%pdf_dist_mean, cfg%pdf_dist_sd)
         end if
         if (cfg%acf_check) then
           dist = acf_distance(window_acf(self%wbuf, cfg%acf_lags(1:nl)), cfg%clim_acf(1:nl))
-          za = (dist - cfg%acf_dist_mean) / cfg%acf_dist_sd
+          za = distance_z(dist, cfg%acf_dist_mean, cfg%acf_dist_sd)
         end if
         self%i_win = self%i_win + 1
         self%w_time(self%i_win) = step * cfg%dt

@@ -27,7 +27,7 @@ module sw_host
   use host_driver
   use climate_stats, only: MAX_PDF_BINS, MAX_SPEC_WAVES, pdf_accumulate, &
                            hellinger_from_counts, dft_tables, power_spectrum_accumulate, &
-                           spectrum_distance
+                           spectrum_distance, distance_z
   implicit none
   private
 
@@ -86,8 +86,9 @@ module sw_host
     ! the climate tests (coarse): windows of climate_window steps sampled every
     ! climate_sample_interval; in each, the distribution of h over the grid (Hellinger distance
     ! on the truth's bins) and the kinetic-energy spectrum along x (rms log10 ratio to the
-    ! truth's), each a one-sided z-score against the spread of the same distance over truth
-    ! windows, failing above climate_sigma. 0 windows, bins or wavenumbers: off.
+    ! truth's), each a one-sided z-score against the same distance over truth windows
+    ! (climate_stats' distance_z: the *_dist_mean and *_dist_sd are of the distance to the
+    ! power 2/3), failing above climate_sigma. 0 windows, bins or wavenumbers: off.
     integer :: climate_window = 0, climate_sample_interval = 48
     real(dp) :: climate_sigma = 5
     integer :: n_pdf_bins = 0, n_ke_waves = 0
@@ -516,12 +517,14 @@ contains
       if (mod(step, cfg%climate_window) == 0) then
         zp = ieee_nan()
         zs = ieee_nan()
-        if (nb > 0) zp = (hellinger_from_counts(self%h_counts(1:nb), cfg%clim_pdf(1:nb)) - &
-                          cfg%pdf_dist_mean) / cfg%pdf_dist_sd
+        if (nb > 0) zp = distance_z(hellinger_from_counts(self%h_counts(1:nb), &
+                                                          cfg%clim_pdf(1:nb)), &
+                                    cfg%pdf_dist_mean, cfg%pdf_dist_sd)
         ! per sample and row: the truth's spectrum is normalized the same way
-        if (nw > 0) zs = (spectrum_distance(self%ke_spec / (2 * self%n_samples * cfg%ny), &
-                                            cfg%clim_ke_spectrum(1:nw)) - &
-                          cfg%spec_dist_mean) / cfg%spec_dist_sd
+        if (nw > 0) zs = distance_z(spectrum_distance(self%ke_spec / (2 * self%n_samples * &
+                                                                      cfg%ny), &
+                                                      cfg%clim_ke_spectrum(1:nw)), &
+                                    cfg%spec_dist_mean, cfg%spec_dist_sd)
         self%i_win = self%i_win + 1
         self%w_time(self%i_win) = step * cfg%dt / DAY
         self%w_zpdf(self%i_win) = zp
