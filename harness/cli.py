@@ -106,12 +106,15 @@ def _cmd_host_defaults(args: argparse.Namespace) -> int:
 
 
 def _cmd_l96_calibrate(args: argparse.Namespace) -> int:
-    from .l96 import calibrate_drift, false_alarm_rates, fit_cubic, read_truth
+    from .l96 import (calibrate_drift, calibrate_window_climate, climate_false_alarm_rates,
+                      fit_cubic, read_truth)
     cal = calibrate_drift(args.truth, args.window_time, args.sample_time)
-    out = {"failure": cal.as_dict()}
+    climate = calibrate_window_climate(args.truth, cal, args.pdf_bins, args.acf_lags)
+    out = {"failure": cal.as_dict(), "climate": climate.as_dict()}
     if args.check:
+        rates = climate_false_alarm_rates(args.check, cal, climate, (3.0, 4.0, 5.0))
         out["false_alarm_rate_per_window"] = {
-            str(k): v for k, v in false_alarm_rates(args.check, cal).items()}
+            crit: {str(k): v for k, v in r.items()} for crit, r in rates.items()}
     x, u, _ = read_truth(args.truth)
     out["cubic_coeffs"] = fit_cubic(x, u)
     print(json.dumps(out, indent=2))
@@ -256,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--sample-time", type=float, default=0.05,
                     help="time between the samples of a window (default 0.05)")
     lc.add_argument("--check", help="an independent truth run: report false-alarm rates on it")
+    lc.add_argument("--pdf-bins", type=int, default=16,
+                    help="bins of the distribution criterion (0: off; default 16)")
+    lc.add_argument("--acf-lags", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.4, 0.5],
+                    help="lags of the autocorrelation criterion, fractions of the window "
+                         "(none: off; default 0.1 0.2 0.3 0.4 0.5)")
     lc.set_defaults(func=_cmd_l96_calibrate)
 
     executors = ["local", "slurm", "mpi"]

@@ -323,3 +323,18 @@ def test_batched_runs_keep_their_own_windows(truth: dict, sw_truth: dict, host: 
             r.output_dir.name + ".solo")})
         run_host(alone, timeout=300)
         assert_same_run(r.output_dir, alone.output_dir)
+
+
+def test_the_calibration_command_prints_every_criterion(truth: dict) -> None:
+    import json
+    import sys
+    out = subprocess.run([sys.executable, "-m", "harness", "l96-calibrate", str(truth[1]),
+                          "--check", str(truth[2]), "--pdf-bins", "8", "--acf-lags", "0.2"],
+                         capture_output=True, text=True, check=True)
+    cal = json.loads(out.stdout)
+    assert len(cal["climate"]["clim_pdf"]) == 8 and cal["climate"]["acf_lags"] == [20]
+    assert set(cal["false_alarm_rate_per_window"]) == {"mean/std", "distribution",
+                                                       "autocorrelation", "any"}
+    bad = subprocess.run([sys.executable, "-m", "harness", "l96-calibrate", str(truth[1]),
+                          "--acf-lags", "0.001"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "drift_acf_lags" in bad.stderr
