@@ -1322,6 +1322,48 @@ def _fig_survival(data: Any, path: Path) -> None:
     _save(fig, path)
 
 
+def _replicates_section(df: pd.DataFrame, n_steps: int | None) -> list[str]:
+    """Seed replicates (training.seeds > 1): the spread of steps to failure within a
+    hyperparameter set against between sets, and the set-level correlation."""
+    from .replicates import replicate_spread, set_level_spearman
+    use = usable_candidates(df)
+    if "set" not in use or use.empty or use.groupby("set").size().max() < 2:
+        return []
+    budget = _budget(use, n_steps)
+    steps = use["steps_to_failure"].to_numpy(dtype=float)
+    log_steps = np.log10(np.maximum(steps, 1.0))
+    spread = replicate_spread(log_steps, use["set"].to_numpy())
+    censored = float(np.mean(steps >= budget)) if budget is not None else float("nan")
+    lines = ["## Seed replicates (training.seeds)", ""]
+    lines.append(f"{int(use['set'].nunique())} hyperparameter sets, {len(use)} trained and "
+                 f"coupled networks ({_num(len(use) / use['set'].nunique())} a set on average); "
+                 f"{_share(censored)} of them censored at the budget.")
+    lines.append("")
+    if spread.reason:
+        lines += [f"- Intraclass correlation: absent: {spread.reason}.", ""]
+    else:
+        lines.append(
+            f"- Intraclass correlation ICC(1) of log10 steps to failure: **{spread.icc:.2f}** "
+            f"(95% bootstrap CI over sets {spread.icc_low:.2f} to {spread.icc_high:.2f}; "
+            f"{spread.n_sets} sets, k0 = {spread.k0:.2f}): the share of the spread that lies "
+            "between hyperparameter sets; the rest is between seeds of one set. "
+            f"SD within a set {spread.sd_within:.2f}, between sets {spread.sd_between:.2f} "
+            "(log10 steps). Near 0: the seed decides as much as the hyperparameters, and a "
+            "single training of a set says little about it. Censored networks count at the "
+            "budget, which shrinks both spreads; with many censored, read it as a rough "
+            "indication.")
+    rho, p, n = set_level_spearman(use, "val_mse", "steps_to_failure")
+    if np.isfinite(rho):
+        lines.append(f"- With the set as the unit (medians over its replicates): "
+                     f"Spearman(val_mse, steps_to_failure) = {rho:+.3f} ({_p_is(p)}, n = {n} "
+                     "sets). Replicates of one set are not independent observations of what "
+                     "its hyperparameters do, so this is the correlation to read for them.")
+    else:
+        lines.append(f"- Set-level Spearman(val_mse, steps_to_failure): absent ({n} sets with "
+                     "values, or no variation in one of them).")
+    return lines + [""]
+
+
 def _survival_section(df: pd.DataFrame, n_steps: int | None, fig: str | None) -> list[str]:
     from .survival import (concordance, cox_hazard_ratios, km_groups, logrank_by_group,
                            spearman_bootstrap)
@@ -1436,6 +1478,7 @@ def write_report(study_dir: Path | str) -> Path:
     lines += _overall_section(study, overall, bias, made.get("mse_vs_steps"))
     lines += _table2_section(table, made.get("by_hyperparameter"))
     lines += _survival_section(df, n_steps, made.get("survival"))
+    lines += _replicates_section(df, n_steps)
     lines += _optimizer_section(opt, n_steps)
     lines += _curves_section(study, made.get("bias_curves"), facts)
     lines += _ensemble_section(df)

@@ -288,3 +288,36 @@ def test_user_errors_name_the_file(tmp_path: Path) -> None:
     df.to_csv(path, index=False)
     with pytest.raises(HarnessError, match=r"'steps_to_failure', line 4 \(name c0002\)"):
         write_report(study)
+
+
+def test_seed_replicates_show_within_and_between_set_spread(tmp_path: Path) -> None:
+    """Six hyperparameter sets x three seeds: sets differ much more than their seeds do."""
+    rows, rng = [], np.random.default_rng(4)
+    for s in range(6):
+        for r in range(3):
+            i = 3 * s + r
+            steps = float(min(N_STEPS, 100 * (s + 1) + rng.integers(-10, 10)))
+            row = _candidate(i, 0.1 * (s + 1) + 0.01 * r, steps, survived=steps >= N_STEPS)
+            row.update(set=s, replicate=r)
+            rows.append(row)
+    text = write_report(_write_study(tmp_path / "s", rows)).read_text()
+    assert "## Seed replicates (training.seeds)" in text
+    icc = float(re.search(r"ICC\(1\) of log10 steps to failure: \*\*([0-9.]+)\*\*", text)[1])
+    assert icc > 0.9
+    assert "6 sets" in text and "n = 6 sets" in text
+
+
+def test_seed_replicates_too_few_sets_say_why(tmp_path: Path) -> None:
+    rows = []
+    for i in range(4):
+        row = _candidate(i, 0.1 * i + 0.1, 300.0 + 10 * i, survived=False)
+        row.update(set=i // 2, replicate=i % 2)
+        rows.append(row)
+    text = write_report(_write_study(tmp_path / "s", rows)).read_text()
+    assert "Intraclass correlation: absent: 2 hyperparameter set(s)" in text
+    _assert_no_nan(text)
+
+
+def test_no_replicate_section_with_one_seed(tmp_path: Path) -> None:
+    text = write_report(_write_study(tmp_path / "s", _full_rows())).read_text()
+    assert "Seed replicates" not in text

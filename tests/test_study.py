@@ -333,6 +333,28 @@ def _copy_finished(src: StudyDir, dst: StudyDir, stages: tuple[str, ...]) -> Non
     (dst.root / "data" / "calibration.json").unlink()    # init_file points at the copy
 
 
+def test_seed_replicates_end_to_end(local_study: StudyDir, tmp_path: Path) -> None:
+    """training.seeds = 2: every hyperparameter set trained twice with its own seeds, coupled,
+    tabled with its set and replicate, and the report's replicate section."""
+    sd = make_study(tmp_path / "seeds", merged(TINY, training__seeds=2, training__epochs=1,
+                                               couple__ensemble_top_k=0))
+    for part in ("data", "tasks/data"):      # the truth runs of the same configuration
+        shutil.copytree(local_study.root / part, sd.root / part, dirs_exist_ok=True)
+    (sd.root / "data" / "calibration.json").unlink()
+    run_stages(sd, STAGES, "local", progress=False)
+    assert all(sd.counts(s)["error"] == 0 and sd.counts(s)["pending"] == 0 for s in STAGES)
+    t = pd.read_csv(sd.results_dir / "candidates.csv")
+    cands = t[t["kind"] == "candidate"]
+    assert len(cands) == 6 and list(cands["set"]) == [0, 0, 1, 1, 2, 2]
+    assert list(cands["replicate"]) == [0, 1] * 3
+    for _, pair in cands.groupby("set"):
+        assert pair["nodes"].nunique() == 1 and pair["learning_rate"].nunique() == 1
+    summary = json.loads((sd.results_dir / "summary.json").read_text())
+    assert summary["candidates"] == 6 and summary["seeds"] == 2
+    text = (sd.root / "report" / "report.md").read_text()
+    assert "## Seed replicates (training.seeds)" in text and "3 hyperparameter sets" in text
+
+
 def test_cancelled_and_requeued_tasks_leave_no_gap_or_duplicate(
         local_slurm: Path, local_study: StudyDir, tmp_path: Path) -> None:
     """Longer coupled runs of the local study's candidates (training reused): one running task

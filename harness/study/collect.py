@@ -27,13 +27,13 @@ __all__ = ["collect", "table_columns", "TIMING_COLUMNS"]
 HYPER = ("batch_norm", "dropout", "leaky_relu", "learning_rate", "nodes", "layers", "optimizer")
 #: the candidates table's columns for every host; the host's plugin adds its own metrics
 #: (HostPlugin.table_metrics) before the timings
-TABLE_COLUMNS = ("name", "kind", *HYPER, "n_params", "val_mse", "train_status", "epochs",
+TABLE_COLUMNS = ("name", "kind", "set", "replicate", *HYPER, "n_params", "val_mse", "train_status", "epochs",
                  "convert_status", "verify_max_abs_err", "n_runs", "n_failed", "n_steps",
                  "steps_to_failure", "steps_min", "survived", "failure_reason",
                  "mean_abs_bias", "members")
 #: the columns that depend on where and how fast the study ran (the rest must not)
 TIMING_COLUMNS = ("train_s", "couple_wall_s")
-INT_COLUMNS = ("nodes", "layers", "n_params", "epochs", "n_runs", "n_failed", "n_steps")
+INT_COLUMNS = ("set", "replicate", "nodes", "layers", "n_params", "epochs", "n_runs", "n_failed", "n_steps")
 
 
 def table_columns(metrics: dict[str, str]) -> tuple[str, ...]:
@@ -137,7 +137,10 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
         else:
             train_status = TrainStatus.MISSING
         models[cand["name"]] = {
-            "name": cand["name"], "kind": "candidate", **{h: cand[h] for h in HYPER},
+            "name": cand["name"], "kind": "candidate",
+            # plans written before replicates: every candidate its own set
+            "set": cand.get("set", cand["index"]), "replicate": cand.get("replicate", 0),
+            **{h: cand[h] for h in HYPER},
             "n_params": (train or {}).get("n_params", np.nan),
             "val_mse": ((train or {}).get("val_mse", np.nan) if train_status == TrainStatus.OK
                         else np.nan),
@@ -150,6 +153,7 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
     for task in sd.plan["couple"]:
         if task["name"] not in models:
             models[task["name"]] = {"name": task["name"], "kind": task["kind"],
+                                    "set": None, "replicate": None,
                                     **{h: None for h in HYPER}, "n_params": np.nan,
                                     "val_mse": np.nan, "train_status": "", "epochs": np.nan,
                                     "convert_status": "", "verify_max_abs_err": np.nan,
@@ -190,7 +194,9 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
                "initial_conditions": cfg.couple.initial_conditions,
                "bias_label": cal.get("bias_label", bias_var),
                "inputs": host_plugin(cfg).inputs_label(cfg.host),
-               "candidates": cfg.training.candidates, "seed": cfg.seed,
+               "candidates": cfg.training.candidates * cfg.training.seeds,
+               "hyperparameter_sets": cfg.training.candidates, "seeds": cfg.training.seeds,
+               "seed": cfg.seed,
                "failure": {**cfg.host.failure, **cal.get("failure", {})},
                "calibration": {k: v for k, v in cal.items()
                                if k not in ("failure", "init_file", "training_truth")},

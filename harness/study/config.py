@@ -91,7 +91,13 @@ class SpaceConfig:
 
 @dataclass
 class TrainingConfig:
+    #: hyperparameter sets drawn by the random search
     candidates: int = 100
+    #: replicates: each hyperparameter set is trained this many times with different seeds
+    #: (weights, dropout, sample order), each a candidate of its own. Networks of nearly equal
+    #: offline skill can behave very differently online (Mansfield & Sheshadri 2024); with
+    #: seeds > 1 the report separates the spread within a set from the spread between sets
+    seeds: int = 1
     epochs: int = 20
     #: early stopping: epochs without a better validation loss before training stops
     patience: int = 3
@@ -345,7 +351,7 @@ def _check(cfg: StudyConfig) -> None:
         raise StudyError(f"space.optimizer: a non-empty list of {', '.join(OPTIMIZERS)}, "
                          f"got {s.optimizer!r}")
     t = cfg.training
-    for key in ("candidates", "epochs", "batch_size", "threads"):
+    for key in ("candidates", "seeds", "epochs", "batch_size", "threads"):
         _positive(f"training.{key}", getattr(t, key))
     _positive("training.patience", t.patience, zero_ok=True)
     _positive("training.max_samples", t.max_samples, zero_ok=True)
@@ -369,9 +375,9 @@ def _check(cfg: StudyConfig) -> None:
     _positive("couple.ensemble_top_k", c.ensemble_top_k, zero_ok=True)
     _positive("couple.ensemble_noise_sd", c.ensemble_noise_sd, zero_ok=True)
     _positive("couple.output_interval", c.output_interval, zero_ok=True)
-    if c.ensemble_top_k > t.candidates:
+    if c.ensemble_top_k > t.candidates * t.seeds:
         raise StudyError(f"couple.ensemble_top_k: {c.ensemble_top_k} > training.candidates "
-                         f"{t.candidates}")
+                         f"{t.candidates} x training.seeds {t.seeds}")
     for i, b in enumerate(c.baselines):
         if b not in plugin.baselines:
             raise StudyError(f"couple.baselines[{i}]: the {host.name} host's baselines are "

@@ -96,9 +96,16 @@ def search_distributions(cfg: StudyConfig) -> dict[str, Any]:
             "optimizer": CategoricalDistribution(list(dict.fromkeys(s.optimizer)))}
 
 
+def n_networks(cfg: StudyConfig) -> int:
+    """Candidates trained: hyperparameter sets x replicates."""
+    return cfg.training.candidates * cfg.training.seeds
+
+
 def sample_candidates(cfg: StudyConfig) -> list[dict[str, Any]]:
-    """The random search: ``training.candidates`` points of the space, drawn by Optuna's
-    RandomSampler from the study seed (the same seed gives the same candidates)."""
+    """The random search: ``training.candidates`` points of the space (hyperparameter sets),
+    drawn by Optuna's RandomSampler from the study seed (the same seed gives the same sets),
+    each trained ``training.seeds`` times: candidate i*seeds + r is replicate r of set i, with
+    a seed of its own (with one seed a candidate's seed is what it always was)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -106,17 +113,20 @@ def sample_candidates(cfg: StudyConfig) -> list[dict[str, Any]]:
     search = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed),
                                  study_name=cfg.name)
     out = []
+    n_seeds = cfg.training.seeds
     for i in range(cfg.training.candidates):
         trial = search.ask(dists)
         params = dict(trial.params)
-        out.append({"name": candidate_name(i), "index": i,
-                    "seed": candidate_seed(cfg.seed, i),
-                    "batch_norm": bool(params["batch_norm"]),
-                    "dropout": float(params["dropout"]),
-                    "leaky_relu": float(params["leaky_relu"]),
-                    "learning_rate": float(params["learning_rate"]),
-                    "nodes": int(params["nodes"]), "layers": int(params["layers"]),
-                    "optimizer": str(params["optimizer"])})
+        for r in range(n_seeds):
+            index = i * n_seeds + r
+            out.append({"name": candidate_name(index), "index": index,
+                        "seed": candidate_seed(cfg.seed, index), "set": i, "replicate": r,
+                        "batch_norm": bool(params["batch_norm"]),
+                        "dropout": float(params["dropout"]),
+                        "leaky_relu": float(params["leaky_relu"]),
+                        "learning_rate": float(params["learning_rate"]),
+                        "nodes": int(params["nodes"]), "layers": int(params["layers"]),
+                        "optimizer": str(params["optimizer"])})
     return out
 
 
@@ -127,7 +137,7 @@ def couple_tasks(cfg: StudyConfig) -> list[dict[str, Any]]:
     can be sized before training ends (a candidate that never got a model records its runs
     as skipped)."""
     models = [{"name": candidate_name(i), "kind": "candidate"}
-              for i in range(cfg.training.candidates)]
+              for i in range(n_networks(cfg))]
     models += [{"name": f"baseline-{b}", "kind": "baseline", "closure": b}
                for b in cfg.couple.baselines]
     if cfg.couple.ensemble_top_k > 0:
@@ -170,8 +180,8 @@ class StudyDir:
             return cls.open(root)
         root.mkdir(parents=True, exist_ok=True)
         plan = {"candidates": sample_candidates(cfg), "couple": couple_tasks(cfg)}
-        plan["tasks"] = {"data": cfg.data.runs, "train": cfg.training.candidates,
-                         "convert": cfg.training.candidates, "couple": len(plan["couple"]),
+        plan["tasks"] = {"data": cfg.data.runs, "train": n_networks(cfg),
+                         "convert": n_networks(cfg), "couple": len(plan["couple"]),
                          "collect": 1, "report": 1}
         if source_text is not None:
             atomic_write_text(root / "study.toml", source_text)

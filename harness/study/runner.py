@@ -47,7 +47,7 @@ def status_text(root: Path | str) -> str:
     jobs = json.loads(jobs_path.read_text()) if jobs_path.is_file() else []
     submitted = f"; {len(jobs)} Slurm jobs submitted, see slurm/jobs.json" if jobs else ""
     lines = [f"study {sd.config.name} in {sd.root} (host {sd.config.host.name}, "
-             f"{sd.config.training.candidates} candidates, configured executor "
+             f"{_candidates_text(sd.config)}, configured executor "
              f"{sd.config.executor.kind}{submitted})"]
     queue = []
     if jobs:
@@ -80,3 +80,10 @@ def status_text(root: Path | str) -> str:
     if report.is_file():
         lines.append(f"  report: {report}")
     return "\n".join(lines)
+
+
+def _candidates_text(cfg) -> str:
+    t = cfg.training
+    if t.seeds == 1:
+        return f"{t.candidates} candidates"
+    return f"{t.candidates * t.seeds} candidates ({t.candidates} hyperparameter sets x {t.seeds} seeds)"
