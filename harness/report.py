@@ -95,6 +95,7 @@ FIGURES: dict[str, str] = {
     "by_hyperparameter": "fig4_by_hyperparameter.png",
     "bias_curves": "fig3_bias_curves.png",
     "survival": "fig4_survival.png",
+    "climate": "fig5_climate.png",
 }
 
 DPI = 120
@@ -133,6 +134,8 @@ class Study:
     runs: pd.DataFrame | None
     curves: pd.DataFrame | None
     notes: list[str] = field(default_factory=list)
+    #: results/climate.csv: each run's mean window pdf and acf (hosts that write them)
+    climate: pd.DataFrame | None = None
 
     @property
     def n_steps(self) -> int | None:
@@ -197,8 +200,19 @@ def load_study(study_dir: Path | str) -> Study:
     if curves_path.is_file():
         curves = _read_curves(curves_path, hint)
 
+    climate: pd.DataFrame | None = None
+    climate_path = results / "climate.csv"
+    if climate_path.is_file():
+        raw_climate = _read_csv(climate_path, hint)
+        if {"name", "statistic", "index", "x", "value"} <= set(raw_climate.columns):
+            climate = raw_climate
+            for col in ("index", "x", "value"):
+                climate[col] = pd.to_numeric(climate[col], errors="coerce")
+        else:
+            notes.append(f"{climate_path}: not the expected columns; no climate figure.")
+
     return Study(study_dir=study_dir, summary=summary, candidates=candidates, runs=runs,
-                 curves=curves, notes=notes)
+                 curves=curves, notes=notes, climate=climate)
 
 
 def _read_csv(path: Path, hint: str) -> pd.DataFrame:
@@ -1322,6 +1336,83 @@ def _fig_survival(data: Any, path: Path) -> None:
     _save(fig, path)
 
 
+def _best_candidates(df: pd.DataFrame, n: int = 3) -> list[str]:
+    """The n candidates that ran longest, the lower offline error first among equals."""
+    use = usable_candidates(df)
+    if use.empty:
+        return []
+    order = use.assign(_s=-use["steps_to_failure"].astype(float),
+                       _m=use["val_mse"].astype(float)).sort_values(["_s", "_m"])
+    return list(order["name"][:n])
+
+
+def _fig_climate(study: Study, path: Path) -> dict[str, Any] | None:
+    """Figure 5: the distribution (density on the truth's interior bins) and the lag
+    autocorrelation of the best candidates' runs, averaged over their windows and initial
+    conditions, against the truth's (the calibration). None when there is nothing to draw."""
+    from matplotlib.figure import Figure
+    clim = (study.summary.get("calibration") or {}).get("climate") or {}
+    edges = np.asarray(clim.get("pdf_edges") or [], float)
+    truth_pdf = np.asarray(clim.get("clim_pdf") or [], float)
+    truth_acf = np.asarray(clim.get("clim_acf") or [], float)
+    best = _best_candidates(study.candidates)
+    baselines = [n for n in study.candidates.loc[study.candidates["kind"] == "baseline", "name"]]
+    names = best + [b for b in baselines if b.endswith("cubic")]
+    data = study.climate[study.climate["name"].isin(names)]
+    if data.empty or (truth_pdf.size < 3 and truth_acf.size == 0):
+        return None
+    mean = data.groupby(["name", "statistic", "index"])[["x", "value"]].mean().reset_index()
+    fig = Figure(figsize=(10, 4), dpi=DPI)
+    ax_pdf, ax_acf = fig.subplots(1, 2)
+    width = np.diff(edges) if edges.size >= 2 else np.array([])
+    tails: dict[str, float] = {}
+    lags: np.ndarray | None = None
+    if width.size and truth_pdf.size == edges.size + 1:
+        ax_pdf.stairs(truth_pdf[1:-1] / width, edges, color="black", lw=2.2, label="truth")
+        tails["truth"] = truth_pdf[0] + truth_pdf[-1]
+    for name in names:
+        m = mean[(mean["name"] == name) & (mean["statistic"] == "pdf")].sort_values("index")
+        style = {"ls": "--", "color": "grey"} if name in baselines else {}
+        if width.size and len(m) == edges.size + 1:
+            v = m["value"].to_numpy()
+            ax_pdf.stairs(v[1:-1] / width, edges, label=name, **style)
+            tails[name] = v[0] + v[-1]
+        a = mean[(mean["name"] == name) & (mean["statistic"] == "acf")].sort_values("index")
+        if len(a):
+            ax_acf.plot(a["x"], a["value"], marker="o", label=name, **style)
+            lags = a["x"].to_numpy()
+    if truth_acf.size and lags is not None and lags.size == truth_acf.size:
+        ax_acf.plot(lags, truth_acf, marker="s", color="black", lw=2.2, label="truth")
+    ax_pdf.set_xlabel("value (interior bins of the truth's equal-probability bins)")
+    ax_pdf.set_ylabel("probability density")
+    ax_pdf.set_title("distribution over the windows")
+    ax_acf.set_xlabel("lag (model time)")
+    ax_acf.set_ylabel("autocorrelation")
+    ax_acf.axhline(0, color="grey", lw=0.5)
+    ax_acf.set_title("lag autocorrelation over the windows")
+    for ax in (ax_pdf, ax_acf):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return {"names": names, "tails": tails}
+
+
+def _climate_section(facts: dict[str, Any] | None, fig: str | None) -> list[str]:
+    if facts is None or fig is None:
+        return []
+    tails = ", ".join(f"{n} {_share(v)}" for n, v in facts["tails"].items())
+    return ["## Climate of the best candidates (Fig. 5)", "",
+            f"![climate]({fig})", "",
+            f"The distribution and lag autocorrelation of X in the failure tests' windows, "
+            f"averaged over every window and initial condition of {', '.join(facts['names'])} "
+            "(the longest-running candidates, and the cubic baseline dashed), against the "
+            "truth's from the calibration. The density is drawn on the truth's interior "
+            "equal-probability bins; the two open tail bins hold "
+            f"{tails or 'no data'} of the mass (truth about 2/16).", ""]
+
+
 def _replicates_section(df: pd.DataFrame, n_steps: int | None) -> list[str]:
     """Seed replicates (training.seeds > 1): the spread of steps to failure within a
     hyperparameter set against between sets, and the set-level correlation."""
@@ -1470,6 +1561,11 @@ def write_report(study_dir: Path | str) -> Path:
             facts = _fig_bias_curves(study.curves, df, label, out_dir / FIGURES["bias_curves"],
                                      _smoothing_time(study.summary, study.curves))
             made["bias_curves"] = FIGURES["bias_curves"]
+    climate_facts = None
+    if study.climate is not None and len(study.climate):
+        climate_facts = _fig_climate(study, out_dir / FIGURES["climate"])
+        if climate_facts is not None:
+            made["climate"] = FIGURES["climate"]
     for key, name in FIGURES.items():
         if key not in made:
             (out_dir / name).unlink(missing_ok=True)
@@ -1481,6 +1577,7 @@ def write_report(study_dir: Path | str) -> Path:
     lines += _replicates_section(df, n_steps)
     lines += _optimizer_section(opt, n_steps)
     lines += _curves_section(study, made.get("bias_curves"), facts)
+    lines += _climate_section(climate_facts, made.get("climate"))
     lines += _ensemble_section(df)
     lines += _baselines_section(df)
     lines += _top_section(df)

@@ -87,11 +87,20 @@ def _write_study(root: Path, rows: list[dict], *, curves: bool = True,
                                                                     index=False)
     if curves:
         pd.DataFrame(curve_rows).to_csv(results / "curves.csv", index=False)
+        # each run's mean window pdf (16 bins) and acf (3 lags), as hosts write them
+        climate = [{"name": r["name"], "ic": 0, "statistic": "pdf", "index": b, "x": b + 1,
+                    "value": 1 / 16} for r in rows for b in range(16)]
+        climate += [{"name": r["name"], "ic": 0, "statistic": "acf", "index": i,
+                     "x": 0.5 * (i + 1), "value": 0.5 - 0.2 * i} for r in rows for i in range(3)]
+        pd.DataFrame(climate).to_csv(results / "climate.csv", index=False)
     summ = {"study": "synthetic", "host": "l96", "n_steps": N_STEPS, "dt": 0.01,
             "bias_label": "bias of mean X", "inputs": "stencil",
             "failure": {"drift": {"threshold": 3.0, "window": 50}, "bounds": 40.0},
             "calibration": {"false_alarm_rates": {"3.0": 0.01, "2.0": 0.08},
-                            "truth_runs": 20},
+                            "truth_runs": 20,
+                            "climate": {"pdf_edges": list(np.linspace(-3, 11, 15)),
+                                        "clim_pdf": [1 / 16] * 16,
+                                        "clim_acf": [0.4, 0.1, -0.1]}},
             "candidates": sum(r["kind"] == "candidate" for r in rows)}
     summ.update(summary or {})
     (results / "summary.json").write_text(json.dumps(summ))
@@ -156,6 +165,9 @@ def test_monotone_study_negative_rho_and_full_report(tmp_path: Path) -> None:
     assert "| baseline-none | 120 | no | bounds |" in text
     assert "| 1 | c0000 | 1,000 |" in text
     assert "None: every candidate trained and was coupled." in text
+    # Fig. 5: the longest-running candidates' climate against the truth's
+    assert "## Climate of the best candidates (Fig. 5)" in text
+    assert "c0000, c0001, c0002" in text and "baseline-cubic" in text
     for name in FIGURES.values():
         assert f"]({name})" in text
         _assert_png(study / "report" / name)

@@ -57,6 +57,29 @@ def _bias_curve(path: Path, variable: str, dt: float) -> tuple[np.ndarray, np.nd
     return steps * dt, bias
 
 
+def _climate_profile(path: Path) -> list[dict[str, Any]]:
+    """A run's climate over its windows, where its host writes it (docs/host-protocol.md):
+    the mean of ``window_pdf`` (windows, bins) and of ``window_acf`` (windows, lags, with the
+    lags' model time in ``acf_lag``); rows of (statistic, index, x, value)."""
+    import h5py
+    rows: list[dict[str, Any]] = []
+    try:
+        with h5py.File(path, "r") as f:
+            if "window_pdf" in f and f["window_pdf"].shape[0]:
+                pdf = np.nanmean(np.asarray(f["window_pdf"][...], np.float64), axis=0)
+                rows += [{"statistic": "pdf", "index": i, "x": float(i + 1), "value": float(v)}
+                         for i, v in enumerate(pdf)]
+            if "window_acf" in f and f["window_acf"].shape[0]:
+                acf = np.nanmean(np.asarray(f["window_acf"][...], np.float64), axis=0)
+                lags = np.asarray(f["acf_lag"][...], np.float64) if "acf_lag" in f else \
+                    np.arange(1, acf.size + 1, dtype=np.float64)
+                rows += [{"statistic": "acf", "index": i, "x": float(x), "value": float(v)}
+                         for i, (x, v) in enumerate(zip(lags, acf))]
+    except (OSError, KeyError, ValueError):
+        return []
+    return rows
+
+
 def _couple_runs(sd: StudyDir):
     """(task index, task, initial condition, that run's marker record or None) of every planned
     coupled run; a finished task's record is its marker with the run's own outcome (markers
@@ -84,6 +107,7 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
     bias_var = cal.get("bias_variable", "bias")
     runs: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
+    climate: list[dict[str, Any]] = []
     for _, task, ic, marker in _couple_runs(sd):
         rdir = sd.run_dir(task["name"], ic)
         row: dict[str, Any] = {"name": task["name"], "kind": task["kind"], "ic": ic,
@@ -119,6 +143,9 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
                     if curve[1].size else np.nan
                 curves += [{"name": task["name"], "ic": ic, "time": t, "bias": b}
                            for t, b in zip(*curve)]
+            if isinstance(diagnostics, str) and diagnostics:
+                climate += [{"name": task["name"], "ic": ic, **r}
+                            for r in _climate_profile(rdir / diagnostics)]
         runs.append(row)
     runs_df = pd.DataFrame(runs)
     if "mean_abs_bias" not in runs_df:
@@ -190,6 +217,8 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
     atomic_write_text(out / "runs.csv", runs_df.to_csv(index=False))
     atomic_write_text(out / "curves.csv", pd.DataFrame(
         curves, columns=["name", "ic", "time", "bias"]).to_csv(index=False))
+    atomic_write_text(out / "climate.csv", pd.DataFrame(
+        climate, columns=["name", "ic", "statistic", "index", "x", "value"]).to_csv(index=False))
     summary = {"study": cfg.name, "host": cfg.host.name, "n_steps": n_steps, "dt": cfg.couple.dt,
                "initial_conditions": cfg.couple.initial_conditions,
                "bias_label": cal.get("bias_label", bias_var),

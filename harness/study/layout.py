@@ -10,7 +10,7 @@ STUDY/
   ensembles/topK/     the ensemble's member model files
   tasks/STAGE/N.json  one per finished task (the done marker, written last and atomically)
   slurm/              generated sbatch scripts, jobs.json, logs/
-  results/            candidates.csv/.parquet, runs.csv, curves.csv, summary.json
+  results/            candidates.csv/.parquet, runs.csv, curves.csv, climate.csv, summary.json
   report/             report.md and figures
 ```
 

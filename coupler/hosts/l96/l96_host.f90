@@ -15,8 +15,8 @@ module l96_host
   use host_h5
   use host_mpi
   use host_driver
-  use climate_stats, only: MAX_PDF_BINS, MAX_ACF_LAGS, hellinger_distance, window_acf, &
-                           acf_distance, distance_z
+  use climate_stats, only: MAX_PDF_BINS, MAX_ACF_LAGS, pdf_accumulate, hellinger_from_counts, &
+                           window_acf, acf_distance, distance_z
   use l96_dynamics, only: l96_params_t, slow_tendency, coupling_term, truth_tendencies, &
                           rk4_update, RK4_STAGES, X_HALO_LEFT, X_HALO_RIGHT, Y_HALO_LEFT, &
                           Y_HALO_RIGHT
@@ -84,6 +84,7 @@ module l96_host
     real(dp) :: wsum = 0, wsq = 0, wcount = 0
     integer :: i_win = 0, i_sample = 0
     real(dp), allocatable :: w_time(:), w_zmean(:), w_zstd(:), w_zpdf(:), w_zacf(:)
+    real(dp), allocatable :: w_pdf(:, :), w_acf(:, :)   !< each window's pdf and acf (rank 0)
     real(dp), allocatable :: wbuf(:, :)                  !< the window's samples (K, samples)
   contains
     procedure :: name => l96_name
@@ -382,6 +383,8 @@ contains
     if (cfg%drift_check) i = cfg%n_steps / cfg%drift_window
     allocate (self%w_time(i), self%w_zmean(i), self%w_zstd(i), self%w_zpdf(i), &
               self%w_zacf(i), source=ieee_nan())
+    allocate (self%w_pdf(merge(cfg%n_pdf_bins, 0, cfg%pdf_check), i), &
+              self%w_acf(merge(cfg%n_acf_lags, 0, cfg%acf_check), i), source=ieee_nan())
     i = 0
     if ((cfg%pdf_check .or. cfg%acf_check) .and. self%rank == 0) &
       i = cfg%drift_window / cfg%drift_sample_interval
@@ -640,7 +643,7 @@ contains
     class(l96_host_t), intent(inout) :: self
     integer, intent(in) :: step
     type(failure_t), intent(inout) :: failure
-    real(dp) :: wmean, wstd, zm, zs, zp, za, dist
+    real(dp) :: wmean, wstd, zm, zs, zp, za, dist, counts(MAX_PDF_BINS)
     integer :: fail_flag, nb, nl
     associate (cfg => self%cfg)
     call gather_columns_dp(self%x(:, 1:self%n), self%xg, self%counts, self%displs, self%comm)
@@ -662,15 +665,19 @@ contains
         za = ieee_nan()
         nb = cfg%n_pdf_bins
         nl = cfg%n_acf_lags
+        self%i_win = self%i_win + 1
         if (cfg%pdf_check) then
-          dist = hellinger_distance(self%wbuf, cfg%pdf_edges(1:nb - 1), cfg%clim_pdf(1:nb))
+          counts = 0
+          call pdf_accumulate(self%wbuf, cfg%pdf_edges(1:nb - 1), counts(1:nb))
+          dist = hellinger_from_counts(counts(1:nb), cfg%clim_pdf(1:nb))
           zp = distance_z(dist, cfg%pdf_dist_mean, cfg%pdf_dist_sd)
+          self%w_pdf(:, self%i_win) = counts(1:nb) / size(self%wbuf)
         end if
         if (cfg%acf_check) then
-          dist = acf_distance(window_acf(self%wbuf, cfg%acf_lags(1:nl)), cfg%clim_acf(1:nl))
+          self%w_acf(:, self%i_win) = window_acf(self%wbuf, cfg%acf_lags(1:nl))
+          dist = acf_distance(self%w_acf(:, self%i_win), cfg%clim_acf(1:nl))
           za = distance_z(dist, cfg%acf_dist_mean, cfg%acf_dist_sd)
         end if
-        self%i_win = self%i_win + 1
         self%w_time(self%i_win) = step * cfg%dt
         self%w_zmean(self%i_win) = zm
         self%w_zstd(self%i_win) = zs
@@ -801,8 +808,19 @@ contains
     call out%dim('window_end', self%w_time(1:self%i_win))
     call out%put1('drift_z_mean', self%w_zmean(1:self%i_win), 'window_end')
     call out%put1('drift_z_std', self%w_zstd(1:self%i_win), 'window_end')
-    if (cfg%pdf_check) call out%put1('drift_z_pdf', self%w_zpdf(1:self%i_win), 'window_end')
-    if (cfg%acf_check) call out%put1('drift_z_acf', self%w_zacf(1:self%i_win), 'window_end')
+    if (cfg%pdf_check) then
+      call out%put1('drift_z_pdf', self%w_zpdf(1:self%i_win), 'window_end')
+      call out%dim('pdf_bin', [(real(i, dp), i = 1, cfg%n_pdf_bins)])
+      call out%put2('window_pdf', self%w_pdf(:, 1:self%i_win), &
+                    [character(len=10) :: 'pdf_bin', 'window_end'])
+    end if
+    if (cfg%acf_check) then
+      call out%put1('drift_z_acf', self%w_zacf(1:self%i_win), 'window_end')
+      call out%dim('acf_lag', real(cfg%acf_lags(1:cfg%n_acf_lags), dp) * &
+                              cfg%drift_sample_interval * cfg%dt)
+      call out%put2('window_acf', self%w_acf(:, 1:self%i_win), &
+                    [character(len=10) :: 'acf_lag', 'window_end'])
+    end if
     call out%dim('k', [(real(i, dp), i = 1, k)])
     call out%put1('x_final', self%xg(1, :), 'k')
     call out%attr_str('host', 'l96')
