@@ -18,6 +18,12 @@ MAX_ACF_LAGS = 16
 MAX_SPEC_WAVES = 256
 
 
+def padded(values: list, size: int, fill: float | int = 0.0) -> list:
+    """A host's fixed-bound namelist array: the values, then fill (its n_* key says how many
+    are used)."""
+    return list(values) + [fill] * (size - len(values))
+
+
 def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
     """Interior edges (n_bins - 1) that split the values into bins of equal probability: each
     bin holds about as many truth samples, so no bin's count is too small to compare."""
@@ -99,17 +105,24 @@ class ClimateCalibration:
         return zp, za
 
 
+def _pdf_reference(windows: list[np.ndarray], n_bins: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The truth's equal-probability bins and pdf over all windows' values, and each window's
+    normalized distance from it (n_bins = 0: off, empty, with a placeholder spread)."""
+    if not n_bins:
+        return np.empty(0), np.empty(0), np.zeros(2)
+    values = np.concatenate([np.ravel(w) for w in windows])
+    edges = quantile_edges(values, n_bins)
+    pdf = histogram_pdf(values, edges)
+    return edges, pdf, normalized([hellinger_distance(w, edges, pdf) for w in windows])
+
+
 def calibrate_climate(windows: np.ndarray, n_bins: int, lags: list[int]) -> ClimateCalibration:
     """windows (n, columns, samples) of a truth run, sampled as the host samples a coupled run.
     n_bins = 0 or no lags: that criterion off (empty arrays)."""
     if windows.shape[0] < 2:
         raise ValueError(f"{windows.shape[0]} window(s): the calibration needs several")
-    if n_bins:
-        edges = quantile_edges(windows, n_bins)
-        pdf = histogram_pdf(windows, edges)
-        dist = normalized([hellinger_distance(w, edges, pdf) for w in windows])
-    else:
-        edges, pdf, dist = np.empty(0), np.empty(0), np.zeros(2)
+    edges, pdf, dist = _pdf_reference(list(windows), n_bins)
     lag_arr = np.asarray(lags, int)
     if lag_arr.size:
         acfs = np.array([window_acf(w, lag_arr) for w in windows])
@@ -178,12 +191,7 @@ def calibrate_field_climate(windows: list[dict[str, np.ndarray]], n_bins: int,
     samples a coupled run; n_bins = 0 or n_waves = 0: that criterion off."""
     if len(windows) < 2:
         raise ValueError(f"{len(windows)} window(s): the calibration needs several")
-    if n_bins:
-        edges = quantile_edges(np.concatenate([w["h"].ravel() for w in windows]), n_bins)
-        pdf = histogram_pdf(np.concatenate([w["h"].ravel() for w in windows]), edges)
-        dist = normalized([hellinger_distance(w["h"], edges, pdf) for w in windows])
-    else:
-        edges, pdf, dist = np.empty(0), np.empty(0), np.zeros(2)
+    edges, pdf, dist = _pdf_reference([w["h"] for w in windows], n_bins)
     if n_waves:
         specs = np.array([window_ke_spectrum(w, n_waves) for w in windows])
         clim = specs.mean(axis=0)

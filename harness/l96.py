@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from .climate import MAX_ACF_LAGS, MAX_PDF_BINS, ClimateCalibration, calibrate_climate
+from .climate import (MAX_ACF_LAGS, MAX_PDF_BINS, ClimateCalibration, calibrate_climate,
+                      padded)
 from .errors import HarnessError
 from .plugins import HostPlugin, split_in_time
 
@@ -155,10 +156,6 @@ def calibrate_window_climate(truth: Path | str, cal: DriftCalibration, pdf_bins:
         raise HarnessError(f"{truth}: {exc}") from None
 
 
-def _padded(values: list, size: int, fill: Any = 0.0) -> list:
-    return list(values) + [fill] * (size - len(values))
-
-
 def climate_false_alarm_rates(truth: Path | str, cal: DriftCalibration,
                               climate: ClimateCalibration, sigmas: tuple[float, ...]
                               ) -> dict[str, dict[float, float]]:
@@ -258,13 +255,13 @@ class L96Plugin(HostPlugin):
                             "pdf_check": pdf_on, "acf_check": acf_on,
                             # the host's arrays have fixed bounds; n_* says how much is used
                             **({"n_pdf_bins": len(climate.clim_pdf),
-                                "pdf_edges": _padded(climate.pdf_edges, MAX_PDF_BINS - 1),
-                                "clim_pdf": _padded(climate.clim_pdf, MAX_PDF_BINS),
+                                "pdf_edges": padded(climate.pdf_edges, MAX_PDF_BINS - 1),
+                                "clim_pdf": padded(climate.clim_pdf, MAX_PDF_BINS),
                                 "pdf_dist_mean": climate.pdf_dist_mean,
                                 "pdf_dist_sd": climate.pdf_dist_sd} if pdf_on else {}),
                             **({"n_acf_lags": len(climate.acf_lags),
-                                "acf_lags": _padded(climate.acf_lags, MAX_ACF_LAGS, 0),
-                                "clim_acf": _padded(climate.clim_acf, MAX_ACF_LAGS),
+                                "acf_lags": padded(climate.acf_lags, MAX_ACF_LAGS, 0),
+                                "clim_acf": padded(climate.clim_acf, MAX_ACF_LAGS),
                                 "acf_dist_mean": climate.acf_dist_mean,
                                 "acf_dist_sd": climate.acf_dist_sd} if acf_on else {})},
                 "bias_variable": "bias",

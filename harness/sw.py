@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from .climate import (MAX_PDF_BINS, MAX_SPEC_WAVES, FieldClimateCalibration,
-                      calibrate_field_climate)
+                      calibrate_field_climate, padded)
 from .errors import HarnessError
 from .plugins import HostPlugin, split_in_time
 
@@ -49,10 +49,6 @@ def _field_windows(data: dict[str, np.ndarray], every: int, per_window: int
     n = data["u"][every - 1::every].shape[0] // per_window
     return [{k: data[k][every - 1::every][i * per_window:(i + 1) * per_window]
              for k in ("u", "v", "h")} for i in range(n)]
-
-
-def _padded(values: list, size: int, fill: float = 0.0) -> list:
-    return list(values) + [fill] * (size - len(values))
 
 
 def training_pairs(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -125,12 +121,12 @@ class SWPlugin(HostPlugin):
                             "climate_sigma": couple.drift_sigma,
                             # the host's arrays have fixed bounds; n_* says how much is used
                             "n_pdf_bins": len(climate.clim_pdf),
-                            "pdf_edges": _padded(climate.pdf_edges, MAX_PDF_BINS - 1),
-                            "clim_pdf": _padded(climate.clim_pdf, MAX_PDF_BINS),
+                            "pdf_edges": padded(climate.pdf_edges, MAX_PDF_BINS - 1),
+                            "clim_pdf": padded(climate.clim_pdf, MAX_PDF_BINS),
                             "pdf_dist_mean": climate.pdf_dist_mean,
                             "pdf_dist_sd": climate.pdf_dist_sd,
                             "n_ke_waves": len(climate.clim_ke_spectrum),
-                            "clim_ke_spectrum": _padded(climate.clim_ke_spectrum,
+                            "clim_ke_spectrum": padded(climate.clim_ke_spectrum,
                                                         MAX_SPEC_WAVES),
                             "spec_dist_mean": climate.spec_dist_mean,
                             "spec_dist_sd": climate.spec_dist_sd},

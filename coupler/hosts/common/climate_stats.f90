@@ -14,7 +14,7 @@ module climate_stats
   public :: MAX_PDF_BINS, MAX_ACF_LAGS
   public :: pdf_bin, hellinger_distance, pdf_accumulate, hellinger_from_counts, &
             window_acf, acf_distance, dft_tables, power_spectrum_accumulate, &
-            spectrum_distance, distance_z, MAX_SPEC_WAVES
+            spectrum_distance, distance_z, pdf_reference_ok, MAX_SPEC_WAVES
 
   integer, parameter :: MAX_PDF_BINS = 64   !< bins of a climate pdf (namelist array bounds)
   integer, parameter :: MAX_ACF_LAGS = 16   !< lags of an autocorrelation criterion
@@ -40,6 +40,18 @@ contains
     end do
     bin = lo + 1
   end function pdf_bin
+
+  !> Whether a reference pdf is usable: finite ascending interior edges, probabilities >= 0
+  !> summing to 1.
+  pure logical function pdf_reference_ok(edges, ref_pdf) result(ok)
+    real(dp), intent(in) :: edges(:)      !! n_bins - 1
+    real(dp), intent(in) :: ref_pdf(:)    !! n_bins
+    integer :: n
+    n = size(edges)
+    ok = size(ref_pdf) == n + 1 .and. all(abs(edges) <= huge(1.0_dp)) .and. &
+         all(edges(2:n) > edges(1:n - 1)) .and. all(ref_pdf >= 0) .and. &
+         abs(sum(ref_pdf) - 1) < 1e-6_dp
+  end function pdf_reference_ok
 
   !> Hellinger distance (0: the same distribution, 1: disjoint) between the histogram of
   !> all values (every column's samples) on the bins and a reference pdf.

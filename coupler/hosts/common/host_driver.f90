@@ -28,7 +28,7 @@ module host_driver
   private
 
   public :: host_t, host_run_t, run_settings_t, coupler_spec_t, failure_t, records_t, &
-            host_cli, host_run, key_error
+            host_cli, host_run, key_error, failure_bcast
 
   integer, parameter, public :: GROUP_LEN = 16   !< the length of a namelist group's name
   !> the most runs in one batch: the length of the per-run namelist arrays
@@ -1011,6 +1011,21 @@ contains
   end subroutine validate_batch
 
   !> The message for a refused value: "FILE: &GROUP: KEY WHAT".
+  !> Rank 0's verdict to every rank (collective): a check decided on rank 0 (its gathered
+  !> state) fails the run on every rank with rank 0's reason, variable and message.
+  subroutine failure_bcast(failure, comm)
+    type(failure_t), intent(inout) :: failure
+    type(MPI_Comm), intent(in) :: comm
+    integer :: flag
+    flag = merge(1, 0, failure%failed)
+    call bcast_int(flag, comm)
+    if (flag == 0) return
+    call bcast_str(failure%reason, comm)
+    call bcast_str(failure%variable, comm)
+    call bcast_str(failure%message, comm)
+    failure%failed = .true.
+  end subroutine failure_bcast
+
   function key_error(path, group, key, what) result(msg)
     character(len=*), intent(in) :: path, group, key, what
     character(len=:), allocatable :: msg

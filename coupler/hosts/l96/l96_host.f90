@@ -16,7 +16,7 @@ module l96_host
   use host_mpi
   use host_driver
   use climate_stats, only: MAX_PDF_BINS, MAX_ACF_LAGS, pdf_accumulate, hellinger_from_counts, &
-                           window_acf, acf_distance, distance_z
+                           window_acf, acf_distance, distance_z, pdf_reference_ok
   use l96_dynamics, only: l96_params_t, slow_tendency, coupling_term, truth_tendencies, &
                           rk4_update, RK4_STAGES, X_HALO_LEFT, X_HALO_RIGHT, Y_HALO_LEFT, &
                           Y_HALO_RIGHT
@@ -278,7 +278,8 @@ contains
                cfg%n_pdf_bins <= MAX_PDF_BINS)) then
         errmsg = key_error(path, 'l96_failure', 'n_pdf_bins', 'must be in 2 .. '// &
                            itoa(MAX_PDF_BINS)//', got '//itoa(cfg%n_pdf_bins))
-      else if (cfg%pdf_check .and. .not. pdf_ok(cfg)) then
+      else if (cfg%pdf_check .and. .not. pdf_reference_ok(cfg%pdf_edges(1:cfg%n_pdf_bins - 1), &
+                                                           cfg%clim_pdf(1:cfg%n_pdf_bins))) then
         errmsg = key_error(path, 'l96_failure', 'pdf_edges, clim_pdf', 'need n_pdf_bins - 1 '// &
                            'ascending finite edges and n_pdf_bins probabilities >= 0 summing to 1')
       else if (cfg%pdf_check .and. .not. (cfg%pdf_dist_sd > 0 .and. cfg%pdf_dist_mean >= 0)) then
@@ -301,15 +302,6 @@ contains
       end if
     end associate
   end subroutine l96_validate
-
-  logical function pdf_ok(cfg)
-    type(l96_config_t), intent(in) :: cfg
-    integer :: n
-    n = cfg%n_pdf_bins
-    pdf_ok = all(is_finite(cfg%pdf_edges(1:n - 1))) .and. &
-             all(cfg%pdf_edges(2:n - 1) > cfg%pdf_edges(1:n - 2)) .and. &
-             all(cfg%clim_pdf(1:n) >= 0) .and. abs(sum(cfg%clim_pdf(1:n)) - 1) < 1e-6_dp
-  end function pdf_ok
 
   logical function acf_ok(cfg)
     type(l96_config_t), intent(in) :: cfg
@@ -644,10 +636,9 @@ contains
     integer, intent(in) :: step
     type(failure_t), intent(inout) :: failure
     real(dp) :: wmean, wstd, zm, zs, zp, za, dist, counts(MAX_PDF_BINS)
-    integer :: fail_flag, nb, nl
+    integer :: nb, nl
     associate (cfg => self%cfg)
     call gather_columns_dp(self%x(:, 1:self%n), self%xg, self%counts, self%displs, self%comm)
-    fail_flag = 0
     if (self%rank == 0) then
       self%wsum = self%wsum + sum(self%xg(1, :))
       self%wsq = self%wsq + sum(self%xg(1, :)**2)
@@ -686,44 +677,27 @@ contains
         self%wsum = 0; self%wsq = 0; self%wcount = 0
         self%i_sample = 0
         if (abs(zm) > cfg%drift_sigma) then
-          fail_flag = 1
-          failure%variable = 'x_mean'
-          failure%message = 'window mean of x '//ftoa(wmean)//' is '//ftoa(zm)//' sd from '// &
-                            'the truth climatology (threshold '//ftoa(cfg%drift_sigma)//')'
+          failure = failure_t(.true., 'drift', 'x_mean', 'window mean of x '//ftoa(wmean)// &
+                              ' is '//ftoa(zm)//' sd from the truth climatology (threshold '// &
+                              ftoa(cfg%drift_sigma)//')')
         else if (abs(zs) > cfg%drift_sigma) then
-          fail_flag = 1
-          failure%variable = 'x_std'
-          failure%message = 'window std of x '//ftoa(wstd)//' is '//ftoa(zs)//' sd from '// &
-                            'the truth climatology (threshold '//ftoa(cfg%drift_sigma)//')'
+          failure = failure_t(.true., 'drift', 'x_std', 'window std of x '//ftoa(wstd)// &
+                              ' is '//ftoa(zs)//' sd from the truth climatology (threshold '// &
+                              ftoa(cfg%drift_sigma)//')')
         else if (zp > cfg%drift_sigma) then
-          fail_flag = 2
-          failure%variable = 'x_pdf'
-          failure%message = "the window's distribution of x is "//ftoa(zp)//' sd further '// &
-                            "from the truth's (Hellinger) than truth windows are (threshold "// &
-                            ftoa(cfg%drift_sigma)//')'
+          failure = failure_t(.true., 'distribution', 'x_pdf', "the window's distribution "// &
+                              'of x is '//ftoa(zp)//" sd further from the truth's "// &
+                              '(Hellinger) than truth windows are (threshold '// &
+                              ftoa(cfg%drift_sigma)//')')
         else if (za > cfg%drift_sigma) then
-          fail_flag = 3
-          failure%variable = 'x_acf'
-          failure%message = "the window's autocorrelation of x is "//ftoa(za)//' sd further '// &
-                            "from the truth's than truth windows are (threshold "// &
-                            ftoa(cfg%drift_sigma)//')'
+          failure = failure_t(.true., 'autocorrelation', 'x_acf', "the window's "// &
+                              'autocorrelation of x is '//ftoa(za)//' sd further from the '// &
+                              "truth's than truth windows are (threshold "// &
+                              ftoa(cfg%drift_sigma)//')')
         end if
       end if
     end if
-    call bcast_int(fail_flag, self%comm)
-    if (fail_flag /= 0) then
-      call bcast_str(failure%variable, self%comm)
-      call bcast_str(failure%message, self%comm)
-      failure%failed = .true.
-      select case (fail_flag)
-      case (1)
-        failure%reason = 'drift'
-      case (2)
-        failure%reason = 'distribution'
-      case default
-        failure%reason = 'autocorrelation'
-      end select
-    end if
+    call failure_bcast(failure, self%comm)
     end associate
   end subroutine drift_test
 

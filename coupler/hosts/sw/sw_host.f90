@@ -27,7 +27,7 @@ module sw_host
   use host_driver
   use climate_stats, only: MAX_PDF_BINS, MAX_SPEC_WAVES, pdf_accumulate, &
                            hellinger_from_counts, dft_tables, power_spectrum_accumulate, &
-                           spectrum_distance, distance_z
+                           spectrum_distance, distance_z, pdf_reference_ok
   implicit none
   private
 
@@ -441,7 +441,7 @@ contains
     real(dp), intent(in) :: values(N_CHECK_VALUES)
     type(failure_t), intent(out) :: failure
     real(dp) :: d(ND)
-    integer :: flag, code
+    integer :: code
     associate (cfg => self%cfg)
     code = C_OK - severity
     select case (code)
@@ -474,23 +474,15 @@ contains
     if (.not. (cfg%energy_max > 0 .or. cfg%energy_warn > 0)) return
     if (mod(step, cfg%energy_check_interval) /= 0) return
     call global_diag(cfg, self, d)
-    flag = 0
     if (self%rank == 0) then
       if (.not. (self%e_max >= d(D_ENERGY))) self%e_max = d(D_ENERGY)
       if (cfg%energy_warn > 0 .and. self%warn_step < 0 .and. d(D_ENERGY) > cfg%energy_warn) &
         self%warn_step = step
-      if (cfg%energy_max > 0 .and. .not. (d(D_ENERGY) <= cfg%energy_max)) then
-        flag = 1
-        failure%message = 'energy = '//ftoa(d(D_ENERGY))//' > energy_max = '//ftoa(cfg%energy_max)
-      end if
+      if (cfg%energy_max > 0 .and. .not. (d(D_ENERGY) <= cfg%energy_max)) &
+        failure = failure_t(.true., 'energy', 'energy', 'energy = '//ftoa(d(D_ENERGY))// &
+                            ' > energy_max = '//ftoa(cfg%energy_max))
     end if
-    call bcast_int(flag, self%comm)
-    if (flag /= 0) then
-      call bcast_str(failure%message, self%comm)
-      failure%failed = .true.
-      failure%reason = 'energy'
-      failure%variable = 'energy'
-    end if
+    call failure_bcast(failure, self%comm)
     end associate
   end subroutine sw_check_finish
 
@@ -501,10 +493,9 @@ contains
     integer, intent(in) :: step
     type(failure_t), intent(inout) :: failure
     real(dp) :: d(ND), zp, zs
-    integer :: flag, nb, nw
+    integer :: nb, nw
     associate (cfg => self%cfg)
     call global_diag(cfg, self, d)           ! gathers u, v and h on rank 0
-    flag = 0
     nb = cfg%n_pdf_bins
     nw = cfg%n_ke_waves
     if (self%rank == 0) then
@@ -533,25 +524,18 @@ contains
         self%ke_spec = 0
         self%n_samples = 0
         if (zp > cfg%climate_sigma) then
-          flag = 1
-          failure%message = "the window's distribution of h is "//ftoa(zp)//' sd further '// &
-                            "from the truth's (Hellinger) than truth windows are (threshold "// &
-                            ftoa(cfg%climate_sigma)//')'
+          failure = failure_t(.true., 'distribution', 'h_pdf', "the window's distribution "// &
+                              'of h is '//ftoa(zp)//" sd further from the truth's "// &
+                              '(Hellinger) than truth windows are (threshold '// &
+                              ftoa(cfg%climate_sigma)//')')
         else if (zs > cfg%climate_sigma) then
-          flag = 2
-          failure%message = "the window's kinetic-energy spectrum is "//ftoa(zs)//' sd '// &
-                            "further from the truth's than truth windows are (threshold "// &
-                            ftoa(cfg%climate_sigma)//')'
+          failure = failure_t(.true., 'spectrum', 'ke_spectrum', "the window's kinetic-"// &
+                              'energy spectrum is '//ftoa(zs)//" sd further from the truth's "// &
+                              'than truth windows are (threshold '//ftoa(cfg%climate_sigma)//')')
         end if
       end if
     end if
-    call bcast_int(flag, self%comm)
-    if (flag /= 0) then
-      call bcast_str(failure%message, self%comm)
-      failure%failed = .true.
-      failure%reason = merge('distribution', 'spectrum    ', flag == 1)
-      failure%variable = merge('h_pdf      ', 'ke_spectrum', flag == 1)
-    end if
+    call failure_bcast(failure, self%comm)
     end associate
   end subroutine climate_test
 
@@ -782,7 +766,8 @@ contains
              (cfg%n_pdf_bins >= 2 .and. cfg%n_pdf_bins <= MAX_PDF_BINS))) then
       errmsg = key_error(path, 'sw_failure', 'n_pdf_bins', 'must be 0 (off) or in 2 .. '// &
                    itoa(MAX_PDF_BINS)//', got '//itoa(cfg%n_pdf_bins))
-    else if (cfg%climate_window > 0 .and. cfg%n_pdf_bins > 0 .and. .not. pdf_ok(cfg)) then
+    else if (cfg%climate_window > 0 .and. cfg%n_pdf_bins > 0 .and. &
+             .not. pdf_reference_ok(cfg%pdf_edges(1:cfg%n_pdf_bins - 1), cfg%clim_pdf(1:cfg%n_pdf_bins))) then
       errmsg = key_error(path, 'sw_failure', 'pdf_edges, clim_pdf', 'need n_pdf_bins - 1 '// &
                    'ascending finite edges and n_pdf_bins probabilities >= 0 summing to 1')
     else if (cfg%climate_window > 0 .and. cfg%n_pdf_bins > 0 .and. &
@@ -804,15 +789,6 @@ contains
       errmsg = ''
     end if
   end subroutine validate
-  logical function pdf_ok(cfg)
-    type(sw_config_t), intent(in) :: cfg
-    integer :: n
-    n = cfg%n_pdf_bins
-    pdf_ok = all(is_finite(cfg%pdf_edges(1:n - 1))) .and. &
-             all(cfg%pdf_edges(2:n - 1) > cfg%pdf_edges(1:n - 2)) .and. &
-             all(cfg%clim_pdf(1:n) >= 0) .and. abs(sum(cfg%clim_pdf(1:n)) - 1) < 1e-6_dp
-  end function pdf_ok
-
   ! ---------------------------------------------------------------------------------------
   ! setup: decomposition, every array of the run (nothing is allocated after this), the static
   ! forcing patterns and the initial state
