@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import HarnessError
-from .status import TaskState
+from .status import TaskProgress, TaskState
 
 __all__ = ["main", "build_parser"]
 
@@ -156,19 +156,29 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_task(args: argparse.Namespace) -> int:
     from .study.layout import StudyDir
-    from .study.tasks import run_task
+    from .study.tasks import TaskStopped, run_task, stop_on_signals
     if args.count < 1:
         raise HarnessError(f"--count must be >= 1, got {args.count}")
     sd = StudyDir.open(args.study)
     last = min(args.index + args.count, sd.n_tasks(args.stage)) if args.count > 1 \
         else args.index + 1
     failed = 0
-    for index in range(args.index, last):
-        marker = run_task(sd.root, args.stage, index, force=args.force, study=sd)
-        if marker.get("status") != TaskState.OK:
-            print(f"harness: {args.stage} task {index} failed: {marker.get('message')}",
-                  file=sys.stderr)
-            failed += 1
+    with stop_on_signals():
+        for index in range(args.index, last):
+            try:
+                marker = run_task(sd.root, args.stage, index, force=args.force, study=sd)
+            except TaskStopped as exc:
+                # the rest of a bundle is left for the requeue or --resume
+                print(f"harness: {args.stage} task {index}: {exc.describe(args.stage)}",
+                      file=sys.stderr)
+                return 128 + exc.signum
+            if marker.get("status") == TaskProgress.RUNNING:
+                # another job has it: not a failure of this one (exit 0, nothing written)
+                print(f"harness: {marker['message']}", file=sys.stderr)
+            elif marker.get("status") != TaskState.OK:
+                print(f"harness: {args.stage} task {index} failed: {marker.get('message')}",
+                      file=sys.stderr)
+                failed += 1
     return 1 if failed else 0
 
 
