@@ -154,6 +154,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from .study.runner import cancel_study
+    print(cancel_study(args.study, args.stage.split(",") if args.stage else None))
+    return 0
+
+
 def _cmd_task(args: argparse.Namespace) -> int:
     from .study.layout import StudyDir
     from .study.tasks import TaskStopped, run_task, stop_on_signals
@@ -278,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "reasons.")
     st.add_argument("config", nargs="?", help="study TOML file (see examples/study/)")
     st.add_argument("-o", "--output", help="study directory (default: studies/<name>)")
-    st.add_argument("--resume", metavar="DIR", help="continue the study in DIR")
+    st.add_argument("--resume", metavar="DIR",
+                    help="continue the study in DIR (its Slurm jobs that are still queued or "
+                         "running are adopted, not submitted again)")
     st.add_argument("--executor", choices=executors, help="override executor.kind")
     st.add_argument("--stages", help="comma-separated subset of the stages, in order")
     st.add_argument("--no-wait", action="store_true",
@@ -299,9 +307,27 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         sp.set_defaults(func=_cmd_stage, stage=stage)
 
-    ss = sub.add_parser("status", help="progress of a study, from disk and the Slurm queue")
+    ss = sub.add_parser("status", help="progress of a study, from disk and the Slurm queue",
+                        description="Per stage the tasks done, running, pending, waiting and "
+                                    "failed (they add up to the stage's tasks), from the task "
+                                    "markers and the Slurm queue; for tasks that are not done, "
+                                    "why (held, a dependency that can never be satisfied, a "
+                                    "drained or down node with its reason, a time limit, a "
+                                    "failure) and the command that fixes the common causes.")
     ss.add_argument("study", help="study directory")
     ss.set_defaults(func=_cmd_status)
+
+    cn = sub.add_parser("cancel", help="cancel a study's queued and running Slurm jobs",
+                        description="scancel of the study's jobs that are still queued or "
+                                    "running (from STUDY/slurm/jobs.json, checked against the "
+                                    "queue). Running tasks record 'error' (terminated); "
+                                    "`harness study --resume STUDY` submits what is left. With "
+                                    "nothing queued it says so and exits 0.")
+    cn.add_argument("study", help="study directory")
+    cn.add_argument("--stage", metavar="S[,S...]",
+                    help="only the jobs of these stages (comma-separated; 'farm' for the MPI "
+                         "task farm)")
+    cn.set_defaults(func=_cmd_cancel)
 
     tk = sub.add_parser("task", help="run one task of a study (what the executors call)")
     tk.add_argument("stage", choices=["data", "train", "convert", "couple", "collect", "report"])
