@@ -157,6 +157,9 @@ def explain_pending(entry: QueueEntry, job: SubmittedJob, sd: StudyDir,
         part = sd.config.executor.slurm.partition or "<partition>"
         return f"{where}, its partition is down ({reason})", \
             f"scontrol update partitionname={part} state=up"
+    if reason == "JobArrayTaskLimit":
+        return (f"{where}, waits for the array's throttle (executor.slurm.throttle = "
+                f"{sd.config.executor.slurm.throttle} at once)"), ""
     if reason in _QUIET_REASONS:
         return f"{where}, waits for a free slot ({reason or 'no reason yet'})", ""
     return f"{where} ({reason})", ""
