@@ -469,8 +469,11 @@ class TaskStopped(BaseException):
         limit = os.environ.get("COLNN_MAX_REQUEUES", "")
         if limit.isdigit() and restarts < int(limit):
             return text + "; requeued: it starts again from scratch"
+        # a study directory keeps its configuration: a longer limit is a hand-made sbatch
+        element = os.environ.get("SLURM_ARRAY_TASK_ID", "I")
         return (text + f"; no requeues left (executor.slurm.max_requeues = {limit or '?'}): "
-                f"--resume reruns it; raise executor.slurm.time.{stage} if it needs longer")
+                f"--resume reruns it with the same limit; for a longer one, from the study "
+                f"directory: sbatch --time=HH:MM:SS --array={element} slurm/{stage}.sbatch")
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
