@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.study.config import config_from_dict  # noqa: E402
-from harness.study.executors import LocalExecutor, SlurmExecutor, queue_state  # noqa: E402
+from harness.study.executors import LocalExecutor, SlurmExecutor  # noqa: E402
+from harness.study.jobs import SubmittedJob, query_queue  # noqa: E402
 from harness.study.layout import StudyDir  # noqa: E402
 from harness.study.runner import run_stages  # noqa: E402
 
@@ -117,8 +118,9 @@ def main() -> int:
             sd = fresh_copy(prepared.root, work / f"slurm-bundle{bundle}")
             sd.config.executor.slurm.bundle = bundle      # submission side only
             start = time.time()
-            jobs = SlurmExecutor(progress=False).submit(sd, ["couple"])
-            while queue_state([j["job_name"] for j in jobs]):
+            jobs = [SubmittedJob.from_dict(j, "sweep")
+                    for j in SlurmExecutor(progress=False).submit(sd, ["couple"])]
+            while any(e.live for e in query_queue(jobs)):
                 time.sleep(0.5)
             results[f"slurm-b{bundle}"] = measure(sd, start, args.slots)
     finally:

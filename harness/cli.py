@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import HarnessError
-from .status import TaskState
+from .status import TaskProgress, TaskState
 
 __all__ = ["main", "build_parser"]
 
@@ -157,21 +157,37 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from .study.runner import cancel_study
+    print(cancel_study(args.study, args.stage.split(",") if args.stage else None))
+    return 0
+
+
 def _cmd_task(args: argparse.Namespace) -> int:
     from .study.layout import StudyDir
-    from .study.tasks import run_task
+    from .study.tasks import TaskStopped, run_task, stop_on_signals
     if args.count < 1:
         raise HarnessError(f"--count must be >= 1, got {args.count}")
     sd = StudyDir.open(args.study)
     last = min(args.index + args.count, sd.n_tasks(args.stage)) if args.count > 1 \
         else args.index + 1
     failed = 0
-    for index in range(args.index, last):
-        marker = run_task(sd.root, args.stage, index, force=args.force, study=sd)
-        if marker.get("status") != TaskState.OK:
-            print(f"harness: {args.stage} task {index} failed: {marker.get('message')}",
-                  file=sys.stderr)
-            failed += 1
+    with stop_on_signals():
+        for index in range(args.index, last):
+            try:
+                marker = run_task(sd.root, args.stage, index, force=args.force, study=sd)
+            except TaskStopped as exc:
+                # the rest of a bundle is left for the requeue or --resume
+                print(f"harness: {args.stage} task {index}: {exc.describe(args.stage)}",
+                      file=sys.stderr)
+                return 128 + exc.signum
+            if marker.get("status") == TaskProgress.RUNNING:
+                # another job has it: not a failure of this one (exit 0, nothing written)
+                print(f"harness: {marker['message']}", file=sys.stderr)
+            elif marker.get("status") != TaskState.OK:
+                print(f"harness: {args.stage} task {index} failed: {marker.get('message')}",
+                      file=sys.stderr)
+                failed += 1
     return 1 if failed else 0
 
 
@@ -276,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "reasons.")
     st.add_argument("config", nargs="?", help="study TOML file (see examples/study/)")
     st.add_argument("-o", "--output", help="study directory (default: studies/<name>)")
-    st.add_argument("--resume", metavar="DIR", help="continue the study in DIR")
+    st.add_argument("--resume", metavar="DIR",
+                    help="continue the study in DIR (its Slurm jobs that are still queued or "
+                         "running are adopted, not submitted again)")
     st.add_argument("--executor", choices=executors, help="override executor.kind")
     st.add_argument("--stages", help="comma-separated subset of the stages, in order")
     st.add_argument("--no-wait", action="store_true",
@@ -297,9 +315,27 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         sp.set_defaults(func=_cmd_stage, stage=stage)
 
-    ss = sub.add_parser("status", help="progress of a study, from disk and the Slurm queue")
+    ss = sub.add_parser("status", help="progress of a study, from disk and the Slurm queue",
+                        description="Per stage the tasks done, running, pending, waiting and "
+                                    "failed (they add up to the stage's tasks), from the task "
+                                    "markers and the Slurm queue; for tasks that are not done, "
+                                    "why (held, a dependency that can never be satisfied, a "
+                                    "drained or down node with its reason, a time limit, a "
+                                    "failure) and the command that fixes the common causes.")
     ss.add_argument("study", help="study directory")
     ss.set_defaults(func=_cmd_status)
+
+    cn = sub.add_parser("cancel", help="cancel a study's queued and running Slurm jobs",
+                        description="scancel of the study's jobs that are still queued or "
+                                    "running (from STUDY/slurm/jobs.json, checked against the "
+                                    "queue). Running tasks record 'error' (terminated); "
+                                    "`harness study --resume STUDY` submits what is left. With "
+                                    "nothing queued it says so and exits 0.")
+    cn.add_argument("study", help="study directory")
+    cn.add_argument("--stage", metavar="S[,S...]",
+                    help="only the jobs of these stages (comma-separated; 'farm' for the MPI "
+                         "task farm)")
+    cn.set_defaults(func=_cmd_cancel)
 
     tk = sub.add_parser("task", help="run one task of a study (what the executors call)")
     tk.add_argument("stage", choices=["data", "train", "convert", "couple", "collect", "report"])

@@ -5,7 +5,8 @@
   ``--dependency=afterok`` (data -> train) and ``afterany`` (the rest: a stage goes on when some
   of the previous stage's tasks failed, and records what it could not do); ``--requeue`` and
   ``--signal`` for a clean stop near the time limit. The scripts are written from the templates
-  in the repository's ``slurm/`` into ``STUDY/slurm/`` and kept there.
+  in the repository's ``slurm/`` into ``STUDY/slurm/`` and kept there. The study's jobs that
+  are still queued or running are adopted, never submitted twice (``harness.study.jobs``).
 * ``mpi``: an mpi4py task farm in one allocation (``mpirun -n N`` here, or one sbatch job).
 
 Every executor runs the same task function (:func:`harness.study.tasks.run_task`), so the
@@ -26,16 +27,19 @@ import time
 from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..status import TaskState
+from ..status import TaskProgress, TaskState
 from .config import STAGES, StudyError
-from .layout import StudyDir, atomic_write_json
+from .jobs import QueueEntry, SubmittedJob, query_queue, read_jobs, record_job, slurm_cmd
+from .layout import StudyDir, read_json
+from .progress import record_lost_tasks, study_progress
 from .tasks import run_task
 
-__all__ = ["Executor", "LocalExecutor", "SlurmExecutor", "MpiExecutor", "make_executor",
-           "array_spec", "render_template", "queue_state", "TEMPLATE_DIR"]
+__all__ = ["Executor", "LocalExecutor", "SlurmExecutor", "MpiExecutor", "Submission",
+           "make_executor", "array_spec", "render_template", "TEMPLATE_DIR"]
 
 #: the sbatch templates: the repository's slurm/ (or $COLNN_SLURM_TEMPLATES, e.g. in the image)
 TEMPLATE_DIR = Path(os.environ.get("COLNN_SLURM_TEMPLATES")
@@ -108,7 +112,7 @@ class LocalExecutor(Executor):
     @staticmethod
     def _note(bar: Any, marker: dict[str, Any]) -> None:
         bar.update(1)
-        if marker.get("status") == TaskState.ERROR:
+        if marker.get("status") in (TaskState.ERROR, TaskProgress.RUNNING):
             bar.write(f"  {marker.get('stage')} task {marker.get('index')}: "
                       f"{marker.get('message', '')}")
 
@@ -163,37 +167,6 @@ def _directives(cfg: Any) -> str:
     lines += [f"#SBATCH --{key}={getattr(cfg, key)}" for key in ("partition", "account", "qos")
               if getattr(cfg, key)]
     return "\n".join(lines)
-
-
-def _record_jobs(sd: StudyDir, jobs: list[dict[str, Any]]) -> None:
-    """Appends submissions to slurm/jobs.json (what `harness status` asks squeue about)."""
-    path = sd.root / "slurm" / "jobs.json"
-    history = json.loads(path.read_text()) if path.is_file() else []
-    atomic_write_json(path, history + jobs)
-
-
-def _slurm_cmd(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(args, capture_output=True, text=True, cwd=cwd, timeout=120)
-    except FileNotFoundError:
-        raise StudyError(f"{args[0]} not found: the slurm executor needs the Slurm client "
-                         f"commands (apt: slurm-client) and a cluster") from None
-
-
-def queue_state(job_names: Sequence[str]) -> list[dict[str, str]]:
-    """Our jobs' array tasks in the queue: [{'job': '12_3', 'name': .., 'state': .., 'reason'}]."""
-    if not job_names or shutil.which("squeue") is None:
-        return []
-    proc = _slurm_cmd(["squeue", "-h", "-r", "--name=" + ",".join(job_names),
-                       "-o", "%i|%j|%T|%r"])
-    if proc.returncode != 0:
-        raise StudyError(f"squeue failed: {proc.stderr.strip()}")
-    out = []
-    for line in proc.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 4:
-            out.append(dict(zip(("job", "name", "state", "reason"), parts)))
-    return out
 
 
 def _task_command(sd: StudyDir) -> tuple[str, str]:
@@ -253,93 +226,196 @@ class SlurmExecutor(Executor):
         return out
 
     def submit(self, sd: StudyDir, stages: Sequence[str]) -> list[dict[str, Any]]:
-        """One array per stage with unfinished tasks, chained; returns the submitted jobs."""
+        """One array per stage with unfinished tasks, chained; returns the new submissions
+        (see :meth:`plan_and_submit` for the jobs it adopts)."""
+        return self.plan_and_submit(sd, stages).new
+
+    def plan_and_submit(self, sd: StudyDir, stages: Sequence[str]) -> "Submission":
+        """Submits the unfinished tasks of ``stages`` that no live job of the study will run.
+
+        The study's recorded jobs are checked against the queue first (one squeue call).
+        Tasks that are still queued or running are adopted, not submitted again: the new
+        arrays depend on the live ones, and a live array of a later stage that still has
+        queued elements is made to wait for the new arrays of the stage before it
+        (``scontrol update Dependency``). Adopting rather than refusing, because cancelling
+        and resubmitting would throw away the queue position (priority age) the arrays have
+        earned, hours on a busy cluster, and asks the user to decide something the harness
+        can work out. Only a live MPI task farm of the study is refused (it is one job for all
+        tasks: nothing to chain to per stage). Two runs of one task never overlap in any case
+        (each task's lock, harness.study.locks).
+
+        When the queue cannot be read, nothing is submitted (the harness cannot know what
+        would run twice). Tasks whose job ended with its node or its time limit are recorded
+        as retryable errors first (progress.record_lost_tasks)."""
         scripts = self.write_scripts(sd)
         throttle = sd.config.executor.slurm.throttle
         bundle = sd.config.executor.slurm.bundle
-        jobs: list[dict[str, Any]] = []
-        previous: str | None = None
-        for stage in stages:
-            todo = sd.pending(stage)
-            if not todo:
+        known = read_jobs(sd)
+        try:
+            entries = query_queue(known, history=True)
+        except StudyError as exc:
+            raise StudyError(f"{sd.root}: cannot tell which of the study's Slurm jobs are still "
+                             f"queued or running, so nothing was submitted (it could run "
+                             f"tasks twice): {exc}") from None
+        out = Submission(lost=record_lost_tasks(sd, study_progress(sd, known, entries)))
+        by_id = {j.job_id: j for j in known}
+        live = [e for e in entries if e.live and e.array_job in by_id]
+        farms = sorted({e.array_job for e in live if by_id[e.array_job].is_farm})
+        if farms:
+            raise StudyError(f"{sd.root}: the study's MPI task farm (job {', '.join(farms)}) is "
+                             f"still queued or running and runs the same tasks; wait for it "
+                             f"(harness status {shlex.quote(str(sd.root))}) or cancel it "
+                             f"(harness cancel {shlex.quote(str(sd.root))})")
+        previous: list[str] = []     # the ids the next stage waits for
+        waits_for: dict[str, list[str]] = {}
+        for stage in STAGES:
+            stage_live = [e for e in live if by_id[e.array_job].stage == stage]
+            ids = sorted({e.array_job for e in stage_live}, key=_by_number)
+            waits_for[stage] = list(previous)
+            if stage in stages:
+                out.adopted += [by_id[i] for i in ids]
+                todo = sd.pending(stage)
+                # a queued (or requeued) element runs all its tasks; a running one only those
+                # it has not reached yet
+                covered = {i for e in stage_live for _, i in by_id[e.array_job].covers(sd, e.index)
+                           if not (e.running and _ran_in(sd, stage, i, e))}
+                fresh = [i for i in todo if i not in covered]
+                if fresh:
+                    # array element k runs tasks k*bundle .. k*bundle+bundle-1 (finished ones
+                    # are skipped)
+                    array = array_spec(sorted({i // bundle for i in fresh}))
+                    args = ["sbatch", "--parsable", f"--array={array}%{throttle}"]
+                    dependency = _dependency(stage, previous)
+                    if dependency:
+                        # nothing to train on without the truth runs; later stages record
+                        # what the earlier ones could not deliver
+                        args.append(f"--dependency={dependency}")
+                    args.append(str(scripts[stage].relative_to(sd.root)))
+                    proc = slurm_cmd(args, cwd=sd.root)
+                    if proc.returncode != 0:
+                        if out.new:
+                            slurm_cmd(["scancel", *[j["job_id"] for j in out.new]])
+                        raise StudyError(f"sbatch {' '.join(args[2:])} failed: "
+                                         f"{proc.stderr.strip()}")
+                    job_id = proc.stdout.strip().split(";")[0]
+                    job = {"stage": stage, "job_id": job_id, "job_name": _job_name(sd, stage),
+                           "array": array, "bundle": bundle, "tasks": array_spec(fresh),
+                           "dependency": dependency,
+                           "command": shlex.join(args), "submitted": time.time()}
+                    record_job(sd, job)
+                    out.new.append(job)
+                    ids.append(job_id)
+            if ids:
+                previous = ids
+        # live arrays whose stage before got new work: make their queued elements wait for it
+        new_ids = {j["job_id"] for j in out.new}
+        for stage in STAGES:
+            before = waits_for[stage]
+            if not new_ids & set(before):
                 continue
-            # array task i runs tasks i*bundle .. i*bundle+bundle-1 (finished ones are skipped)
-            array = array_spec(sorted({i // bundle for i in todo}))
-            args = ["sbatch", "--parsable", f"--array={array}%{throttle}"]
-            dependency = None
-            if previous is not None:
-                # nothing to train on without the truth runs; later stages record what the
-                # earlier ones could not deliver
-                dependency = f"{'afterok' if stage == 'train' else 'afterany'}:{previous}"
-                args.append(f"--dependency={dependency}")
-            args.append(str(scripts[stage].relative_to(sd.root)))
-            proc = _slurm_cmd(args, cwd=sd.root)
-            if proc.returncode != 0:
-                if jobs:
-                    _slurm_cmd(["scancel", *[j["job_id"] for j in jobs]])
-                raise StudyError(f"sbatch {' '.join(args[2:])} failed: {proc.stderr.strip()}")
-            job_id = proc.stdout.strip().split(";")[0]
-            jobs.append({"stage": stage, "job_id": job_id, "job_name": _job_name(sd, stage),
-                         "array": array, "bundle": bundle, "tasks": array_spec(todo),
-                         "dependency": dependency,
-                         "command": shlex.join(args), "submitted": time.time()})
-            previous = job_id
-        _record_jobs(sd, jobs)
-        return jobs
+            for array_job in sorted({e.array_job for e in live
+                                     if by_id[e.array_job].stage == stage and not e.running}):
+                dependency = _dependency(stage, before)
+                proc = slurm_cmd(["scontrol", "update", f"JobId={array_job}",
+                                  f"Dependency={dependency}"])
+                out.rechained.append((array_job, dependency, proc.returncode == 0,
+                                      (proc.stderr or proc.stdout).strip()))
+        return out
 
     def run(self, sd: StudyDir, stages: Sequence[str], wait: bool = True) -> None:
-        jobs = self.submit(sd, stages)
-        for job in jobs:
+        sub = self.plan_and_submit(sd, stages)
+        for line in sub.lost:
+            print(f"recorded from the queue: {line}", file=sys.stderr)
+        for adopted in sub.adopted:
+            print(f"adopted  {adopted.stage:8s} job {adopted.job_id}: still queued or running, "
+                  f"not submitted again", file=sys.stderr)
+        for job in sub.new:
             print(f"submitted {job['stage']:8s} job {job['job_id']} array {job['array']}"
                   f"{'  after ' + job['dependency'] if job['dependency'] else ''}",
                   file=sys.stderr)
-        if wait and jobs:
-            self.follow(sd, jobs)
+        for array_job, dependency, ok, said in sub.rechained:
+            print(f"job {array_job} now waits for {dependency}" if ok else
+                  f"job {array_job} could not be made to wait for {dependency} ({said}): "
+                  f"tasks that need the new work record 'waiting'; --resume again when it "
+                  f"ends", file=sys.stderr)
+        followed = sub.adopted + [SubmittedJob.from_dict(j, "new") for j in sub.new]
+        if wait and followed:
+            self.follow(sd, followed)
 
-    def follow(self, sd: StudyDir, jobs: list[dict[str, Any]],
+    def follow(self, sd: StudyDir, jobs: Sequence[SubmittedJob],
                stages: Sequence[str] | None = None) -> None:
         """Live counts until our jobs leave the queue; a chain that can never run (a failed
-        afterok dependency) is cancelled with the reason."""
-        names = [j["job_name"] for j in jobs]
-        ids = {j["job_id"] for j in jobs}
-        stages = list(stages or [j["stage"] for j in jobs])
+        afterok dependency) is cancelled with the reason. A queue that does not answer (a
+        slurmctld restart) is waited for, up to half an hour."""
+        ids = {j.job_id for j in jobs}
+        mine = {s for j in jobs for s in (j.stages if j.is_farm else [j.stage])}
+        stages = list(stages or [s for s in STAGES if s in mine])
         poll = sd.config.executor.slurm.poll_seconds
-        last = ""
+        last, down_since = "", None
+        entries: list[QueueEntry] = []
         while True:
-            queue = [q for q in queue_state(names) if q["job"].split("_")[0] in ids]
-            line = status_line(sd, queue, stages)
+            known = read_jobs(sd)
+            try:
+                entries = query_queue(known)
+                down_since = None
+            except StudyError as exc:
+                down_since = down_since or time.time()
+                if time.time() - down_since > 1800:
+                    raise StudyError(f"{sd.root}: the Slurm queue has not answered for 30 "
+                                     f"minutes ({exc}); the jobs may still run: "
+                                     f"`harness status {shlex.quote(str(sd.root))}`") from None
+                line = f"(Slurm queue not answering: {exc}; waiting)"
+                if self.progress and line != last:
+                    print(line, file=sys.stderr, flush=True)
+                    last = line
+                time.sleep(poll)
+                continue
+            ours = [e for e in entries if e.array_job in ids]
+            line = study_progress(sd, known, entries, stages).line()
             if self.progress and line != last:
                 print(line, file=sys.stderr, flush=True)
                 last = line
-            never = [q for q in queue if "DependencyNeverSatisfied" in q["reason"]]
+            never = [e for e in ours if e.live and "DependencyNeverSatisfied" in e.reason]
             if never:
-                _slurm_cmd(["scancel", *sorted({q["job"].split("_")[0] for q in queue})])
+                slurm_cmd(["scancel", *sorted({e.array_job for e in ours if e.live})])
                 _check_stage_errors(sd, "data")
                 raise StudyError(f"{sd.root}: a stage's dependency can never be satisfied "
                                  f"(a task of the stage before failed); cancelled the rest. "
                                  f"See slurm/logs/ and `harness status {sd.root}`")
-            if not queue:
+            if not any(e.live for e in ours):
                 break
             time.sleep(poll)
+        for line in record_lost_tasks(sd, study_progress(sd, known, entries)):
+            print(f"recorded from the queue: {line}", file=sys.stderr)
         for stage in stages:
             _check_stage_errors(sd, stage)
 
 
-def status_line(sd: StudyDir, queue: list[dict[str, str]], stages: Sequence[str]) -> str:
-    """'train 3/8 done, 1 failed, 2 running, 2 pending | ...' from disk and the queue."""
-    parts = []
-    for stage in stages:
-        counts = sd.counts(stage)
-        stage_name_end = f"-{stage}"
-        mine = [q for q in queue if q["name"].endswith((stage_name_end, "-farm"))]
-        running = sum(q["state"] in ("RUNNING", "COMPLETING") for q in mine)
-        pending = sum(q["state"] in ("PENDING", "REQUEUED", "CONFIGURING") for q in mine)
-        parts.append(f"{stage} {counts['ok']}/{sd.n_tasks(stage)} done"
-                     + (f", {counts['error']} failed" if counts["error"] else "")
-                     + (f", {counts['waiting']} waiting" if counts["waiting"] else "")
-                     + (f", {running} running" if running else "")
-                     + (f", {pending} pending" if pending else ""))
-    return " | ".join(parts)
+@dataclass
+class Submission:
+    """What :meth:`SlurmExecutor.plan_and_submit` did."""
+
+    new: list[dict[str, Any]] = field(default_factory=list)      #: jobs.json records
+    adopted: list[SubmittedJob] = field(default_factory=list)    #: live jobs kept
+    #: (array job, its new dependency, whether scontrol took it, what scontrol said)
+    rechained: list[tuple[str, str, bool, str]] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)    #: tasks recorded from the queue
+
+
+def _dependency(stage: str, ids: Sequence[str]) -> str | None:
+    if not ids:
+        return None
+    return f"{'afterok' if stage == 'train' else 'afterany'}:{':'.join(ids)}"
+
+
+def _by_number(job_id: str) -> tuple[int, str]:
+    return (int(job_id), "") if job_id.isdigit() else (0, job_id)
+
+
+def _ran_in(sd: StudyDir, stage: str, index: int, entry: QueueEntry) -> bool:
+    """Whether this element has run the task already (it will not run it again)."""
+    marker = read_json(sd.marker(stage, index))
+    return bool(marker) and str(marker.get("slurm_job", "")) == entry.job_id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,17 +465,19 @@ class MpiExecutor(Executor):
             "DIRECTIVES": _directives(cfg), "PYTHON": shlex.quote(sys.executable)})
         path = sd.root / "slurm" / "farm.sbatch"
         path.write_text(text)
-        proc = _slurm_cmd(["sbatch", "--parsable", "slurm/farm.sbatch"], cwd=sd.root)
+        proc = slurm_cmd(["sbatch", "--parsable", "slurm/farm.sbatch"], cwd=sd.root)
         if proc.returncode != 0:
             raise StudyError(f"sbatch slurm/farm.sbatch failed: {proc.stderr.strip()}")
         job = {"stage": "farm", "job_id": proc.stdout.strip().split(";")[0],
                "job_name": _job_name(sd, "farm"), "array": "", "dependency": None,
+               "stages": list(stages),
                "command": "sbatch --parsable slurm/farm.sbatch", "submitted": time.time()}
-        _record_jobs(sd, [job])
+        record_job(sd, job)
         print(f"submitted the task farm: job {job['job_id']} ({self.ranks} ranks)",
               file=sys.stderr)
         if wait:
-            SlurmExecutor(self.progress).follow(sd, [job], stages)
+            SlurmExecutor(self.progress).follow(sd, [SubmittedJob.from_dict(job, "farm")],
+                                                stages)
 
 
 def make_executor(sd: StudyDir, kind: str | None = None, progress: bool = True) -> Executor:

@@ -9,6 +9,7 @@ STUDY/
   runs/NAME-icN/      coupled runs (run.nml, result.json, diagnostics.h5, host.log)
   ensembles/topK/     the ensemble's member model files
   tasks/STAGE/N.json  one per finished task (the done marker, written last and atomically)
+  locks/STAGE/N.lock  held while a task runs (harness.study.locks): one process per task
   slurm/              generated sbatch scripts, jobs.json, logs/
   results/            candidates.csv/.parquet, runs.csv, curves.csv, climate.csv, summary.json
   report/             report.md and figures
@@ -16,7 +17,8 @@ STUDY/
 
 A task is finished when its marker exists with status 'ok'; a rerun skips it, so a requeued or
 resumed task never writes a second row. A marker with status 'error' (an infrastructure
-failure: an exception, a host that could not start) is retried by ``--resume``.
+failure: an exception, a host that could not start, a stop at the time limit, a failed node;
+its ``reason`` says which) is retried by ``--resume``.
 """
 
 from __future__ import annotations
@@ -223,6 +225,9 @@ class StudyDir:
 
     def marker(self, stage: str, index: int) -> Path:
         return self.root / "tasks" / stage / f"{index}.json"
+
+    def lock_path(self, stage: str, index: int) -> Path:
+        return self.root / "locks" / stage / f"{index}.lock"
 
     def task_state(self, stage: str, index: int) -> str:
         """'ok', 'error' (retry on resume), 'waiting' (for an unfinished earlier task: rerun

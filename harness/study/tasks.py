@@ -5,7 +5,8 @@ Keras file to a colnn model file, verified against Keras), ``couple`` (one coupl
 candidate, a baseline or the top-k ensemble from one initial condition), ``collect`` and
 ``report`` (one task each). A task's outcome (a diverged training, a failed conversion, a run
 that failed its criteria) is a result, recorded and done; only an infrastructure failure (an
-exception, a host that cannot start) leaves the task in state 'error' for ``--resume``. A task
+exception, a host that cannot start, a stop by Slurm: time limit, scancel, a failed node) leaves
+the task in state 'error', with its reason, for ``--resume``. A task
 whose input comes from a task that has not finished (killed, cancelled, failed) records state
 'waiting' instead of a result: ``--resume`` reruns it after the earlier task, so a cancelled
 training never turns into a 'skipped' candidate.
@@ -16,22 +17,28 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import HarnessError
-from ..status import ConvertStatus, RunOutcome, RunStatus, TaskState, TrainStatus
+from ..status import (ConvertStatus, ErrorReason, RunOutcome, RunStatus, TaskProgress, TaskState,
+                      TrainStatus)
 from .config import StudyError, host_plugin
 from .layout import StudyDir, atomic_write_json, read_json, task_ics
+from .locks import TaskLock
 
-__all__ = ["run_task", "calibration", "training_data", "STAGE_TASKS", "UpstreamUnfinished"]
+__all__ = ["run_task", "calibration", "training_data", "STAGE_TASKS", "UpstreamUnfinished",
+           "TaskStopped", "stop_on_signals"]
 
 
 class UpstreamUnfinished(StudyError):
@@ -441,9 +448,73 @@ STAGE_TASKS: dict[str, Callable[[StudyDir, int], dict[str, Any]]] = {
     "collect": task_collect, "report": task_report}
 
 
+class TaskStopped(BaseException):
+    """SIGTERM or SIGUSR1 while a task runs (see :func:`stop_on_signals`). A BaseException, so
+    that task code catching Exception (a conversion records a refused model as its result)
+    can never turn a stop into a result; ``subprocess.run`` kills the host program on it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.reason = (ErrorReason.TIME_LIMIT if signum == signal.SIGUSR1
+                       else ErrorReason.TERMINATED)
+
+    def describe(self, stage: str) -> str:
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        if self.reason == ErrorReason.TERMINATED:
+            return (f"stopped by SIGTERM (attempt {restarts + 1}: scancel, a requeue, or Slurm "
+                    f"ending the job); --resume reruns it")
+        text = (f"stopped at Slurm's warning before the time limit (SIGUSR1, attempt "
+                f"{restarts + 1})")
+        limit = os.environ.get("COLNN_MAX_REQUEUES", "")
+        if limit.isdigit() and restarts < int(limit):
+            return text + "; requeued: it starts again from scratch"
+        # a study directory keeps its configuration: a longer limit is a hand-made sbatch
+        element = os.environ.get("SLURM_ARRAY_TASK_ID", "I")
+        return (text + f"; no requeues left (executor.slurm.max_requeues = {limit or '?'}): "
+                f"--resume reruns it with the same limit; for a longer one, from the study "
+                f"directory: sbatch --time=HH:MM:SS --array={element} slurm/{stage}.sbatch")
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """In ``harness task``: SIGTERM (scancel, a requeue) and SIGUSR1 (the sbatch script passes
+    on Slurm's warning before the time limit) raise :class:`TaskStopped` in the running task,
+    whose marker then records why it stopped ('error', retried by --resume). The first signal
+    raises; later ones are ignored (Slurm follows with SIGKILL anyway)."""
+    def handler(signum: int, frame: Any) -> None:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise TaskStopped(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """A stop that comes while the marker is written waits until it is written whole."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
 def run_task(root: Path | str, stage: str, index: int, force: bool = False,
              study: StudyDir | None = None) -> dict[str, Any]:
-    """Runs one task unless it is finished; writes and returns its marker."""
+    """Runs one task unless it is finished; writes and returns its marker.
+
+    The task's lock is held from before it writes anything until its marker is written: a
+    second process that finds it held writes nothing and returns status 'running' with the
+    holder. A :class:`TaskStopped` is recorded in the marker, then raised again."""
     sd = study or StudyDir.open(root)
     if stage not in STAGE_TASKS:
         raise StudyError(f"unknown stage {stage!r} (stages: {', '.join(STAGE_TASKS)})")
@@ -451,17 +522,40 @@ def run_task(root: Path | str, stage: str, index: int, force: bool = False,
         raise StudyError(f"{stage} has tasks 0..{sd.n_tasks(stage) - 1}, got {index}")
     if not force and sd.task_state(stage, index) == TaskState.OK:
         return {"status": TaskState.OK, "skipped": True}
-    start = time.perf_counter()
+    lock = TaskLock(sd.lock_path(stage, index))
+    holder = lock.acquire()
+    if holder is not None:
+        return {"status": TaskProgress.RUNNING, "stage": stage, "index": index,
+                "holder": asdict(holder),
+                "message": f"{stage} task {index} is already running ({holder.describe()}); "
+                           f"this process leaves it alone and writes nothing"}
+    stopped: TaskStopped | None = None
     try:
-        marker: dict[str, Any] = {"status": TaskState.OK, **STAGE_TASKS[stage](sd, index)}
-    except UpstreamUnfinished as exc:
-        marker = {"status": TaskState.WAITING, "message": str(exc)}
-    except Exception as exc:    # noqa: BLE001 - recorded for --resume, never lost
-        marker = {"status": TaskState.ERROR, "message": f"{type(exc).__name__}: {exc}",
-                  "traceback": traceback.format_exc(limit=8)}
-    marker.update(stage=stage, index=index, wall_s=time.perf_counter() - start,
-                  host=socket.gethostname(), pid=os.getpid(),
-                  slurm_job=os.environ.get("SLURM_JOB_ID", ""),
-                  attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) + 1)
-    atomic_write_json(sd.marker(stage, index), marker)
+        # the holder before us may have finished it between our first look and our lock
+        if not force and sd.task_state(stage, index) == TaskState.OK:
+            return {"status": TaskState.OK, "skipped": True}
+        start = time.perf_counter()
+        try:
+            marker: dict[str, Any] = {"status": TaskState.OK, **STAGE_TASKS[stage](sd, index)}
+        except UpstreamUnfinished as exc:
+            marker = {"status": TaskState.WAITING, "message": str(exc)}
+        except TaskStopped as exc:
+            stopped = exc
+            marker = {"status": TaskState.ERROR, "reason": exc.reason,
+                      "message": exc.describe(stage)}
+        except Exception as exc:    # noqa: BLE001 - recorded for --resume, never lost
+            marker = {"status": TaskState.ERROR, "reason": ErrorReason.EXCEPTION,
+                      "message": f"{type(exc).__name__}: {exc}",
+                      "traceback": traceback.format_exc(limit=8)}
+        marker.update(stage=stage, index=index, wall_s=time.perf_counter() - start,
+                      host=socket.gethostname(), pid=os.getpid(),
+                      slurm_job=os.environ.get("SLURM_JOB_ID", ""),
+                      attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) + 1,
+                      finished=time.time())
+        with _signals_held():
+            atomic_write_json(sd.marker(stage, index), marker)
+    finally:
+        lock.release()
+    if stopped is not None:
+        raise stopped
     return marker
