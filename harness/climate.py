@@ -16,6 +16,10 @@ import numpy as np
 MAX_PDF_BINS = 64
 MAX_ACF_LAGS = 16
 MAX_SPEC_WAVES = 256
+#: a window's histogram with fewer values a bin is mostly sampling noise: with 10 a bin (160
+#: values, 16 bins, 30 calibration windows) the tests' tiny study saw runs of a fine network
+#: stopped by the distribution test; the defaults (800 values, 16 bins) give 50
+MIN_VALUES_PER_BIN = 20
 
 
 def padded(values: list, size: int, fill: float | int = 0.0) -> list:
@@ -111,6 +115,13 @@ def _pdf_reference(windows: list[np.ndarray], n_bins: int
     normalized distance from it (n_bins = 0: off, empty, with a placeholder spread)."""
     if not n_bins:
         return np.empty(0), np.empty(0), np.zeros(2)
+    per_window = min(np.size(w) for w in windows)
+    if per_window < MIN_VALUES_PER_BIN * n_bins:
+        raise ValueError(f"couple.drift_pdf_bins: {n_bins} bins for {per_window} values a window "
+                         f"leave {per_window // n_bins} a bin; the distance needs at least "
+                         f"{MIN_VALUES_PER_BIN} a bin to tell a wrong climate from sampling "
+                         f"noise (at most {per_window // MIN_VALUES_PER_BIN} bins, or longer "
+                         f"windows)")
     values = np.concatenate([np.ravel(w) for w in windows])
     edges = quantile_edges(values, n_bins)
     pdf = histogram_pdf(values, edges)

@@ -283,6 +283,7 @@ batch_size = 256
 steps = {steps}
 initial_conditions = {ics}
 drift_window_time = 1.0
+drift_pdf_bins = 8
 ensemble_top_k = 2
 
 [executor]

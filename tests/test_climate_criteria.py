@@ -203,6 +203,16 @@ def test_lags_that_are_not_whole_distinct_samples_are_refused(truth: dict) -> No
             L96Plugin().calibrate(truth[1], truth[2], couple)
 
 
+def test_too_few_values_a_bin_are_refused(truth: dict) -> None:
+    """1-unit windows of 20 samples x 8 columns: 160 values, too few for 16 bins."""
+    from harness.errors import HarnessError
+    couple = replace(L96_COUPLE, drift_window_time=1.0)
+    with pytest.raises(HarnessError, match=r"couple.drift_pdf_bins: 16 bins for 160 values a "
+                                           r"window leave 10 a bin.*at most 8 bins"):
+        L96Plugin().calibrate(truth[1], truth[2], couple)
+    assert L96Plugin().calibrate(truth[1], truth[2], replace(couple, drift_pdf_bins=8))
+
+
 def test_criteria_can_be_switched_off(truth: dict) -> None:
     couple = replace(L96_COUPLE, drift_pdf_bins=0,
                      drift_acf_lags=[])

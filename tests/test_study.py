@@ -32,7 +32,8 @@ TINY: dict[str, Any] = {
     "data": {"steps": 30000},
     "space": {"nodes": [8, 16], "layers": [1, 2]},
     "training": {"candidates": 3, "epochs": 2, "batch_size": 256},
-    "couple": {"steps": 2000, "drift_window_time": 1.0, "ensemble_top_k": 2},
+    "couple": {"steps": 2000, "drift_window_time": 1.0, "drift_pdf_bins": 8,
+               "ensemble_top_k": 2},
     "executor": {"workers": 2, "slurm": {"throttle": 4, "poll_seconds": 1.0}},
 }
 

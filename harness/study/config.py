@@ -144,6 +144,8 @@ class CoupleConfig:
     #: while a wave with the truth's mean and std (the one-scale model at F = 3.5, rescaled)
     #: reaches z = 7.0 (distribution) and 3.8 (autocorrelation) in its second window. Lags of
     #: 0.1-0.5 windows gave no false alarm at 3 sigma; 0.05-0.4 gave 1 of 60 truth windows.
+    #: A window needs at least 20 values a bin (harness.climate.MIN_VALUES_PER_BIN): shorter
+    #: windows need fewer bins, and the calibration says how many.
     drift_pdf_bins: int = 16
     drift_acf_lags: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])
     #: sw: a run fails when its energy exceeds energy_factor x the truth maximum; the first
