@@ -111,5 +111,10 @@ program test_custom_layer
   call net2%load('custom_saved.colnn', stat, msg)
   call net2%forward(x, y2, stat, msg)
   if (stat /= 0 .or. any(y2 /= y)) error stop 'FAIL: custom layer save/reload'
+  ! the files it wrote go (fpm test runs in the project's root)
+  open (newunit=u, file='custom.colnn', status='old')
+  close (u, status='delete')
+  open (newunit=u, file='custom_saved.colnn', status='old')
+  close (u, status='delete')
   print '(a)', 'test_custom_layer: all passed'
 end program test_custom_layer

@@ -97,6 +97,9 @@ program test_custom_loss
     print '(a,i0,a,es10.3)', 'FAIL: train_epoch stat ', stat, ' val loss ', v_plain
     error stop 1
   end if
+  ! the files it wrote go (fpm test runs in the project's root)
+  open (newunit=u, file='loss_model.colnn', status='old')
+  close (u, status='delete')
   print '(a)', 'test_custom_loss: all passed'
 
 contains

@@ -61,5 +61,12 @@ program test_fkb
     print '(a)', 'FAIL: truncated FKB: '//trim(msg)
     error stop 1
   end if
+  ! the files it wrote go (fpm test runs in the project's root)
+  open (newunit=u, file='model.fkb', status='old')
+  close (u, status='delete')
+  open (newunit=u, file='bad.fkb', status='old')
+  close (u, status='delete')
+  open (newunit=u, file='short.fkb', status='old')
+  close (u, status='delete')
   print '(a)', 'test_fkb: all passed'
 end program test_fkb

@@ -7,6 +7,7 @@ program test_network
   implicit none
   integer :: failures = 0
   type(network_t), target :: net, net2, other
+  type(workspace_t), target :: ws
   type(training_state_t) :: training, untouched
   integer :: stat
   character(len=ERRMSG_LEN) :: msg
@@ -35,12 +36,16 @@ program test_network
   call net2%forward(x, y2, stat, msg)
   call expect(stat == 0 .and. all(y2 == y), 'reloaded model gives identical outputs')
 
-  ! the steady-state call reuses its work arrays
-  call net%forward(x, y2, stat, msg)
-  p1 = c_loc(net%ws%a(1, 1))
-  call net%forward(x, y2, stat, msg)
-  p2 = c_loc(net%ws%a(1, 1))
+  ! the steady-state call reuses its work arrays; checked on a workspace of the caller's own
+  ! (forward_ws): in the OpenMP build forward's are thread-local and net%ws stays unallocated
+  call net%forward_ws(ws, x, y2, stat, msg)
+  call expect(stat == 0 .and. allocated(ws%a), 'forward_ws: '//trim(msg))
+  p1 = c_loc(ws%a(1, 1))
+  call net%forward_ws(ws, x, y2, stat, msg)
+  p2 = c_loc(ws%a(1, 1))
   call expect(c_associated(p1, p2), 'workspace reused between calls of the same column count')
+  call expect(all(y2 == y), 'forward_ws gives forward''s outputs')
+  call net%forward(x, y2, stat, msg)
   call expect(all(y2 == y), 'repeatable forward')
   ! a larger block, then its first 5 columns equal the small block's result
   xbig = 0
@@ -100,6 +105,10 @@ program test_network
     print '(i0,a)', failures, ' checks failed'
     error stop 1
   end if
+  ! the files it wrote go (fpm test runs in the project's root)
+  call remove_file('good.colnn')
+  call remove_file('saved.colnn')
+  call remove_file('other.colnn')
   print '(a)', 'test_network: all passed'
 
 contains
@@ -141,7 +150,15 @@ contains
     call bad%load(path, stat, msg)
     call expect(stat == expected_stat .and. index(msg, fragment) > 0 .and. index(msg, path) > 0 &
                 .and. .not. bad%is_loaded(), 'bad file '//path//' -> stat '//status_name(stat)//': '//trim(msg))
+    if (do_create) call remove_file(path)
   end subroutine bad_file
+
+  subroutine remove_file(path)
+    character(len=*), intent(in) :: path
+    integer :: u, ios
+    open (newunit=u, file=path, status='old', iostat=ios)
+    if (ios == 0) close (u, status='delete')
+  end subroutine remove_file
 
   subroutine write_good(path)
     character(len=*), intent(in) :: path
