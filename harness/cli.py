@@ -84,6 +84,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir), seed=args.seed, columns=args.columns, epochs=args.epochs)
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    from . import locate
+    getters: dict[str, Callable[[], object]] = {
+        "cmakedir": lambda: locate.cmake_dir(args.precision),
+        "pkgconfigdir": lambda: locate.pkgconfig_dir(args.precision),
+        "prefix": lambda: locate.install_prefix(args.precision).path,
+        "library": lambda: locate.library(args.precision).path,
+        "host_bin": lambda: locate.host_bin_dir(args.precision).path,
+        "slurm_templates": lambda: locate.slurm_templates().path,
+    }
+    for name, get in getters.items():
+        if getattr(args, name):
+            print(get())
+            return 0
+    print(locate.report())
+    return 0
+
+
 def _cmd_host_run(args: argparse.Namespace) -> int:
     from .hosts import load_host_run, run_host
     run = load_host_run(args.config, Path(args.output) if args.output else None)
@@ -251,6 +269,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--columns", type=int, default=4096, help="columns used in verification")
     d.add_argument("--epochs", type=int, default=8)
     d.set_defaults(func=_cmd_demo)
+
+    cf = sub.add_parser(
+        "config", help="where the library, host programs and templates are; build flags for a GCM",
+        description="Without an option: every native part the harness uses, where it comes "
+                    "from ($COLNN_LIB and friends, the installed wheel, or the source tree's "
+                    "build), and what the wheel was built with. With one: that path alone, "
+                    "e.g. cmake -Dcolnn_DIR=$(harness config --cmakedir) or "
+                    "PKG_CONFIG_PATH=$(harness config --pkgconfigdir) pkg-config --libs colnn.")
+    cf.add_argument("--precision", choices=["single", "double"], default="single",
+                    help="which build of the library (default single)")
+    which = cf.add_mutually_exclusive_group()
+    which.add_argument("--cmakedir", action="store_true",
+                       help="the directory with colnnConfig.cmake, for find_package(colnn)")
+    which.add_argument("--pkgconfigdir", action="store_true",
+                       help="the directory with colnn.pc and colnn_coupler.pc")
+    which.add_argument("--prefix", action="store_true",
+                       help="the installed prefix (lib/, include/colnn/, bin/)")
+    which.add_argument("--library", action="store_true", help="the libcolnn the harness loads")
+    which.add_argument("--host-bin", action="store_true",
+                       help="the directory with the host programs colnn_l96, colnn_sw")
+    which.add_argument("--slurm-templates", action="store_true",
+                       help="the directory with the sbatch templates")
+    cf.set_defaults(func=_cmd_config)
 
     h = sub.add_parser("host", help="run a Fortran toy host (Lorenz-96, shallow water)")
     hsub = h.add_subparsers(dest="host_command", required=True, metavar="ACTION")

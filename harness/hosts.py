@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import f90nml
 
 from .errors import HarnessError
+from .locate import host_bin_dir, not_found_hint
 from .status import RunStatus
 
 __all__ = ["HOSTS", "HostRun", "host_executable", "host_defaults", "load_host_run",
@@ -60,8 +61,8 @@ _HOST_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 def host_executable(host: str, precision: str = "single", executable: str = "") -> Path:
     """The host program: `executable` when given (a host of one's own, following
-    docs/host-protocol.md), else ``colnn_<host>`` of the build tree (or of $COLNN_HOST_BIN, a
-    directory) for the built-in hosts."""
+    docs/host-protocol.md), else for the built-in hosts ``colnn_<host>`` of $COLNN_HOST_BIN (a
+    directory), of the installed wheel, or of the build tree (harness.locate.host_bin_dir)."""
     if executable:
         exe = Path(executable)
         if not exe.is_file() or not os.access(exe, os.X_OK):
@@ -71,12 +72,12 @@ def host_executable(host: str, precision: str = "single", executable: str = "") 
     if host not in HOSTS:
         raise HostError(f"unknown host {host!r} (built-in hosts: {', '.join(HOSTS)}; a host "
                         f"of your own needs its executable)")
-    env = os.environ.get("COLNN_HOST_BIN")
-    base = Path(env) if env else Path(__file__).resolve().parent.parent / "build" / precision / "coupler"
-    exe = base / f"colnn_{host}"
+    located = host_bin_dir(precision)  # type: ignore[arg-type]
+    exe = located.path / f"colnn_{host}"
     if not exe.is_file():
-        raise HostError(f"{exe} not found: build the project (scripts/setup.sh) or set "
-                        f"COLNN_HOST_BIN")
+        hint = not_found_hint("host programs", located, "COLNN_HOST_BIN")
+        raise HostError(f"{exe} not found ({precision} precision, from {located.origin}; "
+                        f"{hint})")
     return exe
 
 

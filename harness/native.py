@@ -1,8 +1,9 @@
 """The real Fortran library through its C binding (include/colnn.h), via ctypes.
 
 Verification, tests and benchmarks call the same entry points a C or C++ host model would.
-The library of each precision is found in the build tree (``build/single``, ``build/double``)
-or at the path given by ``COLNN_LIB`` / ``COLNN_LIB_DOUBLE``.
+The library of each precision is the one ``COLNN_LIB`` / ``COLNN_LIB_DOUBLE`` names, else the
+one the installed wheel carries, else the build tree's (``build/single``, ``build/double``);
+see harness/locate.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from . import locate
 from .errors import HarnessError
 
 __all__ = ["ColnnError", "NativeModel", "NativeEnsemble", "library_path", "load_library", "STATUS_NAMES",
@@ -21,7 +23,8 @@ __all__ = ["ColnnError", "NativeModel", "NativeEnsemble", "library_path", "load_
 
 Precision = Literal["single", "double"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+#: the checkout the package runs from (a wheel install has none: see harness.locate)
+REPO_ROOT = locate.SOURCE_ROOT
 ERRMSG_LEN = 1024
 
 STATUS_NAMES = {
@@ -45,11 +48,9 @@ def _check(stat: int, err: ctypes.Array) -> None:
 
 
 def library_path(precision: Precision = "single") -> Path:
-    """Path of libcolnn for `precision`: $COLNN_LIB / $COLNN_LIB_DOUBLE, else the build tree."""
-    env = os.environ.get("COLNN_LIB_DOUBLE" if precision == "double" else "COLNN_LIB")
-    if env:
-        return Path(env)
-    return REPO_ROOT / "build" / precision / "fortran" / "libcolnn.so"
+    """Path of libcolnn for `precision`: $COLNN_LIB / $COLNN_LIB_DOUBLE, else the wheel's, else
+    the build tree's."""
+    return locate.library(precision).path
 
 
 _libraries: dict[str, ctypes.CDLL] = {}
@@ -57,13 +58,17 @@ _libraries: dict[str, ctypes.CDLL] = {}
 
 def load_library(path: Path | str | None = None, precision: Precision = "single") -> ctypes.CDLL:
     """Opens (once) and declares the C API of the library at `path`."""
-    lib_path = Path(path) if path is not None else library_path(precision)
+    located = (locate.Located(Path(path), "the caller") if path is not None
+               else locate.library(precision))
+    lib_path = located.path
     key = str(lib_path.resolve()) if lib_path.exists() else str(lib_path)
     if key in _libraries:
         return _libraries[key]
     if not lib_path.exists():
-        raise HarnessError(f"{lib_path}: colnn library not found (build it with scripts/setup.sh "
-                           f"or set COLNN_LIB)")
+        hint = locate.not_found_hint("library", located, locate.LIBRARY_ENV.get(precision,
+                                                                                 "COLNN_LIB"))
+        raise HarnessError(f"{lib_path}: colnn library not found ({precision} precision, from "
+                           f"{located.origin}; {hint})")
     try:
         lib = ctypes.CDLL(str(lib_path))
     except OSError as exc:

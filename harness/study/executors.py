@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..locate import slurm_templates
 from ..status import TaskProgress, TaskState
 from .config import STAGES, StudyError
 from .jobs import QueueEntry, SubmittedJob, query_queue, read_jobs, record_job, slurm_cmd
@@ -41,9 +42,9 @@ from .tasks import run_task
 __all__ = ["Executor", "LocalExecutor", "SlurmExecutor", "MpiExecutor", "Submission",
            "make_executor", "array_spec", "render_template", "TEMPLATE_DIR"]
 
-#: the sbatch templates: the repository's slurm/ (or $COLNN_SLURM_TEMPLATES, e.g. in the image)
-TEMPLATE_DIR = Path(os.environ.get("COLNN_SLURM_TEMPLATES")
-                    or Path(__file__).resolve().parents[2] / "slurm")
+#: the sbatch templates: $COLNN_SLURM_TEMPLATES (e.g. in the image), else the wheel's
+#: harness/_data/slurm, else the repository's slurm/ (harness.locate.slurm_templates)
+TEMPLATE_DIR = slurm_templates().path
 UNITS = {"data": "truth run", "train": "candidate", "convert": "candidate",
          "couple": "coupled run", "collect": "study", "report": "study"}
 
