@@ -24,7 +24,9 @@ class PyColnnHarness(PythonPackage):
             description="TensorFlow/Keras: training candidates and verifying against Keras")
 
     depends_on("python@3.11:", type=("build", "run"))  # tomllib
-    depends_on("py-setuptools@64:", type="build")
+    # the project's build backend (tools/colnn_build_backend.py) is scikit-build-core; here it
+    # makes a pure-Python wheel (config_settings below): the library comes from the colnn package
+    depends_on("py-scikit-build-core@0.11:", type="build")
 
     with default_args(type=("build", "run")):
         depends_on("py-numpy@1.24:")
@@ -45,6 +47,11 @@ class PyColnnHarness(PythonPackage):
 
     # the library is loaded at run time (ctypes) and the hosts are run as programs
     depends_on("colnn+shared", type="run")
+
+    def config_settings(self, spec, prefix) -> dict:
+        # no CMake build inside the Python package: the wheel's own copy of libcolnn and the
+        # hosts would duplicate the colnn package's (which the run environment points at)
+        return {"wheel.cmake": "false"}
 
     def setup_run_environment(self, env: EnvironmentModifications) -> None:
         colnn = self.spec["colnn"]
