@@ -45,7 +45,10 @@ setup_venv() {
   want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
   [[ -f "$VENV/.colnn-installed" ]] && have=$(cat "$VENV/.colnn-installed")
   if [[ "$want" != "$have" ]]; then
-    log "installing Python packages (TensorFlow, h5py, numpy, pytest, ...) into the venv"
+    # the test extra brings scikit-build-core (tests/test_wheel.py builds the wheel without
+    # build isolation) and fpm (tests/test_fpm.py); -e goes to setuptools' editable install
+    # (tools/colnn_build_backend.py): the library stays in build/single and build/double
+    log "installing Python packages (TensorFlow, h5py, numpy, pytest, scikit-build-core, fpm, ...) into the venv"
     "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
     "$VENV/bin/pip" install -q --disable-pip-version-check -e "${ROOT}[keras,test]"
     echo "$want" > "$VENV/.colnn-installed"
