@@ -209,6 +209,19 @@ def _cmd_task(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_image_build(args: argparse.Namespace) -> int:
+    from .image import build_command
+    return build_command(args.definition, args.sandbox, args.context, args.notest,
+                         args.build_ca, args.cache_dir, not args.no_base_cache, args.quiet)
+
+
+def _cmd_image_action(args: argparse.Namespace) -> int:
+    from .image import Action, parse_bind, run_action
+    binds = [parse_bind(b) for b in args.bind]
+    proc = run_action(args.sandbox, Action(args.image_command), args.args, binds, args.pwd)
+    return proc.returncode
+
+
 def _cmd_farm(args: argparse.Namespace) -> int:
     from .study.farm import farm
     return farm(args.study, args.stages.split(","), progress=not args.quiet)
@@ -386,6 +399,59 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run tasks INDEX..INDEX+COUNT-1 (those that exist), one after another")
     tk.add_argument("--force", action="store_true", help="rerun a finished task")
     tk.set_defaults(func=_cmd_task)
+
+    im = sub.add_parser(
+        "image", help="build and run the Apptainer image's root without Apptainer (emulation)",
+        description="An emulation of `apptainer build --sandbox` for `Bootstrap: debootstrap` "
+                    "definitions (containers/colnn-debian.def) and of `apptainer run|exec|test "
+                    "--contain --cleanenv` on the sandbox directory it makes, for machines "
+                    "without Apptainer. Root only; debootstrap, then each section in a chroot "
+                    "inside private mount and PID namespaces. No SIF file is made, there is no "
+                    "user namespace or overlay, and only the debootstrap agent of a "
+                    "single-stage definition is understood (containers/README.md).")
+    isub = im.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    ib = isub.add_parser("build", help="emulate apptainer build --sandbox DIR DEFINITION",
+                         description="debootstrap, %setup, %files, %post, the metadata in "
+                                     "/.singularity.d, then %test, into a temporary directory "
+                                     "renamed to DIR when every step passed; all output goes "
+                                     "to DIR.build.log. A failing step names its section and "
+                                     "shows its last lines.")
+    ib.add_argument("definition", help="the definition file (Bootstrap: debootstrap)")
+    ib.add_argument("sandbox", help="the directory to create (must not exist)")
+    ib.add_argument("--context", metavar="DIR",
+                    help="where %%setup runs and %%files sources are found: the directory "
+                         "`apptainer build` would be started in (default: the current one)")
+    ib.add_argument("--notest", action="store_true", help="skip %%test, as apptainer's --notest")
+    ib.add_argument("--build-ca", metavar="FILE",
+                    help="a CA bundle for %%post's downloads (PIP_CERT, SSL_CERT_FILE, ... "
+                         "point at it during %%post only), where HTTPS goes through a proxy "
+                         "with its own CA; not part of the image")
+    ib.add_argument("--cache-dir", metavar="DIR",
+                    help="where debootstrap results are kept for reuse (default "
+                         "$COLNN_ROOTFS_CACHE or /var/cache/colnn-rootfs)")
+    ib.add_argument("--no-base-cache", action="store_true",
+                    help="always run debootstrap (no reuse of an earlier result)")
+    ib.add_argument("-q", "--quiet", action="store_true",
+                    help="do not print the sections' output (it still goes to the log)")
+    ib.set_defaults(func=_cmd_image_build)
+    for action, text in (("run", "the image's runscript with ARGS (emulated apptainer run)"),
+                         ("exec", "a command in the image (emulated apptainer exec)"),
+                         ("test", "the image's %test (emulated apptainer test)")):
+        ia = isub.add_parser(action, help=text.replace("%", "%%"),
+                             description=f"{text[0].upper()}{text[1:]}: chrooted into a "
+                                         f"read-only bind of SANDBOX, fresh /tmp, /var/tmp and "
+                                         f"$HOME, a clean environment plus the image's "
+                                         f"%environment, only the --bind paths from the host "
+                                         f"(--contain --cleanenv). Exits with the command's "
+                                         f"status.")
+        ia.add_argument("--bind", "-B", action="append", default=[], metavar="SRC[:DST[:ro]]",
+                        help="a host path to mount in the container (DST: an existing "
+                             "directory of the image such as /mnt, or under /tmp)")
+        ia.add_argument("--pwd", default="/", help="working directory inside (default /)")
+        ia.add_argument("sandbox", help="a directory made by `harness image build`")
+        ia.add_argument("args", nargs=argparse.REMAINDER,
+                        help="arguments of the runscript / the command and its arguments")
+        ia.set_defaults(func=_cmd_image_action)
 
     fm = sub.add_parser("farm", help="the MPI task farm (run under mpirun/srun)")
     fm.add_argument("--study", required=True, help="study directory")
