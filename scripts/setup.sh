@@ -11,7 +11,9 @@ APT_PACKAGES=(
   gcc gfortran cmake make pkg-config git ca-certificates
   libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin libpmix-dev libhdf5-dev libssl-dev
   slurm-wlm munge
-  shellcheck
+  # the tests' tools: shellcheck for the scripts they generate, debootstrap for the root file
+  # system of the Apptainer image (tests/test_image.py builds it with `harness image build`)
+  shellcheck debootstrap
   python3 python3-venv python3-dev
 )
 
