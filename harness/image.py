@@ -56,10 +56,11 @@ import sys
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from enum import Enum
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import HarnessError
 
@@ -542,6 +543,7 @@ class BuildReport:
                                          else "")
 
 
+@lru_cache(maxsize=None)
 def host_arch() -> str:
     """Debian's name of this machine's architecture (what Apptainer passes as --arch)."""
     try:
@@ -790,7 +792,7 @@ def _steps_of(defn: Definition, root: Path, opts: BuildOptions, log: Path,
               steps: dict[str, float]) -> bool:
     """Bootstrap and every section into `root`, timing each step; True when the debootstrap
     result came from the base cache."""
-    def timed(name: str, fn, *args) -> object:
+    def timed(name: str, fn: Callable[..., object], *args: object) -> object:
         t0 = time.monotonic()
         result = fn(*args)
         steps[name] = round(time.monotonic() - t0, 1)
@@ -819,12 +821,12 @@ def build_sandbox(defn: Definition, dest: str | os.PathLike[str],
     """``apptainer build --sandbox DEST DEFINITION``, emulated (see the module docstring).
     The root is made in a temporary directory beside `dest` and renamed into place only when
     every step, %test included, succeeded; the output of all steps goes to DEST.build.log."""
-    opts = opts or BuildOptions()
     _require_root("harness image build")
+    opts = replace(opts or BuildOptions())
+    opts.context = opts.context.resolve()
     dest = Path(dest).resolve()
     if dest.exists():
         raise HarnessError(f"{dest} exists: remove it or choose another directory")
-    opts.context = opts.context.resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
     log = dest.parent / f"{dest.name}.build.log"
     log.write_text(f"harness image build {defn.path} -> {dest} ({EMULATION})\n")
@@ -942,7 +944,9 @@ class RootfsCache:
     def build(self, defn: Definition, opts: BuildOptions) -> BuildReport:
         """The cached root for `defn` built in `opts.context`, built now when there is none."""
         _require_root("harness image build")
-        opts.context = opts.context.resolve()
+        opts = replace(opts, context=opts.context.resolve(),
+                       base_cache=opts.base_cache or self.directory,
+                       max_age_days=self.max_age_days)
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "logs").mkdir(exist_ok=True)
         with open(self.directory / "lock", "w") as lock:
@@ -954,8 +958,6 @@ class RootfsCache:
                 meta = json.loads(hit.with_suffix(".json").read_text())
                 return BuildReport(hit, log, meta.get("steps", {}), key, cached=True)
             self._clear_leftovers()
-            opts.base_cache = opts.base_cache or self.directory
-            opts.max_age_days = self.max_age_days
             log.write_text(f"harness image build {defn.path} ({EMULATION}), key {key}\n")
             tmp = Path(tempfile.mkdtemp(prefix="tmp-root-", dir=self.directory))
             steps: dict[str, float] = {}
