@@ -67,7 +67,7 @@ from .errors import HarnessError
 __all__ = ["Agent", "SectionKind", "Section", "FileCopy", "Definition", "DefinitionError",
            "BuildError", "BuildOptions", "BuildReport", "Action", "Bind", "RootfsCache",
            "parse_definition", "build_sandbox", "run_action", "parse_bind", "default_cache_dir",
-           "context_files", "EMULATION"]
+           "context_files", "debootstrap_args", "EMULATION"]
 
 #: bump when the emulation changes what a build puts into a root: cached roots then rebuild
 EMULATION = "colnn-apptainer-emulation/1"
@@ -555,11 +555,17 @@ def host_arch() -> str:
             platform.machine(), platform.machine())
 
 
-def _debootstrap_argv(defn: Definition, root: Path) -> list[str]:
-    debootstrap = _tool("debootstrap", "apt-get install debootstrap")
-    return [debootstrap, "--variant=minbase", f"--exclude={DEBOOTSTRAP_EXCLUDE}",
-            "--include=" + ",".join(["apt", *defn.include]), f"--arch={host_arch()}",
+def debootstrap_args(defn: Definition, root: Path, arch: str) -> list[str]:
+    """debootstrap's arguments, those Apptainer's debootstrap agent passes: a minbase root
+    without a few packages a container does not need, apt and the Include: packages added."""
+    return ["--variant=minbase", f"--exclude={DEBOOTSTRAP_EXCLUDE}",
+            "--include=" + ",".join(["apt", *defn.include]), f"--arch={arch}",
             defn.os_version, str(root), defn.mirror_url]
+
+
+def _debootstrap_argv(defn: Definition, root: Path) -> list[str]:
+    return [_tool("debootstrap", "apt-get install debootstrap"),
+            *debootstrap_args(defn, root, host_arch())]
 
 
 def _base_key(defn: Definition) -> str:

@@ -34,7 +34,7 @@ import pandas as pd
 import pytest
 
 from harness.image import (BuildOptions, DefinitionError, RootfsCache, SectionKind,
-                           default_cache_dir, parse_definition)
+                           debootstrap_args, default_cache_dir, parse_definition)
 from test_study import TINY, toml_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,6 +121,19 @@ def test_bad_definitions_name_the_file_line_and_key(text: str, expected: str,
     assert expected in str(err.value)
 
 
+def test_debootstrap_gets_apptainers_arguments(tmp_path: Path) -> None:
+    """Include: (spaces or commas) goes to --include after apt, as Apptainer's agent does;
+    header keys are case-insensitive."""
+    (tmp_path / "i.def").write_text("bootstrap: debootstrap\nosversion: bookworm\n"
+                                    "MIRRORURL: http://deb.debian.org/debian\n"
+                                    "Include: git, make  pkg-config\n")
+    defn = parse_definition(tmp_path / "i.def")
+    assert debootstrap_args(defn, Path("/r"), "amd64") == [
+        "--variant=minbase", "--exclude=openssl,udev,debconf-i18n,e2fsprogs",
+        "--include=apt,git,make,pkg-config", "--arch=amd64", "bookworm", "/r",
+        "http://deb.debian.org/debian"]
+
+
 def test_bad_definition_on_the_command_line_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.def"
     bad.write_text("Bootstrap: docker\nFrom: debian:12\n")
@@ -203,6 +216,11 @@ def _build_skip_reason() -> str | None:
                        ("unshare", "util-linux"), ("chroot", "coreutils")):
         if not shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"):
             return f"{tool} is not installed: {hint}"
+    # inside a container without CAP_SYS_ADMIN (docker's default) there are no namespaces
+    probe = subprocess.run(["unshare", "--mount", "--pid", "--fork", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"this machine allows no mount/PID namespaces: {probe.stderr.strip()}"
     return None
 
 
@@ -254,10 +272,13 @@ def test_failing_post_names_the_section_and_leaves_nothing_behind(tmp_path: Path
     proc, out = _failing_build(tmp_path, "%post\n"
                                          f"    echo 'sleep 600' > /{marker}.sh\n"
                                          f"    sh /{marker}.sh &\n"
-                                         "    sleep 0.5\n"
                                          # [x]yz: grep's own command line must not match
-                                         f"    grep -lq '[{marker[0]}]{marker[1:]}' "
-                                         "/proc/[0-9]*/cmdline && echo 'daemon running'\n"
+                                         "    for i in 1 2 3 4 5 6 7 8 9 10; do\n"
+                                         f"        grep -lq '[{marker[0]}]{marker[1:]}' "
+                                         "/proc/[0-9]*/cmdline && echo 'daemon running' "
+                                         "&& break\n"
+                                         "        sleep 0.5\n"
+                                         "    done\n"
                                          "    echo \"the last words\" >&2\n"
                                          "    false\n"
                                          "    echo \"never printed\"\n")
