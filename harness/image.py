@@ -682,9 +682,10 @@ def _expand(copy: FileCopy, defn: Definition, context: Path) -> list[Path]:
 def _copy_files(defn: Definition, root: Path, opts: BuildOptions, log: Path) -> None:
     for copy in defn.files():
         for src in _expand(copy, defn, opts.context):
-            # "" = the source's own path in the container (relative to the context)
-            rel = copy.dst or (copy.src if os.path.isabs(copy.src)
-                               else "/" + str(src.relative_to(opts.context)))
+            # "" = the source's own path in the container (a relative one taken from the
+            # context; _inside keeps a "../" from leaving the root)
+            rel = copy.dst or (str(src) if os.path.isabs(copy.src)
+                               else "/" + os.path.relpath(src, opts.context))
             dst = _inside(root, rel)
             if rel.endswith("/"):
                 dst.mkdir(parents=True, exist_ok=True)

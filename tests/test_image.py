@@ -301,6 +301,7 @@ SEMANTICS = """
 %files
     data/a.txt /opt/
     data
+    data/*.txt /opt/globbed/    # a comment, as Apptainer allows
 %post -c /bin/bash
     [[ -n "$BASH_VERSION" ]] && echo "post ran under bash in $(pwd)"
     cat /setup.txt /opt/a.txt /data/a.txt
@@ -324,7 +325,7 @@ SEMANTICS = """
 @needs_build
 def test_sections_follow_apptainers_semantics(tmp_path: Path) -> None:
     """%setup on the host in the build directory with $APPTAINER_ROOTFS; %files (into a
-    directory, to the source's own path); %post -c /bin/bash inside, seeing both, appending to
+    directory, to the source's own path, a glob); %post -c /bin/bash inside, seeing both, appending to
     $APPTAINER_ENVIRONMENT and $APPTAINER_LABELS, with the --build-ca bundle; the runscript
     with its arguments and both environments, on a read-only root; binds; the metadata."""
     (tmp_path / "data").mkdir()
@@ -340,7 +341,8 @@ def test_sections_follow_apptainers_semantics(tmp_path: Path) -> None:
     for line in (f"setup ran in {tmp_path}", "post ran under bash in /", "a from files",
                  "ca: a CA bundle", "test ran"):
         assert line in log, line
-    assert (out / "data/a.txt").is_file() and not (out / ".build-ca.crt").exists()
+    assert (out / "data/a.txt").is_file() and (out / "opt/globbed/a.txt").is_file()
+    assert not (out / ".build-ca.crt").exists()
     proc = harness("image", "run", str(out), "one", "two words")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["run: environment | post value | one two words",
