@@ -96,6 +96,7 @@ FIGURES: dict[str, str] = {
     "bias_curves": "fig3_bias_curves.png",
     "survival": "fig4_survival.png",
     "climate": "fig5_climate.png",
+    "failures": "fig6_failures.png",
 }
 
 DPI = 120
@@ -982,7 +983,7 @@ def _value_text(v: Any) -> str:
     return json.dumps(v) if v is None or isinstance(v, bool) else str(v)
 
 
-def _header(study: Study) -> list[str]:
+def _header(study: Study, failures_fig: str | None = None) -> list[str]:
     s = study.summary
     df = study.candidates
     cands = _candidates_only(df)
@@ -1048,6 +1049,8 @@ def _header(study: Study) -> list[str]:
             lines += _false_alarm_table(rates)
         lines.append("")
     lines += _failures_by_criterion(study)
+    if failures_fig:
+        lines += [f"![when and why runs were stopped]({failures_fig})", ""]
     if study.notes:
         lines += ["**Notes on the inputs:**"] + [f"- {n}" for n in study.notes] + [""]
     return lines
@@ -1081,6 +1084,37 @@ def _failures_by_criterion(study: Study) -> list[str]:
     rows.sort(key=lambda r: -r[1])
     return lines + _md_table(["criterion (reason)", "runs", "median failure step",
                               "range"], rows) + [f"- of {len(runs)} runs", ""]
+
+
+def _fig_failures(study: Study, path: Path) -> bool:
+    """When and by which criterion the candidates' coupled runs were stopped: a stacked
+    histogram of failure steps over the budget, the runs that reached it as a last bar."""
+    runs = study.runs
+    n_steps = study.n_steps
+    if runs is None or not n_steps or not {"status", "reason", "kind"} <= set(runs.columns):
+        return False
+    cand = runs[runs["kind"] == "candidate"]
+    failed = cand[cand["status"] == RunStatus.FAILED]
+    finished = int((cand["status"] == RunStatus.COMPLETED).sum())
+    if failed.empty and finished == 0:
+        return False
+    edges = np.linspace(0, n_steps, 21)
+    reasons = failed["reason"].fillna("").replace("", "unknown")
+    groups = sorted(reasons.unique(), key=lambda r: -int((reasons == r).sum()))
+    fig = _new_figure(8.0, 3.6)
+    ax = fig.subplots()
+    ax.hist([failed.loc[reasons == r, "failure_step"].astype(float) for r in groups],
+            bins=edges, stacked=True, label=[f"{r} ({int((reasons == r).sum())})"
+                                              for r in groups])
+    width = edges[1] - edges[0]
+    ax.bar(n_steps + width, finished, width=width, color="lightgrey", edgecolor="grey",
+           label=f"ran the whole budget ({finished})")
+    ax.set_xlabel("failure step of a candidate's coupled run")
+    ax.set_ylabel("runs")
+    ax.set_title(f"When and why the {len(cand)} candidate runs were stopped", fontsize=11)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
 
 
 def _overall_section(study: Study, overall: dict[str, Any], bias: dict[str, Any],
@@ -1396,7 +1430,7 @@ def _fig_climate(study: Study, path: Path) -> dict[str, Any] | None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    return {"names": names, "tails": tails}
+    return {"names": names, "tails": tails, "n_bins": int(truth_pdf.size)}
 
 
 def _climate_section(facts: dict[str, Any] | None, fig: str | None) -> list[str]:
@@ -1410,7 +1444,8 @@ def _climate_section(facts: dict[str, Any] | None, fig: str | None) -> list[str]
             "(the longest-running candidates, and the cubic baseline dashed), against the "
             "truth's from the calibration. The density is drawn on the truth's interior "
             "equal-probability bins; the two open tail bins hold "
-            f"{tails or 'no data'} of the mass (truth about 2/16).", ""]
+            f"{tails or 'no data'} of the mass (truth about 2/{facts['n_bins']} of it, as each "
+            "equal-probability bin).", ""]
 
 
 def _replicates_section(df: pd.DataFrame, n_steps: int | None) -> list[str]:
@@ -1566,11 +1601,13 @@ def write_report(study_dir: Path | str) -> Path:
         climate_facts = _fig_climate(study, out_dir / FIGURES["climate"])
         if climate_facts is not None:
             made["climate"] = FIGURES["climate"]
+    if _fig_failures(study, out_dir / FIGURES["failures"]):
+        made["failures"] = FIGURES["failures"]
     for key, name in FIGURES.items():
         if key not in made:
             (out_dir / name).unlink(missing_ok=True)
 
-    lines = _header(study)
+    lines = _header(study, made.get("failures"))
     lines += _overall_section(study, overall, bias, made.get("mse_vs_steps"))
     lines += _table2_section(table, made.get("by_hyperparameter"))
     lines += _survival_section(df, n_steps, made.get("survival"))

@@ -168,6 +168,7 @@ def test_monotone_study_negative_rho_and_full_report(tmp_path: Path) -> None:
     # Fig. 5: the longest-running candidates' climate against the truth's
     assert "## Climate of the best candidates (Fig. 5)" in text
     assert "c0000, c0001, c0002" in text and "baseline-cubic" in text
+    assert re.search(r"truth about 2/\d+ of it", text)
     for name in FIGURES.values():
         assert f"]({name})" in text
         _assert_png(study / "report" / name)

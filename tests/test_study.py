@@ -123,6 +123,31 @@ def test_invalid_configurations_name_the_key(change: dict[str, Any], message: st
     assert message in str(err.value) and str(err.value).startswith("study.toml: ")
 
 
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples" / "study").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_the_example_studies_are_valid(path: Path) -> None:
+    """The README and docs/results run these files as they are: each must pass validation."""
+    from harness.study.config import load_config
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+
+
+def test_the_main_job_and_the_reference_study_differ_only_in_size() -> None:
+    """docs/results/l96-medium is read as the main job at the paper's size."""
+    from harness.study.config import config_to_dict, load_config
+    small, medium = (config_to_dict(load_config(Path(__file__).resolve().parent.parent /
+                                                 "examples" / "study" / f"{n}.toml"))
+                     for n in ("l96-small", "l96-medium"))
+    for cfg in (small, medium):
+        cfg.pop("name")
+        cfg.pop("executor")
+        cfg["training"].pop("candidates")
+        cfg["training"].pop("seeds")
+    assert small == medium
+
+
 def test_invalid_configuration_writes_and_submits_nothing(tmp_path: Path) -> None:
     bad = merged(TINY, executor__kind="slurm", training__candidates=0)
     (tmp_path / "bad.toml").write_text(toml_text(bad))
