@@ -14,6 +14,7 @@ import pytest
 
 from harness.modelfile import Activation, LayerSpec, ModelSpec, write_model
 from harness import reference
+from link_programs import COUPLER_HOST_F90
 
 
 def _model(tmp: Path) -> tuple[Path, ModelSpec]:
@@ -72,18 +73,7 @@ def test_pkg_config_coupler_scheme_from_fortran(installed: Path, tmp_path: Path)
     flags = _pkg_config_flags(installed, "colnn_coupler")
     assert flags.index("-lcolnn_coupler") < flags.index("-lcolnn"), flags
     src = tmp_path / "toy_host.f90"
-    src.write_text(
-        "program toy_host\n  use colnn_kinds, only: wp\n"
-        "  use colnn_coupler, only: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize\n"
-        "  implicit none\n  character(len=512) :: errmsg\n  integer :: errflg\n"
-        "  real(wp) :: x(4, 2), y(3, 2)\n"
-        "  call colnn_coupler_init('colnn.nml', 4, 3, errmsg, errflg)\n"
-        "  if (errflg /= 0) then\n    print '(a)', trim(errmsg)\n    error stop 1\n  end if\n"
-        "  x(:, 1) = [1.0, 2.0, 3.0, 4.0]\n  x(:, 2) = -x(:, 1)\n"
-        "  call colnn_coupler_run(x, y, errmsg, errflg)\n"
-        "  if (errflg /= 0) error stop 2\n"
-        "  call colnn_coupler_finalize(errmsg, errflg)\n  print '(3es16.8)', y\n"
-        "end program toy_host\n")
+    src.write_text(COUPLER_HOST_F90)
     exe = tmp_path / "toy_host"
     proc = subprocess.run(["gfortran", "-o", str(exe), str(src), *flags,
                            f"-Wl,-rpath,{installed / 'lib'}"], capture_output=True, text=True,

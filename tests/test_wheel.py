@@ -27,6 +27,7 @@ import pytest
 from harness import reference
 from test_install import _check_output, _fortran_main, _model
 from test_study import TINY, toml_text
+from link_programs import COUPLER_HOST_F90
 
 REPO = Path(__file__).resolve().parent.parent
 #: the overrides the installed harness must not see (it finds everything in the wheel)
@@ -227,17 +228,7 @@ def test_pkg_config_through_harness_config_pkgconfigdir(venv: Path, tmp_path: Pa
                               env=dict(os.environ, PKG_CONFIG_PATH=pcdir)).stdout.split()
 
     (tmp_path / "colnn.nml").write_text(f"&colnn_coupler\n  model_file = '{model}'\n/\n")
-    (tmp_path / "toy_host.f90").write_text(
-        "program toy_host\n  use colnn_kinds, only: wp\n"
-        "  use colnn_coupler, only: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize\n"
-        "  implicit none\n  character(len=512) :: errmsg\n  integer :: errflg\n"
-        "  real(wp) :: x(4, 2), y(3, 2)\n"
-        "  call colnn_coupler_init('colnn.nml', 4, 3, errmsg, errflg)\n"
-        "  if (errflg /= 0) then\n    print '(a)', trim(errmsg)\n    error stop 1\n  end if\n"
-        "  x(:, 1) = [1.0, 2.0, 3.0, 4.0]\n  x(:, 2) = -x(:, 1)\n"
-        "  call colnn_coupler_run(x, y, errmsg, errflg)\n  if (errflg /= 0) error stop 2\n"
-        "  call colnn_coupler_finalize(errmsg, errflg)\n  print '(3es16.8)', y\n"
-        "end program toy_host\n")
+    (tmp_path / "toy_host.f90").write_text(COUPLER_HOST_F90)
     (tmp_path / "host.c").write_text(C_HOST)
     for cmd in (["gfortran", "-o", "toy_host", "toy_host.f90", *flags("colnn_coupler")],
                 ["gcc", "-o", "host", "host.c", *flags("colnn")]):
