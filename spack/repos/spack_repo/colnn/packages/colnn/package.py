@@ -1,6 +1,9 @@
 # The colnn Fortran library (libcolnn, libcolnn_mpi), the coupler (libcolnn_coupler) and the toy
 # hosts, built through the project's CMake. Used by the repository's spack.yaml, which develops
-# it from the source tree (`spack -e . install`).
+# it from the source tree (`spack -e . install`); scripts/spack_install_offline.sh builds it with
+# Debian's packages as externals (spack/externals-debian.yaml).
+import os
+
 from spack_repo.builtin.build_systems.cmake import CMakePackage
 
 from spack.package import *
@@ -35,8 +38,9 @@ class Colnn(CMakePackage):
     depends_on("pkgconfig", type="build")
     depends_on("blas", when="+blas")
     depends_on("mpi", when="+mpi")
-    # the toy hosts write diagnostics with HDF5's Fortran high-level API and dimension scales
-    depends_on("hdf5+fortran+hl+mpi", when="+mpi")
+    # the toy hosts write diagnostics with HDF5's Fortran high-level API and dimension scales,
+    # from rank 0 (no MPI-IO: a serial HDF5 will do, a parallel one too); hid_t is 64-bit from 1.10
+    depends_on("hdf5@1.10:+fortran+hl", when="+mpi")
     # their result.json names the configuration and model by SHA-256 (libcrypto)
     depends_on("openssl", when="+mpi")
 
@@ -54,3 +58,16 @@ class Colnn(CMakePackage):
         if spec.satisfies("+blas"):
             args.append(self.define("COLNN_BLAS_LIBRARIES", spec["blas"].libs.joined(";")))
         return args
+
+    @run_after("install")
+    def check_hosts(self):
+        """The project's CMake leaves the host programs out, with a message, when it finds no MPI
+        with mpi_f08, no HDF5 Fortran HL or no libcrypto; with +mpi that is a failed build."""
+        if not self.spec.satisfies("+mpi"):
+            return
+        missing = [name for name in ("colnn_l96", "colnn_sw")
+                   if not os.path.isfile(join_path(self.prefix.bin, name))]
+        if missing:
+            raise InstallError(
+                f"+mpi, but {' and '.join(missing)} not built: CMake found no MPI with mpi_f08, "
+                "no HDF5 Fortran HL or no OpenSSL libcrypto (the cmake phase's output says which)")

@@ -33,7 +33,10 @@ class PyColnnHarness(PythonPackage):
         depends_on("py-h5py@3.8:")
         depends_on("py-tqdm@4.60:")
         depends_on("py-xarray@2023.1:")
-        depends_on("py-h5netcdf@1.8: +h5py")  # xarray reads the hosts' diagnostics.h5
+        # xarray reads the hosts' diagnostics.h5 with engine="h5netcdf", through h5py (above;
+        # no `+h5py` here: that variant is only in recipes of py-h5netcdf@1.8:, and Spack 1.1's
+        # package repository has none of them)
+        depends_on("py-h5netcdf@1.1:")
         depends_on("py-pandas@2:")
         depends_on("py-pyarrow@14:")
         depends_on("py-scipy@1.10:")
