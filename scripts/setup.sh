@@ -12,8 +12,10 @@ APT_PACKAGES=(
   libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin libpmix-dev libhdf5-dev libssl-dev
   slurm-wlm munge
   # the tests' tools: shellcheck for the scripts they generate, debootstrap for the root file
-  # system of the Apptainer image (tests/test_image.py builds it with `harness image build`)
-  shellcheck debootstrap
+  # system of the Apptainer image (tests/test_image.py builds it with `harness image build`),
+  # iproute2 (ip, ss) and util-linux (nsenter, unshare) for the multi-node Slurm on one machine
+  # (scripts/local_slurm_cluster.sh: network namespaces, veth pairs, a bridge)
+  shellcheck debootstrap iproute2 util-linux
   python3 python3-venv python3-dev
 )
 

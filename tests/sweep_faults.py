@@ -14,6 +14,14 @@ with an undisturbed study of the same configuration: 0 lost, 0 duplicated, equal
 
 ``--slurm-dir`` is a cluster started by ``scripts/local_slurm.sh start DIR`` (as root); the
 suite's tests/test_study.py runs a bounded variant on the session's cluster.
+
+On a multi-node cluster (``scripts/local_slurm_cluster.sh start DIR N``), ``--kill-node NAME``
+kills that node (its slurmd and every process in its network namespace) the first time a task
+of the train, convert or couple stage has started there, instead of the slurmd restart; ``--no-requeue``
+submits the arrays with ``--no-requeue`` (executor.slurm.extra), so that the node's tasks end
+NODE_FAIL and wait for --resume instead of being requeued by Slurm:
+
+    python tests/sweep_faults.py --slurm-dir DIR --kill-node node2 [--no-requeue]
 """
 
 from __future__ import annotations
@@ -46,6 +54,13 @@ class FaultReport:
     requeued_attempt: int = 0            # the requeued task's attempt number in its marker
     slurmd_restarts: int = 0
     running_at_restart: int = 0
+    nodes: int = 0                       # the cluster's nodes (sinfo)
+    killed_node: str = ""                # --kill-node: the node killed, and what ran there
+    killed_tasks: list[str] = field(default_factory=list)
+    killed_processes: int = 0
+    node_down_s: float = -1.0            # from the kill until Slurm said the node is down
+    node_fail_recorded: list[str] = field(default_factory=list)   # markers: reason node_fail
+    requeued_by_slurm: list[str] = field(default_factory=list)    # killed, ran again by itself
     waiting_after_sweep: int = 0         # tasks that waited for a cancelled one
     pending_after_sweep: int = 0
     collect_calls: int = 0
@@ -74,6 +89,30 @@ def queue_of(job_ids: list[str]) -> list[tuple[str, str]]:
                           capture_output=True, text=True, timeout=60)
     return [tuple(line.split("|")) for line in proc.stdout.splitlines()    # type: ignore
             if line.count("|") == 1]
+
+
+def nodes_of(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """{'123_4': ('130', 'node2'), ...}: our jobs' running array tasks, their own job ids
+    (SLURM_JOB_ID) and where they run."""
+    if not job_ids:
+        return {}
+    proc = subprocess.run(["squeue", "-h", "-r", "-t", "running", "-j", ",".join(job_ids),
+                           "-o", "%i|%A|%N"], capture_output=True, text=True, timeout=60)
+    return {parts[0]: (parts[1], parts[2]) for parts in
+            (line.split("|") for line in proc.stdout.splitlines()) if len(parts) == 3}
+
+
+def _holder_job(lock: Path) -> str:
+    """The SLURM_JOB_ID of the process holding a task's lock ('' when none is written)."""
+    try:
+        return str((json.loads(lock.read_text() or "null") or {}).get("job", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def node_state(node: str) -> str:
+    return subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True,
+                          text=True, timeout=60).stdout.strip()
 
 
 def release(task: str) -> None:
@@ -155,9 +194,12 @@ class _Readers:
 
 
 def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
-                    cancel_fraction: float = 0.2, progress: bool = False) -> FaultReport:
+                    cancel_fraction: float = 0.2, progress: bool = False,
+                    kill_node: str | None = None) -> FaultReport:
     """Runs the study in ``root`` on the cluster of ``slurm_dir`` with the faults, resumes it
-    and compares it with the finished undisturbed study ``reference``."""
+    and compares it with the finished undisturbed study ``reference``. ``kill_node``: a node of
+    a multi-node cluster (scripts/local_slurm_cluster.sh) to kill while it runs an array task,
+    instead of restarting slurmd."""
     import pandas as pd
 
     from harness.study.collect import TIMING_COLUMNS
@@ -172,6 +214,9 @@ def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
     report.array_tasks = sum(ref.n_tasks(s) for s in ARRAY_STAGES)
     env = {**os.environ, "SLURM_CONF": str(slurm_dir / "slurm.conf")}
     os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+    report.nodes = len(subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True,
+                                      text=True, timeout=60).stdout.split())
+    killed_at = 0.0
 
     sweep = subprocess.Popen([sys.executable, "-m", "harness", "study", str(config),
                               "--output", str(root), "--executor", "slurm", "-q"],
@@ -203,8 +248,30 @@ def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
                                       capture_output=True).returncode == 0:
                         report.requeued.append(label)
                         release(task)
-            if (not report.slurmd_restarts and report.cancelled and report.requeued
-                    and running):
+            if kill_node and not report.killed_node:
+                # array tasks on the node whose task has started (holds its lock: bundle 1)
+                here = [t for t, (raw, node) in nodes_of(sorted(stage_of)).items()
+                        if node == kill_node and stage_of[t.split("_")[0]] in ARRAY_STAGES
+                        and _holder_job(root / "locks" / stage_of[t.split("_")[0]]
+                                        / f"{t.split('_')[1]}.lock") == raw]
+                if here:
+                    proc = subprocess.run(
+                        ["bash", str(REPO_ROOT / "scripts" / "local_slurm_cluster.sh"),
+                         "kill-node", str(slurm_dir), kill_node],
+                        capture_output=True, text=True, timeout=120, env=env)
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"kill-node failed: {proc.stderr}")
+                    killed_at = time.time()
+                    report.killed_node = kill_node
+                    report.killed_tasks = [f"{stage_of[t.split('_')[0]]}:{t.split('_')[1]}"
+                                           for t in here]
+                    report.killed_processes = len(
+                        proc.stdout.split(":", 1)[1].split("(")[0].split())
+            if (killed_at and report.node_down_s < 0
+                    and "down" in node_state(kill_node or "")):
+                report.node_down_s = time.time() - killed_at
+            if (not kill_node and not report.slurmd_restarts and report.cancelled
+                    and report.requeued and running):
                 report.running_at_restart = len(running)
                 proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "local_slurm.sh"),
                                        "restart-slurmd", str(slurm_dir)],
@@ -213,7 +280,9 @@ def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
                     raise RuntimeError(f"slurmd restart failed: {proc.stderr}")
                 report.slurmd_restarts += 1
             line = (f"{len(seen)} seen running, {len(report.cancelled)} cancelled, "
-                    f"{len(report.requeued)} requeued, {report.slurmd_restarts} slurmd restarts")
+                    f"{len(report.requeued)} requeued, {report.slurmd_restarts} slurmd restarts"
+                    + (f", {kill_node} killed with {report.killed_tasks}"
+                       f"{'' if report.node_down_s < 0 else ', down'}" if killed_at else ""))
             if progress and line != shown:
                 print(line, file=sys.stderr, flush=True)
                 shown = line
@@ -230,6 +299,15 @@ def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
         stage, index = label.split(":")
         marker = json.loads(sd.marker(stage, int(index)).read_text())
         report.requeued_attempt = int(marker.get("attempt", 0))
+    for label in report.killed_tasks:
+        stage, index = label.split(":")
+        marker = json.loads(sd.marker(stage, int(index)).read_text() or "{}") \
+            if sd.marker(stage, int(index)).is_file() else {}
+        if marker.get("status") == "ok" and int(marker.get("attempt", 1)) > 1:
+            report.requeued_by_slurm.append(label)
+    report.node_fail_recorded = [
+        f"{s}:{i}" for s in STAGES for i in range(sd.n_tasks(s)) if sd.marker(s, i).is_file()
+        and json.loads(sd.marker(s, i).read_text()).get("reason") == "node_fail"]
     report.waiting_after_sweep = sum(sd.counts(s)["waiting"] for s in STAGES)
     report.pending_after_sweep = sum(sd.counts(s)["pending"] for s in STAGES)
 
@@ -257,7 +335,8 @@ def run_with_faults(config: Path, root: Path, slurm_dir: Path, reference: Path,
     return report
 
 
-def _write_config(path: Path, candidates: int, ics: int, steps: int, seed: int) -> None:
+def _write_config(path: Path, candidates: int, ics: int, steps: int, seed: int,
+                  extra: tuple[str, ...] = ()) -> None:
     path.write_text(f"""\
 name = "faults"
 seed = {seed}
@@ -292,6 +371,7 @@ workers = 2
 [executor.slurm]
 throttle = 4
 poll_seconds = 1.0
+extra = {json.dumps(list(extra))}
 """)
 
 
@@ -305,13 +385,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20000, help="coupled steps per run")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--cancel-fraction", type=float, default=0.2)
+    ap.add_argument("--kill-node", metavar="NAME",
+                    help="a multi-node cluster (scripts/local_slurm_cluster.sh): kill this node "
+                         "while it runs an array task, instead of restarting slurmd")
+    ap.add_argument("--no-requeue", action="store_true",
+                    help="submit with --no-requeue: a task whose node dies ends NODE_FAIL and "
+                         "waits for --resume (else Slurm requeues it)")
     args = ap.parse_args(argv)
     work = args.work.resolve()
     if work.exists():
         raise SystemExit(f"{work} exists: give a new --work directory")
     work.mkdir(parents=True)
     config = work / "faults.toml"
-    _write_config(config, args.candidates, args.ics, args.steps, args.seed)
+    _write_config(config, args.candidates, args.ics, args.steps, args.seed,
+                  ("--no-requeue",) if args.no_requeue else ())
     t0 = time.time()
     ref = _harness("study", str(config), "--output", str(work / "reference"), "--executor",
                    "local", "-q")
@@ -319,13 +406,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the undisturbed study failed:\n{ref.stderr}")
     print(f"undisturbed study (local executor): {time.time() - t0:.0f} s", file=sys.stderr)
     report = run_with_faults(config, work / "disturbed", args.slurm_dir.resolve(),
-                             work / "reference", args.cancel_fraction, progress=True)
+                             work / "reference", args.cancel_fraction, progress=True,
+                             kill_node=args.kill_node)
     text = json.dumps(asdict(report), indent=2)
     (work / "faults.json").write_text(text + "\n")
     print(text)
     ok = (report.table_equal and report.lost == 0 and report.duplicated == 0
           and not report.partial_reads and not report.collect_failures
-          and not report.stray_temp_files)
+          and not report.stray_temp_files
+          and (not args.kill_node or report.killed_node == args.kill_node))
     return 0 if ok else 1
 
 
