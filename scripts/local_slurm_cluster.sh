@@ -128,9 +128,10 @@ subnet_user() {   # A.B.C: what on this machine already uses A.B.C.0/24 ('' when
 pick_subnet() {
   local s user
   if [[ -n ${LOCAL_SLURM_SUBNET:-} ]]; then
-    [[ $LOCAL_SLURM_SUBNET =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})$ ]] &&
-      ((BASH_REMATCH[1] < 256 && BASH_REMATCH[2] < 256 && BASH_REMATCH[3] < 256)) ||
+    if ! [[ $LOCAL_SLURM_SUBNET =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})$ ]] ||
+       ((BASH_REMATCH[1] > 255 || BASH_REMATCH[2] > 255 || BASH_REMATCH[3] > 255)); then
       refuse "LOCAL_SLURM_SUBNET=$LOCAL_SLURM_SUBNET is not the first three numbers of a /24 (like 10.213.0)"
+    fi
     user=$(subnet_user "$LOCAL_SLURM_SUBNET")
     [[ -z $user ]] || refuse "the node subnet $LOCAL_SLURM_SUBNET.0/24 is in use on this machine ($user)"
     echo "$LOCAL_SLURM_SUBNET"
