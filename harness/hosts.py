@@ -39,7 +39,10 @@ SECTIONS = ("model", "run", "failure")
 #: keys of the coupler's &colnn_coupler group (coupler/src/colnn_coupler.F90) with their types
 COUPLER_KEYS: dict[str, type] = {"model_file": str, "ensemble": str, "noise_sd": float,
                                  "noise_units": str, "noise_seed": int, "check_finite": bool,
-                                 "batch_invariant": bool, "online_training": bool, "optimizer": str, "loss": str}
+                                 "batch_invariant": bool, "online_training": bool, "optimizer": str, "loss": str,
+                                 "fallback": bool, "fallback_lower": float, "fallback_upper": float,
+                                 "fallback_max_share": float, "fallback_max_steps": int,
+                                 "ramp_steps": int}
 #: keys whose values are paths: relative ones are taken from the TOML file's directory
 PATH_KEYS = {"init_file", "output_dir", "model_file", "ensemble", "run_dirs"}
 #: the run group's per-run lists of a batch (docs/host-protocol.md, "Batches"): up to the
@@ -49,7 +52,7 @@ BATCH_LIST_KEYS = {"init_indices", "seeds", "run_dirs"}
 MAX_RUN_DIR = 511
 #: what each run of a batch has of its own in the run group (the rest is the batch's)
 OWN_RUN_KEYS = ("init_index", "seed", "inject_nan_step", "inject_nan_column", "inject_value",
-                "output_dir")
+                "inject_target", "output_dir")
 
 
 class HostError(HarnessError):
@@ -221,8 +224,9 @@ def host_run_from_dict(data: Mapping[str, Any], base_dir: Path, source: str = "c
             default = known[key]
             if isinstance(default, type):
                 default = default() if default is not bool else False
-            if section == "coupler" and key == "noise_sd" and isinstance(value, list):
-                # one sd per input feature
+            if (section == "coupler" and key in ("noise_sd", "fallback_lower", "fallback_upper")
+                    and isinstance(value, list)):
+                # one value per input (noise) or output (bounds) feature
                 value = _check_type(where, value, [0.0] * len(value)) if value else \
                     _check_type(where, value, 0.0)
             else:
@@ -392,7 +396,7 @@ def run_host_batch(runs: list[HostRun], timeout: float | None = None,
     if injected:
         source = runs[injected[0]].run
         keys.update({k: source[k] for k in ("inject_nan_step", "inject_nan_column",
-                                            "inject_value") if k in source})
+                                            "inject_value", "inject_target") if k in source})
         keys["inject_nan_run"] = injected[0] + 1
     keys.update(n_runs=len(runs),
                 init_indices=[run.run.get("init_index", run_defaults["init_index"])

@@ -434,3 +434,101 @@ def test_result_json_on_a_full_disk_is_an_error_not_an_empty_file(small_disk,
     assert proc.stdout.startswith("error: "), proc.stdout + proc.stderr
     assert "result.json: cannot write: No space left on device" in proc.stdout
     assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+# ---------------------------------------------------------------------------------------------
+# per-column fallback and ramped coupling (&colnn_coupler fallback, ramp_steps): the host's own
+# closure (the cubic fit) stands in for a column the network gets wrong
+
+def _cubic(truth: dict) -> list[float]:
+    x, u, _ = read_truth(truth[1])
+    return [float(c) for c in fit_cubic(x, u)]
+
+
+def test_a_bad_column_falls_back_to_the_cubic_fit_and_is_counted(truth: dict,
+                                                                 network: Path) -> None:
+    """Column 3's network inputs are replaced by 1e6 at every stage (a column unlike anything
+    in training, the host's state untouched): with fallback the run goes on with the cubic fit
+    there and counts 4 calls a step (one column, 4 RK stages); without, the run stops; with
+    the default threshold (more than a tenth of the column calls for 10 steps) one column of
+    8 is too many and the run fails at step 10 with reason 'fallback'."""
+    base = truth["base"]
+    bad = {**truth["init"], "closure": "nn", "n_steps": 300, "cubic_coeffs": _cubic(truth),
+           "inject_nan_step": 1, "inject_nan_column": 3, "inject_value": "1e6",
+           "inject_target": "nn_input"}
+    fallback = {"model_file": str(network), "fallback": True, "fallback_lower": -60.0,
+                "fallback_upper": 60.0}
+    kept = run(base, "fb_kept", run=bad, coupler={**fallback, "fallback_max_share": 0.2})
+    assert kept["status"] == "completed" and kept["steps"] == 300, kept
+    assert kept["extra"]["fallback_columns"] == 4 * 300
+    assert kept["extra"]["fallback_steps"] == 300
+    assert kept["extra"]["fallback_max_share"] == pytest.approx(4 / (4 * K))
+    series = xr.load_dataset(base / "fb_kept" / "diagnostics.h5", engine="h5netcdf")
+    counts = series["fallback_columns"].values
+    assert counts[0] == 0 and (counts[1:] == 4).all() and counts.size == 301
+
+    stopped = run(base, "fb_off", run=bad, coupler={"model_file": str(network)})
+    assert stopped["status"] == "failed" and stopped["failure_step"] < 300, stopped
+
+    too_many = run(base, "fb_share", run=bad, coupler=fallback)
+    assert too_many["status"] == "failed" and too_many["reason"] == "fallback", too_many
+    assert too_many["failure_step"] == 10 and "fallback_max_share" in too_many["message"]
+
+
+def test_fallback_of_every_column_is_the_cubic_run(truth: dict, network: Path) -> None:
+    """A network whose outputs are all huge or infinite, with fallback, bounds and a threshold
+    it cannot exceed, is the cubic closure's run (to the single-precision cast of the closure)."""
+    base = truth["base"]
+    inf = bad_network(network, base / "inf_fb.colnn", 1e38)
+    common = {**truth["init"], "n_steps": 200, "cubic_coeffs": _cubic(truth),
+              "output_interval": 1}
+    nn = run(base, "fb_all", run={**common, "closure": "nn"},
+             coupler={"model_file": str(inf), "fallback": True, "fallback_max_share": 1.0,
+                      "fallback_lower": -1e3, "fallback_upper": 1e3})
+    cubic = run(base, "fb_cubic", run={**common, "closure": "cubic"})
+    assert nn["status"] == cubic["status"] == "completed", nn
+    assert nn["extra"]["fallback_columns"] == 4 * K * 200
+    a, b = diagnostics(base, "fb_all"), diagnostics(base, "fb_cubic")
+    np.testing.assert_allclose(a["x_mean"].values, b["x_mean"].values, rtol=1e-4, atol=1e-4)
+
+
+def test_ramped_coupling_eases_the_network_in(truth: dict, network: Path) -> None:
+    """ramp_steps = R: the first steps follow the cubic run (w = step / R is small), the run
+    after R steps is coupled to the network alone; a ramp longer than the run is refused."""
+    base = truth["base"]
+    common = {**truth["init"], "n_steps": 400, "cubic_coeffs": _cubic(truth),
+              "output_interval": 1}
+    ramp = run(base, "ramp", run={**common, "closure": "nn"},
+               coupler={"model_file": str(network), "ramp_steps": 400})
+    cubic = run(base, "ramp_cubic", run={**common, "closure": "cubic"})
+    plain = run(base, "ramp_nn", run={**common, "closure": "nn"},
+                coupler={"model_file": str(network)})
+    assert ramp["status"] == cubic["status"] == plain["status"] == "completed"
+    r, c, p = (diagnostics(base, n)["u_mean"].values for n in ("ramp", "ramp_cubic", "ramp_nn"))
+    # step 1's closure is 1/400 network and 399/400 cubic fit
+    assert abs(r[1] - c[1]) < abs(r[1] - p[1])
+    assert "fallback_columns" not in ramp["extra"] or ramp["extra"]["fallback_columns"] == 0
+    with pytest.raises(HostError, match=r"ramp_steps is 401, longer than the run \(l96_run n_steps = 400\)"):
+        run(base, "ramp_long", run={**common, "closure": "nn"},
+            coupler={"model_file": str(network), "ramp_steps": 401})
+
+
+@pytest.mark.parametrize("coupler, key", [
+    ({"fallback": True}, "cubic_coeffs"),                       # no closure of its own
+    ({"ramp_steps": 10}, "cubic_coeffs"),
+    ({"fallback": True, "fallback_lower": 1.0, "fallback_upper": -1.0}, "fallback_lower(1)"),
+    ({"fallback_upper": 5.0}, "fallback = .false."),
+    ({"fallback": True, "fallback_max_share": 0.0}, "fallback_max_share"),
+    ({"fallback": True, "fallback_max_steps": 0}, "fallback_max_steps"),
+    ({"ramp_steps": -1}, "ramp_steps"),
+])
+def test_bad_fallback_and_ramp_settings_fail_at_init(truth: dict, network: Path,
+                                                     coupler: dict, key: str) -> None:
+    base = truth["base"]
+    name = "fbbad_" + "_".join(f"{k}{v}" for k, v in coupler.items()).replace(".", "p")
+    coeffs = {} if key == "cubic_coeffs" else {"cubic_coeffs": _cubic(truth)}
+    with pytest.raises(HostError) as error:
+        run(base, name, run={**truth["init"], "closure": "nn", "n_steps": 10, **coeffs},
+            coupler={"model_file": str(network), **coupler})
+    assert key in str(error.value) and "colnn_coupler_init" in str(error.value), error.value
+    assert read_result(base / name)["steps"] == 0

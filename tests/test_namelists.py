@@ -20,7 +20,7 @@ from harness.hosts import (HOSTS, HostError, HostRun, host_defaults, host_execut
 
 # values that the host's validation accepts, for the string keys that name a choice
 CHOICES = {"mode": ["truth", "coarse"], "closure": ["cubic", "none"], "inputs": ["local", "full"],
-           "inject_value": ["-inf", "inf"]}
+           "inject_value": ["-inf", "inf"], "inject_target": ["state", "nn_input"]}
 
 
 def _changed(key: str, default: Any, tmp_path: Path) -> Any:

@@ -199,3 +199,27 @@ def test_one_and_two_ranks_are_identical(truth: dict, network: Path) -> None:
         b = xr.load_dataset(base / f"{name}_np2" / f, engine="h5netcdf")
         for var in a.data_vars:
             np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=f"{name} {var}")
+
+
+def test_fallback_to_the_truth_forcing_over_ranks(truth: dict, network: Path) -> None:
+    """A network whose forcing is a million times too loud, with fallback bounds of 1e-3 (SI
+    units: the truth forcing is ~1e-7): every cell falls back to the truth forcing, so the run
+    is the truth-forced coarse run (to the single-precision cast), on one rank as on two, and
+    every call is counted (32 x 32 cells, 3 stages a step)."""
+    from harness.modelfile import read_model, write_model
+    base = truth["base"]
+    spec = read_model(network)
+    spec.layers[-1].tensors["variance"] = spec.layers[-1].tensors["variance"] * 1e12
+    write_model(spec, base / "loud_fb.colnn")
+    common = {**truth["init"], "n_steps": 96, "output_interval": 8}
+    coupler = {"model_file": str(base / "loud_fb.colnn"), "fallback": True,
+               "fallback_lower": -1e-3, "fallback_upper": 1e-3, "fallback_max_share": 1.0}
+    runs = [run(base, f"fb{ranks}", ranks=ranks, run={**common, "closure": "nn"},
+                coupler=coupler) for ranks in (1, 2)]
+    forced = run(base, "fb_truth", run={**common, "closure": "truth"})
+    for r in runs:
+        assert r["status"] == "completed" and r["extra"]["fallback_columns"] == 3 * 32 * 32 * 96
+    a, b, c = (diagnostics(base, n) for n in ("fb1", "fb2", "fb_truth"))
+    np.testing.assert_array_equal(a["energy"].values, b["energy"].values)
+    np.testing.assert_allclose(a["energy"].values, c["energy"].values, rtol=1e-4)
+    assert (a["fallback_columns"].values[1:] == 3 * 32 * 32).all()

@@ -9,11 +9,14 @@ module colnn_coupler
   use colnn
   use colnn_strings, only: str
   !$ use omp_lib, only: omp_in_parallel
+  use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
   implicit none
   private
 
   public :: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize, colnn_coupler_config_t
   public :: colnn_coupler_sizes, colnn_coupler_get_config, colnn_scheme_t, colnn_coupler_timers
+  public :: colnn_fallback_monitor_t, colnn_coupler_fallback_monitor, colnn_coupler_fallbacks
+  public :: colnn_coupler_uses_closure
 
   !> Read from the namelist group &colnn_coupler of the configuration file.
   type :: colnn_coupler_config_t
@@ -33,7 +36,36 @@ module colnn_coupler
     logical :: online_training = .false.       !< _run with targets takes one optimizer step
     character(len=256) :: optimizer = 'adam learning_rate=0.0001'
     character(len=64) :: loss = 'mse'
+    !> per-column fallback: a column whose outputs are not finite, or outside
+    !> [fallback_lower, fallback_upper], takes the host's own closure for that column (passed
+    !> to _run as `closure`) instead of stopping the run; the count goes to the host
+    logical :: fallback = .false.
+    !> bounds of the outputs: none, one for every output, or one per output
+    real, allocatable :: fallback_lower(:), fallback_upper(:)
+    !> the run fails when more than this share of the columns falls back at each of
+    !> fallback_max_steps consecutive steps (the host's monitor: colnn_fallback_monitor_t).
+    !> A few columns now and then is what fallback is for; a tenth of the domain for ten steps
+    !> means the run is no longer a run of the network
+    real :: fallback_max_share = 0.1
+    integer :: fallback_max_steps = 10
+    !> ramped coupling: outputs = w NN + (1 - w) closure with w = min(1, step / ramp_steps)
+    !> (0: the network alone from the first step)
+    integer :: ramp_steps = 0
   end type colnn_coupler_config_t
+
+  !> The fallback verdict of one run, called by the host once a step with the step's fallback
+  !> columns and columns summed over its chunks (and ranks): the run fails when more than
+  !> max_share of the columns fell back at each of max_steps consecutive steps.
+  type :: colnn_fallback_monitor_t
+    real :: max_share = 0.1
+    integer :: max_steps = 10
+    integer :: over = 0                    !< consecutive steps over max_share so far
+    integer(8) :: total = 0                !< fallback columns since the start
+    integer(8) :: steps_with_fallback = 0  !< steps with at least one
+    real :: max_step_share = 0             !< the largest share of a step
+  contains
+    procedure :: update => monitor_update
+  end type colnn_fallback_monitor_t
 
   !> One coupled network (a model or an ensemble) with its configuration: a program may hold
   !> several (convection and radiation, say), each initialised from its own namelist group.
@@ -54,6 +86,12 @@ module colnn_coupler
     !> threads too, when a host calls from several at once)
     integer(8) :: calls = 0, columns = 0
     real(dp) :: seconds = 0
+    !> columns that fell back to the host's closure since init (over threads and calls)
+    integer(8) :: fallback_columns = 0
+    !> the outputs' bounds, one per output (fallback)
+    real(dp), allocatable :: lower(:), upper(:)
+    !> the host passes its own closure to _run (init's host_closure)
+    logical :: host_closure = .false.
   contains
     procedure :: init => scheme_init
     procedure, private :: run_sp => scheme_run_sp
@@ -66,6 +104,12 @@ module colnn_coupler
     procedure :: config => scheme_config
     procedure :: label => scheme_label
     procedure :: timers => scheme_timers
+    !> columns that fell back since init
+    procedure :: fallbacks => scheme_fallbacks
+    !> a fallback monitor with this scheme's thresholds, for one run of the host
+    procedure :: fallback_monitor => scheme_fallback_monitor
+    !> whether _run needs the host's closure (fallback or ramp)
+    procedure :: uses_closure => scheme_uses_closure
     final :: scheme_final
   end type colnn_scheme_t
 
@@ -94,7 +138,7 @@ contains
   !> maps n_inputs host features to n_outputs. `name` picks the group whose `name` key matches
   !> (a file may hold several); without it the file must hold one group.
   subroutine scheme_init(self, config_file, n_inputs, n_outputs, errmsg, errflg, name, &
-                         input_vars, output_vars)
+                         input_vars, output_vars, host_closure)
     class(colnn_scheme_t), intent(inout) :: self
     character(len=*), intent(in) :: config_file  !! namelist file with &colnn_coupler group(s)
     integer, intent(in) :: n_inputs, n_outputs   !! features per column the host passes, expects
@@ -106,6 +150,9 @@ contains
     character(len=*), intent(in), optional :: input_vars(:)
     !> what the host expects at each output position, 'NAME LEVEL UNITS'
     character(len=*), intent(in), optional :: output_vars(:)
+    !> the host passes its own closure of each column to _run (`closure`), which fallback and
+    !> ramp_steps need; absent: it does not
+    logical, intent(in), optional :: host_closure
     character(len=:), allocatable :: want, context
     type(colnn_coupler_config_t) :: found
     logical :: is_dir
@@ -138,6 +185,21 @@ contains
     end if
     call read_group(config_file, want, found, errmsg, errflg)
     if (errflg /= 0) return
+    self%host_closure = .false.
+    if (present(host_closure)) self%host_closure = host_closure
+    if ((found%fallback .or. found%ramp_steps > 0) .and. .not. self%host_closure) then
+      errflg = 1
+      if (found%fallback) then
+        errmsg = context//': '//trim(config_file)//': fallback = .true. replaces a bad '// &
+                 'column by the host''s own closure, and this host has none (it does not '// &
+                 'pass host_closure = .true. to init)'
+      else
+        errmsg = context//': '//trim(config_file)//': ramp_steps = '//str(found%ramp_steps)// &
+                 ' blends the network with the host''s own closure, and this host has none '// &
+                 '(it does not pass host_closure = .true. to init)'
+      end if
+      return
+    end if
     self%cfg = found
     self%use_ensemble = len_trim(found%ensemble) > 0
     stat = 0
@@ -154,7 +216,9 @@ contains
       if (stat == 0) then
         self%n_in = self%ens%n_inputs
         self%n_out = self%ens%n_outputs
-        self%ens%members(:)%check_finite = found%check_finite
+        ! with fallback, a non-finite output is a column to replace, not an error: the
+        ! inputs are checked here instead
+        self%ens%members(:)%check_finite = found%check_finite .and. .not. found%fallback
         call self%ens%set_batch_invariant(found%batch_invariant)
       end if
     else
@@ -162,7 +226,7 @@ contains
       if (stat == 0) then
         self%n_in = self%net%n_inputs
         self%n_out = self%net%n_outputs
-        self%net%check_finite = found%check_finite
+        self%net%check_finite = found%check_finite .and. .not. found%fallback
         call self%net%set_batch_invariant(found%batch_invariant)
       end if
       if (stat == 0 .and. found%online_training) then
@@ -183,6 +247,12 @@ contains
       call release(self)
       return
     end if
+    if (found%fallback) call set_bounds(self, found, context//': '//trim(config_file), errmsg, &
+                                        errflg)
+    if (errflg /= 0) then
+      call release(self)
+      return
+    end if
     if (present(input_vars)) call check_declared(self, 'input', input_vars, context, errmsg, errflg)
     if (errflg == 0 .and. present(output_vars)) &
       call check_declared(self, 'output', output_vars, context, errmsg, errflg)
@@ -194,6 +264,7 @@ contains
     self%calls = 0
     self%columns = 0
     self%seconds = 0
+    self%fallback_columns = 0
     call register_name(found%name)
     self%initialized = .true.
   end subroutine scheme_init
@@ -344,9 +415,14 @@ contains
     character(len=256) :: optimizer
     character(len=64) :: loss
     character(len=512) :: iomsg
-    character(len=:), allocatable :: context
+    character(len=:), allocatable :: context, where
+    integer, parameter :: MAX_BOUNDS = 100000
+    logical :: fallback
+    real :: fallback_lower(MAX_BOUNDS), fallback_upper(MAX_BOUNDS), fallback_max_share
+    integer :: fallback_max_steps, ramp_steps, n_lo, n_hi, k
     namelist /colnn_coupler/ name, model_file, ensemble, noise_sd, noise_units, noise_seed, &
-      check_finite, batch_invariant, online_training, optimizer, loss
+      check_finite, batch_invariant, online_training, optimizer, loss, fallback, &
+      fallback_lower, fallback_upper, fallback_max_share, fallback_max_steps, ramp_steps
 
     errflg = 1
     context = 'colnn_coupler_init'
@@ -365,12 +441,16 @@ contains
       noise_units = 'auto'
       check_finite = .true.; online_training = .false.; batch_invariant = BATCH_INVARIANT_DEFAULT
       optimizer = 'adam learning_rate=0.0001'; loss = 'mse'
+      fallback = .false.; fallback_lower = -huge(1.0); fallback_upper = -huge(1.0)
+      fallback_max_share = 0.1; fallback_max_steps = 10; ramp_steps = 0
       read (u, nml=colnn_coupler, iostat=ios, iomsg=iomsg)
       if (ios /= 0) exit
       n_groups = n_groups + 1
       if (trim(name) /= want .and. len(want) > 0) cycle
       n_match = n_match + 1
       n_sd = count(noise_sd /= -huge(1.0))
+      n_lo = count(fallback_lower /= -huge(1.0))
+      n_hi = count(fallback_upper /= -huge(1.0))
       if (n_match == 1) found = colnn_coupler_config_t(name=name, model_file=model_file, &
                                                        ensemble=ensemble, &
                                                        noise_sd=noise_sd(1:n_sd), &
@@ -379,7 +459,13 @@ contains
                                                        check_finite=check_finite, &
                                                        batch_invariant=batch_invariant, &
                                                        online_training=online_training, &
-                                                       optimizer=optimizer, loss=loss)
+                                                       optimizer=optimizer, loss=loss, &
+                                                       fallback=fallback, &
+                                                       fallback_lower=fallback_lower(1:n_lo), &
+                                                       fallback_upper=fallback_upper(1:n_hi), &
+                                                       fallback_max_share=fallback_max_share, &
+                                                       fallback_max_steps=fallback_max_steps, &
+                                                       ramp_steps=ramp_steps)
     end do
     close (u)
     if (ios > 0) then
@@ -436,9 +522,105 @@ contains
       errmsg = context//': online training takes a single model, not an ensemble'
       return
     end if
+    where = context//': '//trim(config_file)//': '
+    ! a gap leaves an unset element among the leading ones taken
+    if (any(found%fallback_lower == -huge(1.0)) .or. any(found%fallback_upper == -huge(1.0))) then
+      errmsg = where//'fallback_lower and fallback_upper must give their values from the '// &
+               'first output on, without gaps'
+      return
+    end if
+    if (.not. found%fallback .and. (size(found%fallback_lower) > 0 .or. &
+                                    size(found%fallback_upper) > 0)) then
+      errmsg = where//'fallback_lower/fallback_upper are set but fallback = .false.: the '// &
+               'bounds would do nothing (set fallback = .true. or remove them)'
+      return
+    end if
+    if (any(found%fallback_lower /= found%fallback_lower) .or. &
+        any(found%fallback_upper /= found%fallback_upper)) then
+      errmsg = where//'fallback_lower and fallback_upper must be numbers, not NaN'
+      return
+    end if
+    if (size(found%fallback_lower) == size(found%fallback_upper)) then
+      do k = 1, size(found%fallback_lower)
+        if (found%fallback_lower(k) > found%fallback_upper(k)) then
+          errmsg = where//'fallback_lower('//str(k)//') = '// &
+                   trim(real_text(found%fallback_lower(k)))//' is above fallback_upper('// &
+                   str(k)//') = '//trim(real_text(found%fallback_upper(k)))
+          return
+        end if
+      end do
+    end if
+    if (.not. (found%fallback_max_share > 0 .and. found%fallback_max_share <= 1)) then
+      errmsg = where//'fallback_max_share must be in (0, 1] (a share of the columns), got '// &
+               trim(real_text(found%fallback_max_share))
+      return
+    end if
+    if (found%fallback_max_steps < 1) then
+      errmsg = where//'fallback_max_steps must be >= 1, got '//str(found%fallback_max_steps)
+      return
+    end if
+    if (found%ramp_steps < 0) then
+      errmsg = where//'ramp_steps must be >= 0 (0: no ramp), got '//str(found%ramp_steps)
+      return
+    end if
     errflg = 0
     errmsg = ''
   end subroutine read_group
+
+  function real_text(x) result(s)
+    real, intent(in) :: x
+    character(len=32) :: s
+    write (s, '(g0)') x
+  end function real_text
+
+  !> The outputs' fallback bounds, one per output, from the configuration's (none, one for
+  !> every output, or one per output; a single lower bound with one per output upper bound is
+  !> fine).
+  subroutine set_bounds(self, cfg, where, errmsg, errflg)
+    class(colnn_scheme_t), intent(inout) :: self
+    type(colnn_coupler_config_t), intent(in) :: cfg
+    character(len=*), intent(in) :: where
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    integer :: k
+    errflg = 0
+    errmsg = ''
+    call expand(cfg%fallback_lower, -huge(1.0_dp), 'fallback_lower', self%lower)
+    if (errflg /= 0) return
+    call expand(cfg%fallback_upper, huge(1.0_dp), 'fallback_upper', self%upper)
+    if (errflg /= 0) return
+    do k = 1, self%n_out
+      if (self%lower(k) > self%upper(k)) then
+        errflg = 1
+        errmsg = where//': fallback_lower = '//trim(real_text(real(self%lower(k))))// &
+                 ' is above fallback_upper = '//trim(real_text(real(self%upper(k))))// &
+                 ' at output '//str(k)
+        return
+      end if
+    end do
+  contains
+    subroutine expand(given, none, key, bounds)
+      real, intent(in) :: given(:)
+      real(dp), intent(in) :: none
+      character(len=*), intent(in) :: key
+      real(dp), allocatable, intent(out) :: bounds(:)
+      allocate (bounds(self%n_out))
+      select case (size(given))
+      case (0)
+        bounds = none
+      case (1)
+        bounds = real(given(1), dp)
+      case default
+        if (size(given) /= self%n_out) then
+          errflg = 1
+          errmsg = where//': '//key//' gives '//str(size(given))//' values; give 1, or one '// &
+                   'per output ('//str(self%n_out)//')'
+          return
+        end if
+        bounds = real(given, dp)
+      end select
+    end subroutine expand
+  end subroutine set_bounds
 
   !> outputs = NN(inputs) for one chunk of columns, real32 arrays: inputs(n_inputs, ncol),
   !> outputs(n_outputs, ncol), or with `columns_first` (ncol, n_inputs), (ncol, n_outputs), a
@@ -448,8 +630,10 @@ contains
   !> step: the host's time step (the ensemble's noise key; chunks of one step share it).
   !> targets: with online_training, one optimizer step on (inputs, targets) after the forward
   !> (arrays in the library's precision and (features, columns)).
+  !> closure: the host's own closure of the chunk's columns (kind and layout of outputs), which
+  !> fallback and ramp_steps need; n_fallback: how many of the chunk's columns fell back to it.
   subroutine scheme_run_sp(self, inputs, outputs, errmsg, errflg, column_offset, targets, step, &
-                           columns_first)
+                           columns_first, closure, n_fallback)
     class(colnn_scheme_t), intent(inout) :: self
     real(sp), intent(in) :: inputs(:, :)
     real(sp), intent(out) :: outputs(:, :)
@@ -459,13 +643,15 @@ contains
     real(wp), intent(in), optional :: targets(:, :)
     integer, intent(in), optional :: step
     logical, intent(in), optional :: columns_first
-    call run_any(self, errmsg, errflg, column_offset, targets, step, columns_first, &
-                 xs=inputs, ys=outputs)
+    real(sp), intent(in), optional :: closure(:, :)
+    integer, intent(out), optional :: n_fallback
+    call run_any(self, errmsg, errflg, column_offset, targets, step, columns_first, n_fallback, &
+                 xs=inputs, ys=outputs, cs=closure)
   end subroutine scheme_run_sp
 
   !> As run for real32 arrays, for real64 ones.
   subroutine scheme_run_dp(self, inputs, outputs, errmsg, errflg, column_offset, targets, step, &
-                           columns_first)
+                           columns_first, closure, n_fallback)
     class(colnn_scheme_t), intent(inout) :: self
     real(dp), intent(in) :: inputs(:, :)
     real(dp), intent(out) :: outputs(:, :)
@@ -475,12 +661,14 @@ contains
     real(wp), intent(in), optional :: targets(:, :)
     integer, intent(in), optional :: step
     logical, intent(in), optional :: columns_first
-    call run_any(self, errmsg, errflg, column_offset, targets, step, columns_first, &
-                 xd=inputs, yd=outputs)
+    real(dp), intent(in), optional :: closure(:, :)
+    integer, intent(out), optional :: n_fallback
+    call run_any(self, errmsg, errflg, column_offset, targets, step, columns_first, n_fallback, &
+                 xd=inputs, yd=outputs, cd=closure)
   end subroutine scheme_run_dp
 
   subroutine run_any(self, errmsg, errflg, column_offset, targets, step, columns_first, &
-                     xs, xd, ys, yd)
+                     n_fallback, xs, xd, ys, yd, cs, cd)
     class(colnn_scheme_t), intent(inout) :: self
     character(len=*), intent(out) :: errmsg
     integer, intent(out) :: errflg
@@ -488,16 +676,21 @@ contains
     real(wp), intent(in), optional :: targets(:, :)
     integer, intent(in), optional :: step
     logical, intent(in), optional :: columns_first
+    integer, intent(out), optional :: n_fallback
     real(sp), intent(in), optional, target :: xs(:, :)
     real(dp), intent(in), optional, target :: xd(:, :)
     real(sp), intent(inout), optional, target :: ys(:, :)
     real(dp), intent(inout), optional, target :: yd(:, :)
-    integer :: stat, nc
+    real(sp), intent(in), optional :: cs(:, :)
+    real(dp), intent(in), optional :: cd(:, :)
+    integer :: stat, nc, n_fb
     integer(8) :: col0, key, t0, t1, rate
     real(wp) :: loss
-    logical :: cf, native
+    logical :: cf, native, blend
     errmsg = ''
     errflg = 0
+    n_fb = 0
+    if (present(n_fallback)) n_fallback = 0
     call system_clock(t0, rate)
     if (.not. self%initialized) then
       errflg = 1
@@ -507,6 +700,11 @@ contains
     end if
     cf = .false.
     if (present(columns_first)) cf = columns_first
+    blend = self%cfg%fallback .or. self%cfg%ramp_steps > 0
+    if (blend) then
+      call check_closure(self, cf, step, errmsg, errflg, xs, xd, ys, yd, cs, cd)
+      if (errflg /= 0) return
+    end if
     if (self%use_ensemble) then
       col0 = 0
       if (present(column_offset)) col0 = column_offset
@@ -523,6 +721,14 @@ contains
       call self%net%forward(xs, ys, stat, errmsg, columns_first=cf)
     else
       call self%net%forward(xd, yd, stat, errmsg, columns_first=cf)
+    end if
+    if (stat == 0 .and. blend) then
+      if (present(ys)) then
+        call blend_columns(self, step, cf, n_fb, ys=ys, cs=cs)
+      else
+        call blend_columns(self, step, cf, n_fb, yd=yd, cd=cd)
+      end if
+      if (present(n_fallback)) n_fallback = n_fb
     end if
     if (stat == 0 .and. present(targets) .and. self%cfg%online_training) then
       ! a training step changes the weights the other threads are using
@@ -559,7 +765,186 @@ contains
     self%columns = self%columns + nc
     !$omp atomic
     self%seconds = self%seconds + real(t1 - t0, dp) / real(rate, dp)
+    if (n_fb > 0) then
+      !$omp atomic
+      self%fallback_columns = self%fallback_columns + n_fb
+    end if
   end subroutine run_any
+
+  !> What fallback and ramp need: the host's closure in the outputs' shape, finite inputs (the
+  !> network does not check them when it may give non-finite outputs), the step for a ramp.
+  subroutine check_closure(self, cf, step, errmsg, errflg, xs, xd, ys, yd, cs, cd)
+    class(colnn_scheme_t), intent(in) :: self
+    logical, intent(in) :: cf
+    integer, intent(in), optional :: step
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    real(sp), intent(in), optional :: xs(:, :), ys(:, :), cs(:, :)
+    real(dp), intent(in), optional :: xd(:, :), yd(:, :), cd(:, :)
+    integer :: bad(2)
+    character(len=:), allocatable :: context, key
+    errflg = 1
+    errmsg = ''
+    context = 'colnn_coupler_run'//scheme_label(self)//': '
+    key = 'ramp_steps > 0'
+    if (self%cfg%fallback) key = 'fallback = .true.'
+    if (.not. (present(cs) .or. present(cd))) then
+      errmsg = context//key//' needs the host''s own closure of the columns (closure=)'
+      return
+    end if
+    if (present(ys) .neqv. present(cs)) then
+      errmsg = context//'closure must have the kind of outputs'
+      return
+    end if
+    if (present(cs)) then
+      if (any(shape(cs) /= shape(ys))) errmsg = context//'closure must have the shape of outputs'
+    else
+      if (any(shape(cd) /= shape(yd))) errmsg = context//'closure must have the shape of outputs'
+    end if
+    if (len_trim(errmsg) > 0) return
+    if (self%cfg%ramp_steps > 0 .and. .not. present(step)) then
+      errmsg = context//'ramp_steps > 0 needs the host''s step (step=)'
+      return
+    end if
+    if (self%cfg%fallback .and. self%cfg%check_finite) then
+      bad = 0
+      if (present(xs)) then
+        if (.not. all(ieee_is_finite(xs))) bad = findloc(ieee_is_finite(xs), .false.)
+      else
+        if (.not. all(ieee_is_finite(xd))) bad = findloc(ieee_is_finite(xd), .false.)
+      end if
+      if (bad(1) > 0) then
+        if (cf) bad = bad([2, 1])
+        errmsg = context//'forward: input feature '//str(bad(1))//' of column '//str(bad(2))// &
+                 ' is not finite'
+        return
+      end if
+    end if
+    errflg = 0
+    errmsg = ''
+  end subroutine check_closure
+
+  !> Each column of the chunk: the host's closure where the network's outputs are not finite or
+  !> out of bounds (fallback), else the ramp's blend w NN + (1 - w) closure (ramp_steps).
+  subroutine blend_columns(self, step, cf, n_fb, ys, yd, cs, cd)
+    class(colnn_scheme_t), intent(in) :: self
+    integer, intent(in), optional :: step
+    logical, intent(in) :: cf
+    integer, intent(out) :: n_fb
+    real(sp), intent(inout), optional :: ys(:, :)
+    real(dp), intent(inout), optional :: yd(:, :)
+    real(sp), intent(in), optional :: cs(:, :)
+    real(dp), intent(in), optional :: cd(:, :)
+    real(dp) :: v(self%n_out), c(self%n_out), w
+    integer :: j, nc
+    logical :: bad
+    n_fb = 0
+    w = 1
+    if (self%cfg%ramp_steps > 0) w = min(1.0_dp, max(0, step) / real(self%cfg%ramp_steps, dp))
+    if (present(ys)) then
+      nc = size(ys, merge(1, 2, cf))
+    else
+      nc = size(yd, merge(1, 2, cf))
+    end if
+    do j = 1, nc
+      call get(j, v, ys, yd)
+      bad = .false.
+      if (self%cfg%fallback) bad = .not. all(ieee_is_finite(v)) .or. any(v < self%lower) .or. &
+                                   any(v > self%upper)
+      if (bad) then
+        n_fb = n_fb + 1
+        call get(j, v, cs, cd)
+      else if (w < 1) then
+        call get(j, c, cs, cd)
+        v = w * v + (1 - w) * c
+      else
+        cycle
+      end if
+      if (present(ys)) then
+        if (cf) then
+          ys(j, :) = real(v, sp)
+        else
+          ys(:, j) = real(v, sp)
+        end if
+      else
+        if (cf) then
+          yd(j, :) = v
+        else
+          yd(:, j) = v
+        end if
+      end if
+    end do
+  contains
+    subroutine get(col, out, as, ad)
+      integer, intent(in) :: col
+      real(dp), intent(out) :: out(:)
+      real(sp), intent(in), optional :: as(:, :)
+      real(dp), intent(in), optional :: ad(:, :)
+      if (present(as)) then
+        if (cf) then
+          out = real(as(col, :), dp)
+        else
+          out = real(as(:, col), dp)
+        end if
+      else
+        if (cf) then
+          out = ad(col, :)
+        else
+          out = ad(:, col)
+        end if
+      end if
+    end subroutine get
+  end subroutine blend_columns
+
+  !> Columns that fell back to the host's closure since init (all threads and calls).
+  integer(8) function scheme_fallbacks(self)
+    class(colnn_scheme_t), intent(in) :: self
+    scheme_fallbacks = self%fallback_columns
+  end function scheme_fallbacks
+
+  !> Whether _run needs the host's closure (fallback or a ramp is configured).
+  logical function scheme_uses_closure(self)
+    class(colnn_scheme_t), intent(in) :: self
+    scheme_uses_closure = self%initialized .and. (self%cfg%fallback .or. self%cfg%ramp_steps > 0)
+  end function scheme_uses_closure
+
+  !> A fallback monitor with the scheme's thresholds (one for each run the host makes).
+  function scheme_fallback_monitor(self) result(monitor)
+    class(colnn_scheme_t), intent(in) :: self
+    type(colnn_fallback_monitor_t) :: monitor
+    monitor%max_share = self%cfg%fallback_max_share
+    monitor%max_steps = self%cfg%fallback_max_steps
+  end function scheme_fallback_monitor
+
+  !> One step's fallback columns out of n_columns (summed over the run's chunks and ranks):
+  !> errflg = 1 with the reason when more than max_share fell back at each of the last
+  !> max_steps steps. Nothing is stopped: the host decides what a failed run does.
+  subroutine monitor_update(self, n_fallback, n_columns, errmsg, errflg)
+    class(colnn_fallback_monitor_t), intent(inout) :: self
+    integer(8), intent(in) :: n_fallback, n_columns
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    real :: share
+    errmsg = ''
+    errflg = 0
+    share = 0
+    if (n_columns > 0) share = real(n_fallback) / real(n_columns)
+    self%total = self%total + n_fallback
+    if (n_fallback > 0) self%steps_with_fallback = self%steps_with_fallback + 1
+    self%max_step_share = max(self%max_step_share, share)
+    if (share > self%max_share) then
+      self%over = self%over + 1
+    else
+      self%over = 0
+    end if
+    if (self%over >= self%max_steps) then
+      errflg = 1
+      errmsg = 'more than fallback_max_share = '//trim(real_text(self%max_share))// &
+               ' of the columns fell back to the host''s closure at each of '// &
+               str(self%over)//' steps (fallback_max_steps = '//str(self%max_steps)// &
+               '; this step '//str(int(n_fallback))//' of '//str(int(n_columns))//')'
+    end if
+  end subroutine monitor_update
 
   !> What the scheme's successful _run calls cost since init: their number, the columns they
   !> took, and their seconds (summed over calls; over threads too when a host calls from
@@ -812,20 +1197,21 @@ contains
 
   !> Reads the namelist, loads the model, checks it maps n_inputs host features to n_outputs.
   subroutine colnn_coupler_init(config_file, n_inputs, n_outputs, errmsg, errflg, name, &
-                                input_vars, output_vars)
+                                input_vars, output_vars, host_closure)
     character(len=*), intent(in) :: config_file
     integer, intent(in) :: n_inputs, n_outputs
     character(len=*), intent(out) :: errmsg
     integer, intent(out) :: errflg
     character(len=*), intent(in), optional :: name
     character(len=*), intent(in), optional :: input_vars(:), output_vars(:)
+    logical, intent(in), optional :: host_closure
     call default_scheme%init(config_file, n_inputs, n_outputs, errmsg, errflg, name, &
-                             input_vars, output_vars)
+                             input_vars, output_vars, host_closure)
   end subroutine colnn_coupler_init
 
   !> See colnn_scheme_t%run.
   subroutine colnn_coupler_run_sp(inputs, outputs, errmsg, errflg, column_offset, targets, step, &
-                                  columns_first)
+                                  columns_first, closure, n_fallback)
     real(sp), intent(in) :: inputs(:, :)
     real(sp), intent(out) :: outputs(:, :)
     character(len=*), intent(out) :: errmsg
@@ -834,12 +1220,14 @@ contains
     real(wp), intent(in), optional :: targets(:, :)
     integer, intent(in), optional :: step
     logical, intent(in), optional :: columns_first
+    real(sp), intent(in), optional :: closure(:, :)
+    integer, intent(out), optional :: n_fallback
     call default_scheme%run(inputs, outputs, errmsg, errflg, column_offset, targets, step, &
-                            columns_first)
+                            columns_first, closure, n_fallback)
   end subroutine colnn_coupler_run_sp
 
   subroutine colnn_coupler_run_dp(inputs, outputs, errmsg, errflg, column_offset, targets, step, &
-                                  columns_first)
+                                  columns_first, closure, n_fallback)
     real(dp), intent(in) :: inputs(:, :)
     real(dp), intent(out) :: outputs(:, :)
     character(len=*), intent(out) :: errmsg
@@ -848,8 +1236,10 @@ contains
     real(wp), intent(in), optional :: targets(:, :)
     integer, intent(in), optional :: step
     logical, intent(in), optional :: columns_first
+    real(dp), intent(in), optional :: closure(:, :)
+    integer, intent(out), optional :: n_fallback
     call default_scheme%run(inputs, outputs, errmsg, errflg, column_offset, targets, step, &
-                            columns_first)
+                            columns_first, closure, n_fallback)
   end subroutine colnn_coupler_run_dp
 
   subroutine colnn_coupler_finalize(errmsg, errflg)
@@ -870,6 +1260,22 @@ contains
     real(dp), intent(out) :: seconds
     call default_scheme%timers(calls, columns, seconds)
   end subroutine colnn_coupler_timers
+
+  !> See colnn_scheme_t%fallbacks.
+  integer(8) function colnn_coupler_fallbacks()
+    colnn_coupler_fallbacks = default_scheme%fallbacks()
+  end function colnn_coupler_fallbacks
+
+  !> See colnn_scheme_t%fallback_monitor.
+  function colnn_coupler_fallback_monitor() result(monitor)
+    type(colnn_fallback_monitor_t) :: monitor
+    monitor = default_scheme%fallback_monitor()
+  end function colnn_coupler_fallback_monitor
+
+  !> See colnn_scheme_t%uses_closure.
+  logical function colnn_coupler_uses_closure()
+    colnn_coupler_uses_closure = default_scheme%uses_closure()
+  end function colnn_coupler_uses_closure
 
   !> The configuration the scheme was initialised with (for provenance: the model's path).
   subroutine colnn_coupler_get_config(config)

@@ -5,17 +5,20 @@ module colnn_coupler_c
   use colnn, only: wp
   use colnn_c_strings, only: to_f => c_to_f_string, to_c => f_to_c_buffer
   use colnn_coupler, only: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize, &
-                           colnn_scheme_t
+                           colnn_scheme_t, colnn_fallback_monitor_t
   implicit none
   private
 
   public :: c_coupler_init, c_coupler_run, c_coupler_finalize
   public :: c_scheme_init, c_scheme_run, c_scheme_finalize, c_coupler_timers, c_scheme_timers
+  public :: c_scheme_init_closure, c_scheme_run_closure, c_scheme_fallback_update
 
   !> The schemes a C host created, by id (1, 2, ...). An id is never reused, so a host that
   !> calls a finalized scheme gets an error instead of another scheme's outputs.
   type :: scheme_box_t
     type(colnn_scheme_t), pointer :: p => null()
+    !> the fallback verdict of the host's run (colnn_scheme_fallback_update)
+    type(colnn_fallback_monitor_t) :: monitor
   end type scheme_box_t
   type(scheme_box_t), allocatable, save :: schemes(:)
   integer, save :: n_schemes = 0
@@ -93,6 +96,40 @@ contains
     integer(c_int), intent(out) :: scheme
     character(kind=c_char), intent(out) :: errmsg(*)
     integer(c_size_t), intent(in), value :: errmsg_len
+    errflg = create_scheme(config, name, n_inputs, n_outputs, input_vars, output_vars, &
+                           .false., scheme, errmsg, errmsg_len)
+  end function c_scheme_init
+
+  !> int colnn_scheme_init_closure(const char *config, const char *name, int n_inputs,
+  !>                               int n_outputs, const char *input_vars,
+  !>                               const char *output_vars, int host_closure, int *scheme,
+  !>                               char *errmsg, size_t errmsg_len)
+  !> As colnn_scheme_init, for a host that passes its own closure to colnn_scheme_run_closure
+  !> (host_closure != 0), which fallback and ramp_steps need.
+  integer(c_int) function c_scheme_init_closure(config, name, n_inputs, n_outputs, input_vars, &
+                                                output_vars, host_closure, scheme, errmsg, &
+                                                errmsg_len) &
+      bind(C, name='colnn_scheme_init_closure') result(errflg)
+    character(kind=c_char), intent(in) :: config(*), name(*)
+    integer(c_int), intent(in), value :: n_inputs, n_outputs, host_closure
+    type(c_ptr), intent(in), value :: input_vars, output_vars
+    integer(c_int), intent(out) :: scheme
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    errflg = create_scheme(config, name, n_inputs, n_outputs, input_vars, output_vars, &
+                           host_closure /= 0, scheme, errmsg, errmsg_len)
+  end function c_scheme_init_closure
+
+  integer(c_int) function create_scheme(config, name, n_inputs, n_outputs, input_vars, &
+                                        output_vars, host_closure, scheme, errmsg, &
+                                        errmsg_len) result(errflg)
+    character(kind=c_char), intent(in) :: config(*), name(*)
+    integer(c_int), intent(in), value :: n_inputs, n_outputs
+    type(c_ptr), intent(in), value :: input_vars, output_vars
+    logical, intent(in) :: host_closure
+    integer(c_int), intent(out) :: scheme
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
     type(colnn_scheme_t), pointer :: p
     type(scheme_box_t), allocatable :: grown(:)
     character(len=1024) :: msg
@@ -101,15 +138,17 @@ contains
     allocate (p)
     if (c_associated(input_vars) .and. c_associated(output_vars)) then
       call p%init(to_f(config), int(n_inputs), int(n_outputs), msg, flg, name=to_f(name), &
-                  input_vars=lines(input_vars), output_vars=lines(output_vars))
+                  input_vars=lines(input_vars), output_vars=lines(output_vars), &
+                  host_closure=host_closure)
     else if (c_associated(input_vars)) then
       call p%init(to_f(config), int(n_inputs), int(n_outputs), msg, flg, name=to_f(name), &
-                  input_vars=lines(input_vars))
+                  input_vars=lines(input_vars), host_closure=host_closure)
     else if (c_associated(output_vars)) then
       call p%init(to_f(config), int(n_inputs), int(n_outputs), msg, flg, name=to_f(name), &
-                  output_vars=lines(output_vars))
+                  output_vars=lines(output_vars), host_closure=host_closure)
     else
-      call p%init(to_f(config), int(n_inputs), int(n_outputs), msg, flg, name=to_f(name))
+      call p%init(to_f(config), int(n_inputs), int(n_outputs), msg, flg, name=to_f(name), &
+                  host_closure=host_closure)
     end if
     errflg = int(flg, c_int)
     call to_c(msg, errmsg, errmsg_len)
@@ -125,8 +164,9 @@ contains
     end if
     n_schemes = n_schemes + 1
     schemes(n_schemes)%p => p
+    schemes(n_schemes)%monitor = p%fallback_monitor()
     scheme = int(n_schemes, c_int)
-  end function c_scheme_init
+  end function create_scheme
 
   !> int colnn_scheme_run(int scheme, const colnn_real *inputs, int n_columns,
   !>                      colnn_real *outputs, int64_t column_offset, int64_t step,
@@ -162,6 +202,80 @@ contains
     errflg = int(flg, c_int)
     call to_c(msg, errmsg, errmsg_len)
   end function c_scheme_run
+
+  !> int colnn_scheme_run_closure(int scheme, const colnn_real *inputs, int n_columns,
+  !>                              colnn_real *outputs, const colnn_real *closure,
+  !>                              int64_t column_offset, int64_t step, int *n_fallback,
+  !>                              char *errmsg, size_t errmsg_len)
+  !> colnn_scheme_run with the host's own closure of the columns, (n_outputs, n_columns):
+  !> fallback columns take it, a ramp blends with it; n_fallback (or NULL): the chunk's
+  !> columns that fell back.
+  integer(c_int) function c_scheme_run_closure(scheme, inputs, n_columns, outputs, closure, &
+                                               column_offset, step, n_fallback, errmsg, &
+                                               errmsg_len) &
+      bind(C, name='colnn_scheme_run_closure') result(errflg)
+    integer(c_int), intent(in), value :: scheme
+    type(c_ptr), intent(in), value :: inputs, outputs, closure, n_fallback
+    integer(c_int), intent(in), value :: n_columns
+    integer(c_int64_t), intent(in), value :: column_offset, step
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(colnn_scheme_t), pointer :: p
+    real(wp), pointer :: x(:, :), y(:, :), c(:, :)
+    integer(c_int), pointer :: nf
+    character(len=1024) :: msg
+    integer :: flg, n_in, n_out, count
+    errflg = 1
+    if (.not. live(scheme, p, 'colnn_scheme_run_closure', errmsg, errmsg_len)) return
+    if (.not. c_associated(inputs) .or. .not. c_associated(outputs) .or. &
+        .not. c_associated(closure) .or. n_columns < 1) then
+      call to_c('colnn_scheme_run_closure: null array or n_columns < 1', errmsg, errmsg_len)
+      return
+    end if
+    call p%sizes(n_in, n_out)
+    call c_f_pointer(inputs, x, [n_in, int(n_columns)])
+    call c_f_pointer(outputs, y, [n_out, int(n_columns)])
+    call c_f_pointer(closure, c, [n_out, int(n_columns)])
+    call p%run(x, y, msg, flg, column_offset=int(column_offset), step=int(step), closure=c, &
+               n_fallback=count)
+    if (c_associated(n_fallback)) then
+      call c_f_pointer(n_fallback, nf)
+      nf = int(count, c_int)
+      if (flg /= 0) nf = 0
+    end if
+    errflg = int(flg, c_int)
+    call to_c(msg, errmsg, errmsg_len)
+  end function c_scheme_run_closure
+
+  !> int colnn_scheme_fallback_update(int scheme, int64_t n_fallback, int64_t n_columns,
+  !>                                  int *failed, char *errmsg, size_t errmsg_len)
+  !> The scheme's fallback verdict for the host's run, once a step: the step's fallback
+  !> columns and columns (summed over chunks and ranks). *failed = 1, with the reason in
+  !> errmsg, when more than fallback_max_share fell back at each of fallback_max_steps steps.
+  integer(c_int) function c_scheme_fallback_update(scheme, n_fallback, n_columns, failed, &
+                                                   errmsg, errmsg_len) &
+      bind(C, name='colnn_scheme_fallback_update') result(errflg)
+    integer(c_int), intent(in), value :: scheme
+    integer(c_int64_t), intent(in), value :: n_fallback, n_columns
+    integer(c_int), intent(out) :: failed
+    character(kind=c_char), intent(out) :: errmsg(*)
+    integer(c_size_t), intent(in), value :: errmsg_len
+    type(colnn_scheme_t), pointer :: p
+    character(len=512) :: msg
+    integer :: flg
+    errflg = 1
+    failed = 0
+    if (.not. live(scheme, p, 'colnn_scheme_fallback_update', errmsg, errmsg_len)) return
+    if (n_fallback < 0 .or. n_columns < 1 .or. n_fallback > n_columns) then
+      call to_c('colnn_scheme_fallback_update: need 0 <= n_fallback <= n_columns and '// &
+                'n_columns >= 1', errmsg, errmsg_len)
+      return
+    end if
+    call schemes(scheme)%monitor%update(int(n_fallback, 8), int(n_columns, 8), msg, flg)
+    failed = int(flg, c_int)
+    errflg = 0
+    call to_c(msg, errmsg, errmsg_len)
+  end function c_scheme_fallback_update
 
   !> int colnn_scheme_finalize(int scheme, char *errmsg, size_t errmsg_len)
   integer(c_int) function c_scheme_finalize(scheme, errmsg, errmsg_len) &

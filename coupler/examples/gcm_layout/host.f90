@@ -50,16 +50,17 @@ program gcm_layout
                          columns_first=.true.)
   print '(a,i0,a)', 'bad shape -> ', errflg, ': '//trim(errmsg)
   call colnn_coupler_finalize(errmsg, errflg)
-  ! the same step through the CCPP scheme, as capgen would call it for each chunk
-  call colnn_ccpp_init(trim(config), n_in, n_out, errmsg, errflg)
+  ! the same step through the CCPP scheme, as capgen would call it for each chunk (by keyword:
+  ! the optional closure arguments stand before errmsg and errflg, which CCPP wants last)
+  call colnn_ccpp_init(trim(config), n_in, n_out, errmsg=errmsg, errflg=errflg)
   if (errflg /= 0) then
     print '(a)', 'ccpp init failed: '//trim(errmsg)
     stop 1
   end if
   do j0 = 1, ncol, pcols
     m = min(pcols, ncol - j0 + 1)
-    call colnn_ccpp_run(j0, 1, state(j0:j0 + m - 1, :), tend_ccpp(j0:j0 + m - 1, :), errmsg, &
-                        errflg)
+    call colnn_ccpp_run(j0, 1, state(j0:j0 + m - 1, :), tend_ccpp(j0:j0 + m - 1, :), &
+                        errmsg=errmsg, errflg=errflg)
     if (errflg /= 0) then
       print '(a)', 'ccpp run failed: '//trim(errmsg)
       stop 1

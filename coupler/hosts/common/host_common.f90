@@ -190,14 +190,24 @@ contains
       injected_value = ieee_value(1.0_dp, ieee_positive_inf)
     case ('-inf')
       injected_value = ieee_value(1.0_dp, ieee_negative_inf)
+    case ('nan')
+      injected_value = ieee_value(1.0_dp, ieee_quiet_nan)
     case default
       injected_value = ieee_value(1.0_dp, ieee_quiet_nan)
+      if (is_injectable(kind)) read (kind, *) injected_value
     end select
   end function injected_value
 
-  pure logical function is_injectable(kind)
+  !> nan, inf, -inf or a finite number (a value the network has never seen).
+  logical function is_injectable(kind)
     character(len=*), intent(in) :: kind
+    real(dp) :: x
+    integer :: ios
     is_injectable = any(trim(kind) == [character(len=4) :: 'nan', 'inf', '-inf'])
+    if (is_injectable .or. len_trim(kind) == 0) return
+    if (verify(trim(kind), '0123456789+-.eEdD') /= 0) return
+    read (kind, *, iostat=ios) x
+    is_injectable = ios == 0 .and. is_finite(x)
   end function is_injectable
 
   !> A quiet NaN: "no value" in the diagnostics and extras (result.json writes it as null).

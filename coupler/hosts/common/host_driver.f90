@@ -19,7 +19,9 @@ module host_driver
   use mpi_f08
   use colnn, only: wp
   use colnn_coupler, only: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize, &
-                           colnn_coupler_config_t, colnn_coupler_get_config, colnn_coupler_timers
+                           colnn_coupler_config_t, colnn_coupler_get_config, &
+                           colnn_coupler_timers, colnn_fallback_monitor_t, &
+                           colnn_coupler_fallback_monitor, colnn_coupler_uses_closure
   use host_common
   use host_h5, only: h5_out_t
   use host_mpi, only: share_error, bcast_int, bcast_str
@@ -70,6 +72,7 @@ module host_driver
     integer :: n_columns = 0                       !< global columns
     integer :: inject_nan_step = -1, inject_nan_column = 1
     character(len=8) :: inject_value = 'nan'
+    character(len=16) :: inject_target = 'state'   !< 'state' | 'nn_input'
     integer :: record_size = 0                     !< values in one record of this mode
     type(batch_keys_t) :: batch
   end type run_settings_t
@@ -133,6 +136,10 @@ module host_driver
     procedure(inject_iface), deferred :: inject
     procedure(check_local_iface), deferred :: check_local
     procedure(check_finish_iface), deferred :: check_finish
+    !> The host's own closure for the network's columns (per-column fallback and ramped
+    !> coupling, &colnn_coupler fallback / ramp_steps): a host that has one overrides both.
+    procedure :: has_closure => host_has_no_closure
+    procedure :: closure_columns => host_no_closure_columns
     procedure(record_iface), deferred :: record
     procedure(summarize_iface), deferred :: summarize
     procedure(write_output_iface), deferred :: write_output
@@ -327,7 +334,16 @@ module host_driver
     integer :: column_offset = 0            !< the global index of the first of them - 1
     integer :: first_col = 0                !< at the current stage: its first column in the
                                             !< batch's network arrays - 1
+    !> fallback / ramp: the run's verdict on its fallback columns, its count this step (this
+    !> rank's), and the step's count over the ranks at every step (on every rank)
+    type(colnn_fallback_monitor_t) :: monitor
+    integer(i8) :: fallback_step = 0
+    integer(i8), allocatable :: fallback_series(:)
   end type member_t
+
+  !> a run's network column calls a step (columns over all ranks times stages): what a step's
+  !> fallback count is a share of
+  integer(i8), save :: global_network_columns = 0
 
 contains
 
@@ -380,8 +396,10 @@ contains
     real(dp) :: t_start
     integer :: stat, ierr, r, n_runs, n_columns
     type(coupler_spec_t) :: spec
-    logical :: network, coupled, per_run
+    logical :: network, coupled, per_run, closure
     type(colnn_coupler_config_t) :: ccfg
+    real(wp), allocatable :: nn_closure(:, :)
+    integer(i8) :: columns8
 
     host%comm = MPI_COMM_WORLD
     call MPI_Comm_rank(host%comm, host%rank, ierr)
@@ -437,6 +455,7 @@ contains
 
     coupled = .false.
     per_run = .false.
+    closure = .false.
     if (network .and. any(members%active)) then
       r = findloc(members%active, .true., 1)
       call coupler_setup(members(r)%host, path, common, stat, errmsg)
@@ -444,6 +463,15 @@ contains
       ! an ensemble's input noise is keyed by the global column: each run alone keeps its keys
       call colnn_coupler_get_config(ccfg)
       per_run = len_trim(ccfg%ensemble) > 0
+      ! fallback and ramp take the host's closure; each run alone counts its fallback columns
+      closure = coupled .and. colnn_coupler_uses_closure()
+      if (closure) per_run = .true.
+      if (closure .and. ccfg%ramp_steps > s%n_steps) then
+        stat = 1
+        errmsg = key_error(path, 'colnn_coupler', 'ramp_steps', 'is '//itoa(ccfg%ramp_steps)// &
+                           ', longer than the run ('//trim(s%run_group)//' n_steps = '// &
+                           itoa(s%n_steps)//')')
+      end if
       spec = members(r)%host%coupler_spec()
       ! sized for every run at set-up: nothing is allocated in the steps
       n_columns = 0
@@ -454,9 +482,22 @@ contains
         n_columns = n_columns + members(r)%ncol
       end do
       if (stat == 0) then
-        allocate (nn_in(spec%n_in, n_columns), nn_out(spec%n_out, n_columns), stat=stat)
+        allocate (nn_in(spec%n_in, n_columns), nn_out(spec%n_out, n_columns), &
+                  nn_closure(spec%n_out, merge(n_columns, 0, closure)), stat=stat)
         if (stat /= 0) errmsg = 'cannot allocate the network arrays of '//itoa(n_columns)// &
                                 ' columns'
+      end if
+      if (stat == 0 .and. closure) then
+        r = findloc(members%active, .true., 1)
+        ! a step's fallback count is summed over its stages: its share is of the column calls
+        columns8 = int(members(r)%ncol, i8) * members(r)%host%n_stages()
+        call MPI_Allreduce(columns8, global_network_columns, 1, MPI_INTEGER8, MPI_SUM, &
+                           host%comm, ierr)
+        do r = 1, n_runs
+          if (.not. members(r)%active) cycle
+          members(r)%monitor = colnn_coupler_fallback_monitor()
+          allocate (members(r)%fallback_series(0:s%n_steps), source=0_i8)
+        end do
       end if
       if (share_error(stat /= 0, errmsg, host%comm)) then
         call refuse_batch(members, s, prog, host%rank, t_start, errmsg, exit_code)
@@ -464,10 +505,11 @@ contains
         return
       end if
     else
-      allocate (nn_in(0, 0), nn_out(0, 0))
+      allocate (nn_in(0, 0), nn_out(0, 0), nn_closure(0, 0))
     end if
 
-    call run_batch(members, s, prog, network, per_run, nn_in, nn_out, exit_code)
+    call run_batch(members, s, prog, network, per_run, nn_in, nn_out, nn_closure, closure, &
+                   exit_code)
     if (coupled) call colnn_coupler_finalize(finalize_msg, ierr)
   end subroutine host_run
 
@@ -539,14 +581,16 @@ contains
   !> (coarse: step 0, every output_interval steps and the failing step; truth: every
   !> sample_interval steps after the spin-up). A run that fails leaves the batch and writes its
   !> files at once; the others write theirs after the last step.
-  subroutine run_batch(members, s, prog, network, per_run, nn_in, nn_out, exit_code)
+  subroutine run_batch(members, s, prog, network, per_run, nn_in, nn_out, nn_closure, closure, &
+                       exit_code)
     type(member_t), intent(inout) :: members(:)
     type(run_settings_t), intent(in) :: s
     character(len=*), intent(in) :: prog
     logical, intent(in) :: network
     logical, intent(in) :: per_run            !! call the coupler for each run alone
-    !> (features, every run's columns)
-    real(wp), intent(inout), contiguous :: nn_in(:, :), nn_out(:, :)
+    !> (features, every run's columns): the network's inputs and outputs, the host's closure
+    real(wp), intent(inout), contiguous :: nn_in(:, :), nn_out(:, :), nn_closure(:, :)
+    logical, intent(in) :: closure            !! the coupler takes the host's closure
     integer, intent(inout) :: exit_code
     integer :: step, total, r
     logical :: truth
@@ -564,8 +608,10 @@ contains
     end do
     do step = 1, total
       if (.not. any(members%active)) exit
-      call step_batch(members, s, prog, step, network, per_run, nn_in, nn_out, exit_code)
-      if (.not. truth .and. step == s%inject_nan_step) then
+      call step_batch(members, s, prog, step, network, per_run, nn_in, nn_out, nn_closure, &
+                      closure, exit_code)
+      if (closure) call fallback_batch(members, s, prog, step, exit_code)
+      if (.not. truth .and. step == s%inject_nan_step .and. s%inject_target == 'state') then
         associate (m => members(s%batch%inject_nan_run))
           if (m%active) call m%host%inject(s%inject_nan_column, injected_value(s%inject_value))
         end associate
@@ -591,13 +637,14 @@ contains
   !> One step of every active run: at each stage, each run writes its network inputs into its
   !> own columns of nn_in, packed side by side in the order of the runs (a run that has left
   !> leaves no gap), the coupler runs once on all of them, each run takes its outputs.
-  subroutine step_batch(members, s, prog, step, network, per_run, nn_in, nn_out, exit_code)
+  subroutine step_batch(members, s, prog, step, network, per_run, nn_in, nn_out, nn_closure, &
+                        closure, exit_code)
     type(member_t), intent(inout) :: members(:)
     type(run_settings_t), intent(in) :: s
     character(len=*), intent(in) :: prog
     integer, intent(in) :: step
-    logical, intent(in) :: network, per_run
-    real(wp), intent(inout), contiguous :: nn_in(:, :), nn_out(:, :)
+    logical, intent(in) :: network, per_run, closure
+    real(wp), intent(inout), contiguous :: nn_in(:, :), nn_out(:, :), nn_closure(:, :)
     integer, intent(inout) :: exit_code
     integer :: stage, r, used, n_stages
     n_stages = 0
@@ -610,10 +657,19 @@ contains
         if (.not. members(r)%active) cycle
         members(r)%first_col = used
         call members(r)%host%stage_begin(step, stage, nn_in(:, used + 1:used + members(r)%ncol))
+        if (s%inject_target == 'nn_input' .and. s%inject_nan_step /= -1 .and. &
+            step >= s%inject_nan_step .and. r == s%batch%inject_nan_run) then
+          associate (local => s%inject_nan_column - members(r)%column_offset)
+            if (local >= 1 .and. local <= members(r)%ncol) &
+              nn_in(:, used + local) = real(injected_value(s%inject_value), wp)
+          end associate
+        end if
+        if (closure) call members(r)%host%closure_columns(step, stage, &
+                                                         nn_closure(:, used + 1:used + members(r)%ncol))
         used = used + members(r)%ncol
       end do
       if (network) call network_batch(members, s, prog, step, per_run, used, nn_in, nn_out, &
-                                      exit_code)
+                                      nn_closure, closure, exit_code)
       do r = 1, size(members)
         if (.not. members(r)%active) cycle
         associate (first => members(r)%first_col)
@@ -628,19 +684,21 @@ contains
   !> forward pass is batch-invariant) to tell which runs failed; those leave the batch. An
   !> ensemble's noise is keyed by the global column, so there each run is called alone with its
   !> own column offset, the key of the run alone.
-  subroutine network_batch(members, s, prog, step, per_run, used, nn_in, nn_out, exit_code)
+  subroutine network_batch(members, s, prog, step, per_run, used, nn_in, nn_out, nn_closure, &
+                           closure, exit_code)
     type(member_t), intent(inout) :: members(:)
     type(run_settings_t), intent(in) :: s
     character(len=*), intent(in) :: prog
     integer, intent(in) :: step
     logical, intent(in) :: per_run            !! call the coupler for each run alone
     integer, intent(in) :: used
-    real(wp), intent(in) :: nn_in(:, :)
+    real(wp), intent(in) :: nn_in(:, :), nn_closure(:, :)
     real(wp), intent(inout) :: nn_out(:, :)
+    logical, intent(in) :: closure            !! pass the host's closure (fallback, ramp)
     integer, intent(inout) :: exit_code
     character(len=1024) :: errmsg
     real(dp) :: t0, share
-    integer :: stat, r, n_active
+    integer :: stat, r, n_active, n_fallback
     type(coupler_spec_t) :: spec
 
     errmsg = ''
@@ -660,9 +718,18 @@ contains
       if (.not. members(r)%active) cycle
       associate (m => members(r), first => members(r)%first_col)
         t0 = wall_clock()
-        call colnn_coupler_run(nn_in(:, first + 1:first + m%ncol), &
-                               nn_out(:, first + 1:first + m%ncol), errmsg, stat, &
-                               column_offset=m%column_offset, step=step)
+        if (closure) then
+          call colnn_coupler_run(nn_in(:, first + 1:first + m%ncol), &
+                                 nn_out(:, first + 1:first + m%ncol), errmsg, stat, &
+                                 column_offset=m%column_offset, step=step, &
+                                 closure=nn_closure(:, first + 1:first + m%ncol), &
+                                 n_fallback=n_fallback)
+          if (stat == 0) m%fallback_step = m%fallback_step + n_fallback
+        else
+          call colnn_coupler_run(nn_in(:, first + 1:first + m%ncol), &
+                                 nn_out(:, first + 1:first + m%ncol), errmsg, stat, &
+                                 column_offset=m%column_offset, step=step)
+        end if
         m%run%t_nn = m%run%t_nn + (wall_clock() - t0)
         if (share_error(stat /= 0, errmsg, m%comm)) then
           spec = m%host%coupler_spec()
@@ -672,6 +739,58 @@ contains
       end associate
     end do
   end subroutine network_batch
+
+  !> After `step` with fallback or ramp: every active run's fallback columns of the step (summed
+  !> over its stages and, in one reduction for all runs, over the ranks) into its series and
+  !> its monitor; a run whose monitor says too many columns fell back for too long fails
+  !> (reason 'fallback').
+  subroutine fallback_batch(members, s, prog, step, exit_code)
+    type(member_t), intent(inout) :: members(:)
+    type(run_settings_t), intent(in) :: s
+    character(len=*), intent(in) :: prog
+    integer, intent(in) :: step
+    integer, intent(inout) :: exit_code
+    integer(i8) :: counts(MAX_RUNS)
+    character(len=512) :: errmsg
+    type(coupler_spec_t) :: spec
+    integer :: r, n, ierr, flg
+    n = size(members)
+    counts = 0
+    do r = 1, n
+      if (.not. members(r)%active) cycle
+      counts(r) = members(r)%fallback_step
+      members(r)%fallback_step = 0
+    end do
+    r = findloc(members%active, .true., 1)
+    if (r == 0) return
+    if (members(r)%host%nranks > 1) &
+      call MPI_Allreduce(MPI_IN_PLACE, counts(1:n), n, MPI_INTEGER8, MPI_SUM, &
+                         members(r)%host%comm, ierr)
+    do r = 1, n
+      if (.not. members(r)%active) cycle
+      if (step <= ubound(members(r)%fallback_series, 1)) members(r)%fallback_series(step) = counts(r)
+      call members(r)%monitor%update(counts(r), global_network_columns, errmsg, flg)
+      if (flg /= 0) then
+        spec = members(r)%host%coupler_spec()
+        call fail_at(members(r)%run, step, failure_t(.true., 'fallback', spec%output_name, errmsg))
+        if (s%mode == 'coarse') call record(members(r), s, step)
+        call finish_member(members(r), s, prog, .true., exit_code)
+      end if
+    end do
+  end subroutine fallback_batch
+
+  !> host_t's default: no closure of its own (fallback and ramp are refused at init).
+  logical function host_has_no_closure(self)
+    class(host_t), intent(in) :: self
+    host_has_no_closure = .false.
+  end function host_has_no_closure
+
+  subroutine host_no_closure_columns(self, step, stage, closure)
+    class(host_t), intent(inout) :: self
+    integer, intent(in) :: step, stage
+    real(wp), intent(inout), contiguous :: closure(:, :)
+    closure = ieee_nan()
+  end subroutine host_no_closure_columns
 
   !> The failure checks of every active run after `step`: each run's local criteria, one
   !> reduction over the ranks for all of them, then each run's verdict. A failed run takes its
@@ -738,6 +857,11 @@ contains
     m%active = .false.
     m%finished = .true.
     call m%host%summarize(m%run)
+    if (allocated(m%fallback_series)) then
+      call m%run%result%add_extra('fallback_columns', real(m%monitor%total, dp))
+      call m%run%result%add_extra('fallback_steps', real(m%monitor%steps_with_fallback, dp))
+      call m%run%result%add_extra('fallback_max_share', real(m%monitor%max_step_share, dp))
+    end if
     call write_output(m, s, stat, errmsg)
     if (network) call record_coupler_timers(m%run%result, m%host%comm)
     m%run%result%wall_s = wall_clock() - m%run%t_start
@@ -845,6 +969,7 @@ contains
     type(h5_out_t) :: out
     character(len=:), allocatable :: file
     real(dp) :: t0
+    integer :: i
     stat = 0
     if (m%host%rank == 0) then
       t0 = wall_clock()
@@ -852,6 +977,12 @@ contains
       if (s%mode == 'truth') file = 'truth.h5'
       call out%create(trim(m%dir)//'/'//file)
       call m%host%write_output(m%run, out)
+      if (allocated(m%fallback_series)) then
+        ! every step's fallback columns (step 0: none), on the host's own time axis
+        call out%dim('fallback_step', [(real(i, dp), i = 0, m%run%result%steps)])
+        call out%put1('fallback_columns', real(m%fallback_series(0:m%run%result%steps), dp), &
+                      'fallback_step')
+      end if
       call out%commit(stat, errmsg)
       if (stat == 0) m%run%result%diagnostics = file
       m%run%t_io = m%run%t_io + (wall_clock() - t0)
@@ -956,7 +1087,15 @@ contains
                                             s%inject_nan_column > s%n_columns)) then
       errmsg = key_error(path, g, 'inject_nan_column', 'must be in 1 .. '//trim(s%columns_key))
     else if (.not. is_injectable(s%inject_value)) then
-      errmsg = key_error(path, g, 'inject_value', "must be 'nan', 'inf' or '-inf'")
+      errmsg = key_error(path, g, 'inject_value', "must be 'nan', 'inf', '-inf' or a number, "// &
+                         "got '"//trim(s%inject_value)//"'")
+    else if (all(s%inject_target /= [character(len=16) :: 'state', 'nn_input'])) then
+      errmsg = key_error(path, g, 'inject_target', "must be 'state' or 'nn_input', got '"// &
+                         trim(s%inject_target)//"'")
+    else if (s%inject_target == 'nn_input' .and. s%inject_nan_step /= -1 .and. &
+             .not. (s%mode == 'coarse' .and. s%closure == 'nn')) then
+      errmsg = key_error(path, g, 'inject_target', "'nn_input' needs a coarse run with "// &
+                         "closure = 'nn'")
     else
       call validate_batch(s, path, stat, errmsg)
     end if
@@ -1046,7 +1185,8 @@ contains
     spec = host%coupler_spec()
     ! unallocated declarations are absent arguments: nothing is checked
     call colnn_coupler_init(path, spec%n_in, spec%n_out, errmsg, stat, &
-                            input_vars=spec%input_vars, output_vars=spec%output_vars)
+                            input_vars=spec%input_vars, output_vars=spec%output_vars, &
+                            host_closure=host%has_closure())
     if (stat /= 0) then
       errmsg = trim(errmsg)//' ('//spec%passes//')'
       return

@@ -41,7 +41,11 @@ module l96_host
     integer :: output_interval = 10, sample_interval = 10
     real(dp) :: cubic_coeffs(4) = 0                !< U = c1 + c2 X + c3 X^2 + c4 X^3
     integer :: inject_nan_step = -1, inject_nan_column = 1
-    character(len=8) :: inject_value = 'nan'        !< what is injected: nan, inf or -inf
+    character(len=8) :: inject_value = 'nan'        !< what is injected: nan, inf, -inf or a number
+    !> where: 'state' (the column's state, once) or 'nn_input' (the network's inputs of network
+    !> column inject_nan_column at every stage from inject_nan_step on: a column the network
+    !> has never seen, while the host's state stays as it is)
+    character(len=16) :: inject_target = 'state'
     type(batch_keys_t) :: batch                     !< n_runs, init_indices, seeds, run_dirs, ...
     ! &l96_failure
     real(dp) :: max_abs = 50
@@ -107,6 +111,8 @@ module l96_host
     procedure :: record => l96_record
     procedure :: summarize => l96_summarize
     procedure :: write_output => l96_write_output
+    procedure :: has_closure => l96_has_closure
+    procedure :: closure_columns => l96_closure_columns
   end type l96_host_t
 
 contains
@@ -142,6 +148,7 @@ contains
                 acf_dist_mean, acf_dist_sd
     character(len=16) :: mode, closure, inputs
     character(len=8) :: inject_value
+    character(len=16) :: inject_target
     character(len=1024) :: init_file, output_dir
     character(len=DIR_LEN) :: run_dirs(MAX_RUNS)
     integer(i8) :: seed, seeds(MAX_RUNS), max_batch_bytes
@@ -149,7 +156,7 @@ contains
     namelist /l96_model/ k, j, f, h, b, c
     namelist /l96_run/ mode, closure, inputs, stencil_halfwidth, dt, n_steps, spinup_steps, &
       seed, init_file, init_index, output_dir, output_interval, sample_interval, cubic_coeffs, &
-      inject_nan_step, inject_nan_column, inject_value, n_runs, init_indices, seeds, run_dirs, &
+      inject_nan_step, inject_nan_column, inject_value, inject_target, n_runs, init_indices, seeds, run_dirs, &
       inject_nan_run, max_batch_bytes
     namelist /l96_failure/ max_abs, drift_check, drift_window, drift_sample_interval, &
       drift_sigma, clim_mean, clim_std, sd_window_mean, sd_window_std, pdf_check, n_pdf_bins, &
@@ -165,7 +172,7 @@ contains
     init_index = cfg%init_index; output_dir = cfg%output_dir
     output_interval = cfg%output_interval; sample_interval = cfg%sample_interval
     cubic_coeffs = cfg%cubic_coeffs; inject_nan_step = cfg%inject_nan_step
-    inject_nan_column = cfg%inject_nan_column; inject_value = cfg%inject_value
+    inject_nan_column = cfg%inject_nan_column; inject_value = cfg%inject_value; inject_target = cfg%inject_target
     n_runs = cfg%batch%n_runs; init_indices = cfg%batch%init_indices; seeds = cfg%batch%seeds
     run_dirs = cfg%batch%run_dirs; inject_nan_run = cfg%batch%inject_nan_run
     max_batch_bytes = cfg%batch%max_batch_bytes
@@ -204,7 +211,7 @@ contains
     cfg%init_index = init_index; cfg%output_dir = output_dir
     cfg%output_interval = output_interval; cfg%sample_interval = sample_interval
     cfg%cubic_coeffs = cubic_coeffs; cfg%inject_nan_step = inject_nan_step
-    cfg%inject_nan_column = inject_nan_column; cfg%inject_value = inject_value
+    cfg%inject_nan_column = inject_nan_column; cfg%inject_value = inject_value; cfg%inject_target = inject_target
     cfg%batch = batch_keys_t(n_runs=n_runs, init_indices=init_indices, seeds=seeds, &
                              run_dirs=run_dirs, inject_nan_run=inject_nan_run, &
                              max_batch_bytes=max_batch_bytes)
@@ -231,7 +238,8 @@ contains
                        output_dir=self%cfg%output_dir, n_columns=self%cfg%model%k, &
                        inject_nan_step=self%cfg%inject_nan_step, &
                        inject_nan_column=self%cfg%inject_nan_column, &
-                       inject_value=self%cfg%inject_value, record_size=N_RECORD, &
+                       inject_value=self%cfg%inject_value, &
+                       inject_target=self%cfg%inject_target, record_size=N_RECORD, &
                        batch=self%cfg%batch)
     if (self%cfg%mode == 'truth') s%record_size = 2 * self%cfg%model%k
   end function l96_settings
@@ -426,6 +434,8 @@ contains
     spec%n_in = self%n_in
     spec%n_out = self%n_out
     spec%passes = 'the '//trim(self%cfg%inputs)//' inputs of this host'
+    if (.not. self%has_closure()) spec%passes = spec%passes//'; its closure for fallback '// &
+      'and ramp_steps is the cubic fit, and l96_run cubic_coeffs are not set'
     spec%output_name = 'u'
   end function l96_coupler_spec
 
@@ -565,6 +575,36 @@ contains
     end select
     end associate
   end subroutine closure_begin
+
+  !> Fallback and ramp take the cubic fit of the coarse mode (cubic_coeffs), when it is set.
+  logical function l96_has_closure(self)
+    class(l96_host_t), intent(in) :: self
+    l96_has_closure = any(self%cfg%cubic_coeffs /= 0)
+  end function l96_has_closure
+
+  !> The cubic closure U(X_k) of the stage's state in the network's output layout (after
+  !> stage_begin, which exchanged the halos).
+  subroutine l96_closure_columns(self, step, stage, closure)
+    class(l96_host_t), intent(inout) :: self
+    integer, intent(in) :: step, stage
+    real(wp), intent(inout), contiguous :: closure(:, :)
+    integer :: k
+    real(dp) :: xk
+    associate (c => self%cfg%cubic_coeffs)
+    do k = 1, self%n
+      if (stage == 1) then
+        xk = self%x(1, k)
+      else
+        xk = self%xs(1, k)
+      end if
+      if (self%cfg%inputs == 'full') then
+        closure(k, 1) = real(c(1) + xk * (c(2) + xk * (c(3) + xk * c(4))), wp)
+      else
+        closure(1, k) = real(c(1) + xk * (c(2) + xk * (c(3) + xk * c(4))), wp)
+      end if
+    end do
+    end associate
+  end subroutine l96_closure_columns
 
   subroutine l96_inject(self, column, value)
     class(l96_host_t), intent(inout) :: self

@@ -74,7 +74,11 @@ module sw_host
     integer :: init_index = 1
     integer :: output_interval = 24, sample_interval = 48
     integer :: inject_nan_step = -1, inject_nan_column = 1
-    character(len=8) :: inject_value = 'nan'        !< what is injected: nan, inf or -inf
+    character(len=8) :: inject_value = 'nan'        !< what is injected: nan, inf, -inf or a number
+    !> where: 'state' (the column's state, once) or 'nn_input' (the network's inputs of network
+    !> column inject_nan_column at every stage from inject_nan_step on: a column the network
+    !> has never seen, while the host's state stays as it is)
+    character(len=16) :: inject_target = 'state'
     real(dp) :: wind_scale = 1
     logical :: relaxation = .true.
     type(batch_keys_t) :: batch                     !< n_runs, init_indices, seeds, run_dirs, ...
@@ -143,6 +147,8 @@ module sw_host
     procedure :: record => sw_record
     procedure :: summarize => sw_summarize
     procedure :: write_output => sw_write_output
+    procedure :: has_closure => sw_has_closure
+    procedure :: closure_columns => sw_closure_columns
   end type sw_host_t
 
 contains
@@ -181,6 +187,7 @@ contains
                 clim_ke_spectrum(MAX_SPEC_WAVES), spec_dist_mean, spec_dist_sd
     character(len=16) :: mode, closure
     character(len=8) :: inject_value
+    character(len=16) :: inject_target
     character(len=1024) :: init_file, output_dir
     character(len=DIR_LEN) :: run_dirs(MAX_RUNS)
     integer(i8) :: seed, seeds(MAX_RUNS), max_batch_bytes
@@ -189,7 +196,7 @@ contains
       wind_days, relax_days, h_eq_amplitude
     namelist /sw_run/ mode, closure, dt, n_steps, spinup_steps, seed, init_file, init_index, &
       output_dir, output_interval, sample_interval, inject_nan_step, inject_nan_column, &
-      inject_value, wind_scale, relaxation, n_runs, init_indices, seeds, run_dirs, inject_nan_run, &
+      inject_value, inject_target, wind_scale, relaxation, n_runs, init_indices, seeds, run_dirs, inject_nan_run, &
       max_batch_bytes
     namelist /sw_failure/ max_speed, energy_max, energy_warn, energy_check_interval, clim_ke, &
       clim_pe, clim_h_std, clim_speed_mean, climate_window, climate_sample_interval, &
@@ -206,7 +213,7 @@ contains
     init_index = cfg%init_index; output_dir = cfg%output_dir
     output_interval = cfg%output_interval; sample_interval = cfg%sample_interval
     inject_nan_step = cfg%inject_nan_step; inject_nan_column = cfg%inject_nan_column
-    inject_value = cfg%inject_value; wind_scale = cfg%wind_scale; relaxation = cfg%relaxation
+    inject_value = cfg%inject_value; inject_target = cfg%inject_target; wind_scale = cfg%wind_scale; relaxation = cfg%relaxation
     n_runs = cfg%batch%n_runs; init_indices = cfg%batch%init_indices; seeds = cfg%batch%seeds
     run_dirs = cfg%batch%run_dirs; inject_nan_run = cfg%batch%inject_nan_run
     max_batch_bytes = cfg%batch%max_batch_bytes
@@ -247,7 +254,7 @@ contains
     cfg%init_index = init_index; cfg%output_dir = output_dir
     cfg%output_interval = output_interval; cfg%sample_interval = sample_interval
     cfg%inject_nan_step = inject_nan_step; cfg%inject_nan_column = inject_nan_column
-    cfg%inject_value = inject_value; cfg%wind_scale = wind_scale; cfg%relaxation = relaxation
+    cfg%inject_value = inject_value; cfg%inject_target = inject_target; cfg%wind_scale = wind_scale; cfg%relaxation = relaxation
     cfg%batch = batch_keys_t(n_runs=n_runs, init_indices=init_indices, seeds=seeds, &
                              run_dirs=run_dirs, inject_nan_run=inject_nan_run, &
                              max_batch_bytes=max_batch_bytes)
@@ -274,7 +281,8 @@ contains
                        output_dir=self%cfg%output_dir, n_columns=self%cfg%nx * self%cfg%ny, &
                        inject_nan_step=self%cfg%inject_nan_step, &
                        inject_nan_column=self%cfg%inject_nan_column, &
-                       inject_value=self%cfg%inject_value, record_size=1 + ND, &
+                       inject_value=self%cfg%inject_value, &
+                       inject_target=self%cfg%inject_target, record_size=1 + ND, &
                        batch=self%cfg%batch)
     if (self%cfg%mode == 'truth') s%record_size = N_FIELDS * self%cfg%nx * self%cfg%ny + ND
   end function sw_settings
@@ -373,6 +381,34 @@ contains
     real(wp), intent(in), contiguous :: nn_out(:, :)
     call stage_end(self%cfg, self, stage, mode_closure(self%cfg), nn_out)
   end subroutine sw_stage_end
+
+  !> Fallback and ramp take the truth forcing theta of the column's cell.
+  logical function sw_has_closure(self)
+    class(sw_host_t), intent(in) :: self
+    sw_has_closure = .true.
+  end function sw_has_closure
+
+  !> The truth forcing of the stage's state, in the network's output layout (after
+  !> stage_begin, which exchanged the halos; forcing_end then takes the network's theta).
+  subroutine sw_closure_columns(self, step, stage, closure)
+    class(sw_host_t), intent(inout) :: self
+    integer, intent(in) :: step, stage
+    real(wp), intent(inout), contiguous :: closure(:, :)
+    integer :: i, j, c
+    if (stage == 1) then
+      call truth_forcing(self%cfg, self, self%u, self%v, self%h)
+    else
+      call truth_forcing(self%cfg, self, self%us, self%vs, self%hs)
+    end if
+    do j = 1, self%n
+      do i = 1, self%cfg%nx
+        c = i + (j - 1) * self%cfg%nx
+        closure(1, c) = real(self%fu(i, j), wp)
+        closure(2, c) = real(self%fv(i, j), wp)
+        closure(3, c) = real(self%fh(i, j), wp)
+      end do
+    end do
+  end subroutine sw_closure_columns
 
   !> The closure of the mode: truth runs with the truth forcing.
   pure function mode_closure(cfg) result(closure)
