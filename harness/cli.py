@@ -458,7 +458,33 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("--stages", required=True, help="comma-separated stages, in order")
     fm.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     fm.set_defaults(func=_cmd_farm)
+
+    pr = sub.add_parser(
+        "paired", help="paired comparison of two studies of the same candidates",
+        description="Pairs candidate cNNNN of study A with cNNNN of study B (two studies "
+                    "planned from one configuration with the same seed, differing e.g. in "
+                    "training.mass_constraint; their candidate tables must be identical) and "
+                    "compares steps to failure (counts of B longer/shorter/equal, sign test, "
+                    "Wilcoxon signed-rank), the mean-h drift and the energy growth per pair.")
+    pr.add_argument("a", help="study directory A (e.g. without the constraint)")
+    pr.add_argument("b", help="study directory B (e.g. with it)")
+    pr.add_argument("-o", "--output", required=True, help="directory for paired.md and tables")
+    pr.add_argument("--label-a", default="", help="name of A in the report (default: its name)")
+    pr.add_argument("--label-b", default="", help="name of B in the report (default: its name)")
+    pr.set_defaults(func=_cmd_paired)
     return p
+
+
+def _cmd_paired(args: argparse.Namespace) -> int:
+    from .paired import compare_paired, write_paired
+    pc = compare_paired(args.a, args.b, args.label_a, args.label_b)
+    report = write_paired(pc, args.output)
+    t = pc.by_candidate
+    print(f"{t.n} candidate pairs: B longer {t.longer}, shorter {t.shorter}, equal {t.equal}; "
+          f"sign test p = {t.sign_p if t.sign_p is None else round(t.sign_p, 4)}; "
+          f"Wilcoxon p = {t.wilcoxon_p if t.wilcoxon_p is None else round(t.wilcoxon_p, 4)}")
+    print(f"report: {report}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,6 +58,17 @@ class HostPlugin(ABC):
     #: the candidates table's host columns: {column: result.json "extra" key}, each the mean
     #: over a candidate's finished runs (a key a run lacks counts as missing)
     table_metrics: ClassVar[dict[str, str]] = {}
+    #: `training_pairs` gives its rows snapshot by snapshot (one truth snapshot's columns
+    #: together, in the same order each time, training and validation alike), and
+    #: `snapshot_columns` says how many: then training.snapshot_batches can make every
+    #: training batch whole snapshots
+    snapshot_pairs: ClassVar[bool] = False
+    #: the network output (0-based) that is the tendency of a conserved quantity (mass) whose
+    #: domain mean the true forcing keeps at (nearly) zero in every snapshot; None: the host
+    #: has none, and training.mass_constraint is refused for it. Needs snapshot_pairs.
+    mass_output: ClassVar[int | None] = None
+    #: that output's name, for messages and reports
+    mass_output_name: ClassVar[str] = ""
 
     def check(self, host: "HostConfig") -> None:
         """Raises ValueError naming the key when the [host] section does not fit this host."""
@@ -76,6 +87,11 @@ class HostPlugin(ABC):
     def baseline_run_keys(self, closure: str, calibration: dict[str, Any]) -> dict[str, Any]:
         """&<name>_run keys of a baseline run with `closure` (e.g. fitted coefficients)."""
         return {}
+
+    def snapshot_columns(self, truth: Path) -> int:
+        """Columns (rows of `training_pairs`) per snapshot of the truth run `truth`; only
+        asked of a plugin with ``snapshot_pairs``."""
+        raise PluginError(f"host {self.name!r}: its training pairs are not grouped by snapshot")
 
     @abstractmethod
     def calibrate(self, first: Path, last: Path, couple: "CoupleConfig") -> dict[str, Any]:

@@ -91,6 +91,22 @@ class SWPlugin(HostPlugin):
                      "climate_z_pdf": "final_window_z_pdf",
                      "climate_z_spectrum": "final_window_z_spectrum"}
 
+    #: training_pairs keeps the truth's (time, y, x) order: a snapshot is nx * ny rows in a row
+    snapshot_pairs = True
+    #: theta_h, the thickness tendency: the truth's (h_eq - h) / relax_days has a domain mean of
+    #: -mean(h) / relax_days with a zero-mean h_eq, i.e. ~0, as mass is conserved by the
+    #: dynamics (flux-form continuity); a network's domain-mean error in it drifts the mass
+    mass_output = 2
+    mass_output_name = "theta_h"
+
+    def snapshot_columns(self, truth: Path) -> int:
+        try:
+            with h5py.File(truth, "r") as f:
+                _, ny, nx = f["h"].shape
+        except (OSError, KeyError, ValueError) as exc:
+            raise HarnessError(f"{truth}: not a shallow-water truth file ({exc})") from None
+        return int(nx * ny)
+
     def inputs_label(self, host: "HostConfig") -> str:
         return "u, v, h on the 5-point stencil"
 

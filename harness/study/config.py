@@ -110,6 +110,18 @@ class TrainingConfig:
     threads: int = 1
     #: verification tolerance (relative) of the Fortran model against Keras
     verify_tol: float = 1e-4
+    #: every training and validation batch is whole snapshots of the truth run (as many as
+    #: fit in batch_size, at least one; the batch is that many times the snapshot's columns),
+    #: the snapshots shuffled each epoch, and max_samples draws whole snapshots. For hosts
+    #: whose plugin groups its training pairs by snapshot (sw). Needed by mass_constraint;
+    #: set it in both arms of a comparison with and without the constraint, so that they
+    #: differ in the loss alone
+    snapshot_batches: bool = False
+    #: Brajard et al. (2018)'s mass constraint: the Keras loss becomes MSE + weight x the mean
+    #: over the batch's snapshots of (snapshot mean of the predicted mass tendency - snapshot
+    #: mean of the true one)^2, on standardized targets (the output the host's plugin names,
+    #: sw: theta_h). 0: off (plain MSE). Needs snapshot_batches and a host with a mass output
+    mass_constraint: float = 0.0
 
 
 @dataclass
@@ -361,6 +373,7 @@ def _check(cfg: StudyConfig) -> None:
     if not 0 < t.validation_fraction < 1:
         raise StudyError(f"training.validation_fraction: must lie in (0, 1), got "
                          f"{t.validation_fraction}")
+    _check_mass_constraint(t, plugin)
     c = cfg.couple
     for key in ("steps", "dt", "initial_conditions", "batch_runs", "drift_window_time",
                 "drift_sample_time",
@@ -418,6 +431,24 @@ def _check(cfg: StudyConfig) -> None:
     _positive("executor.mpi.ranks", e.mpi.ranks)
     if e.mpi.launcher not in ("mpirun", "sbatch"):
         raise StudyError(f"executor.mpi.launcher: 'mpirun' or 'sbatch', got {e.mpi.launcher!r}")
+
+
+def _check_mass_constraint(t: TrainingConfig, plugin: HostPlugin) -> None:
+    """training.snapshot_batches and training.mass_constraint against what the host's plugin
+    offers (its snapshot grouping, its mass-tendency output)."""
+    if t.snapshot_batches and not getattr(plugin, "snapshot_pairs", False):
+        raise StudyError(f"training.snapshot_batches: the {plugin.name} host's plugin does not "
+                         f"group its training pairs by snapshot")
+    _positive("training.mass_constraint", t.mass_constraint, zero_ok=True)
+    if t.mass_constraint == 0:
+        return
+    if getattr(plugin, "mass_output", None) is None:
+        raise StudyError(f"training.mass_constraint: the {plugin.name} host's plugin names no "
+                         f"mass-tendency output (only such hosts, e.g. sw, take the "
+                         f"constraint); remove the key or set it to 0")
+    if not t.snapshot_batches:
+        raise StudyError("training.mass_constraint: needs training.snapshot_batches = true (the "
+                         "penalty is on each snapshot's domain mean)")
 
 
 _EXEC_OPTION = re.compile(r"^--?[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:=/@+%-]+)?$")

@@ -34,6 +34,8 @@ from ..errors import HarnessError
 from ..status import (ConvertStatus, ErrorReason, RunOutcome, RunStatus, TaskProgress, TaskState,
                       TrainStatus)
 from .config import StudyError, host_plugin
+from .constraint import (mass_constrained_loss, pick_snapshots, snapshot_batching,
+                         snapshot_dataset)
 from .layout import StudyDir, atomic_write_json, read_json, task_ics
 from .locks import TaskLock
 
@@ -132,6 +134,14 @@ def training_data(sd: StudyDir) -> dict[str, np.ndarray]:
 
 
 
+def _snapshot_columns(sd: StudyDir) -> int:
+    """Columns per snapshot of the training truth run (training.snapshot_batches)."""
+    try:
+        return host_plugin(sd.config).snapshot_columns(_truth_file(sd, 0))
+    except HarnessError as exc:
+        raise StudyError(str(exc)) from None
+
+
 # ---------------------------------------------------------------------------------------------
 # train
 _TF_CONFIGURED: dict[str, int] = {}
@@ -212,23 +222,41 @@ def task_train(sd: StudyDir, index: int) -> dict[str, Any]:
     data = training_data(sd)
     xt, yt, xv, yv = data["x_train"], data["y_train"], data["x_val"], data["y_val"]
     rng = np.random.default_rng(cand["seed"])
-    if t.max_samples and xt.shape[0] > t.max_samples:
+    batching = None
+    if t.snapshot_batches:
+        batching = snapshot_batching(_snapshot_columns(sd), t.batch_size)
+        pick = pick_snapshots(xt.shape[0], batching.columns, t.max_samples, rng)
+        xt, yt = xt[pick], yt[pick]
+    elif t.max_samples and xt.shape[0] > t.max_samples:
         pick = np.sort(rng.choice(xt.shape[0], t.max_samples, replace=False))
         xt, yt = xt[pick], yt[pick]
     y_mean, y_std = yt.mean(axis=0), np.maximum(yt.std(axis=0), 1e-30)
     keras = _keras(t.threads)
     keras.utils.set_random_seed(cand["seed"])
     model = build_model(keras, cand, xt.shape[1], yt.shape[1], xt.mean(axis=0), xt.var(axis=0))
-    model.compile(_optimizer(keras, cand["optimizer"], cand["learning_rate"]), loss="mse")
+    loss: Any = "mse"
+    if t.mass_constraint > 0:
+        assert batching is not None     # the configuration's check
+        loss = mass_constrained_loss(keras, t.mass_constraint,
+                                     int(host_plugin(sd.config).mass_output), batching.columns)
+    model.compile(_optimizer(keras, cand["optimizer"], cand["learning_rate"]), loss=loss)
     callbacks = [keras.callbacks.TerminateOnNaN()]
     if t.patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=t.patience,
                                                        restore_best_weights=True))
+    zt = ((yt - y_mean) / y_std).astype(np.float32)
+    zv = ((yv - y_mean) / y_std).astype(np.float32)
     start = time.perf_counter()
-    hist = model.fit(xt.astype(np.float32), ((yt - y_mean) / y_std).astype(np.float32),
-                     validation_data=(xv.astype(np.float32),
-                                      ((yv - y_mean) / y_std).astype(np.float32)),
-                     epochs=t.epochs, batch_size=t.batch_size, callbacks=callbacks, verbose=0)
+    if batching is None:
+        hist = model.fit(xt.astype(np.float32), zt,
+                         validation_data=(xv.astype(np.float32), zv),
+                         epochs=t.epochs, batch_size=t.batch_size, callbacks=callbacks,
+                         verbose=0)
+    else:
+        hist = model.fit(snapshot_dataset(xt, zt, batching, cand["seed"]),
+                         validation_data=snapshot_dataset(xv, zv, batching, None),
+                         epochs=t.epochs, callbacks=callbacks, verbose=0,
+                         shuffle=False)       # the dataset shuffles whole snapshots itself
     train_s = time.perf_counter() - start
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     record: dict[str, Any] = {"name": cand["name"], "epochs": len(history.get("loss", [])),
@@ -236,6 +264,10 @@ def task_train(sd: StudyDir, index: int) -> dict[str, Any]:
                               "n_params": int(sum(np.prod(w.shape)
                                                   for w in model.trainable_weights)),
                               "samples": int(xt.shape[0])}
+    if batching is not None:
+        record["snapshot_batches"] = batching.as_dict()
+    if t.mass_constraint > 0:
+        record["mass_constraint"] = t.mass_constraint
     losses = history.get("loss", []) + history.get("val_loss", [])
     if not losses or not np.all(np.isfinite(losses)):
         bad = next((i for i, v in enumerate(history.get("loss", [])) if not np.isfinite(v)),
@@ -252,10 +284,21 @@ def task_train(sd: StudyDir, index: int) -> dict[str, Any]:
     pred = np.asarray(model.predict(xv.astype(np.float32), batch_size=8192, verbose=0),
                       dtype=np.float64)
     val_mse = float(np.mean(((pred - yv) / y_std) ** 2))
+    if batching is not None and getattr(host_plugin(sd.config), "mass_output", None) is not None:
+        # the validation snapshots' domain-mean mass-tendency error (physical units), what
+        # the constraint acts on: recorded with and without it
+        m = int(host_plugin(sd.config).mass_output)
+        err = (pred[:, m] - yv[:, m]).reshape(-1, batching.columns).mean(axis=1)
+        record["val_mass_mean_error"] = float(err.mean())
+        record["val_mass_rms_error"] = float(np.sqrt(np.mean(err ** 2)))
     if not np.isfinite(val_mse):
         record.update(status=TrainStatus.DIVERGED, message="the validation predictions are not finite")
         atomic_write_json(cdir / "train.json", record)
         return {"train_status": TrainStatus.DIVERGED}
+    if t.mass_constraint > 0:
+        # the saved file names a plain loss: the constraint's closure is not serializable, and
+        # only the weights matter from here (conversion and verification load compile=False)
+        model.compile(loss="mse")
     tmp = cdir / ".model.tmp.keras"
     model.save(tmp)
     os.replace(tmp, cdir / "model.keras")
