@@ -235,7 +235,8 @@ def compare_paired(a: Path | str, b: Path | str, label_a: str = "", label_b: str
                  "median_energy_ratio_b": float(eb.median()),
                  "energy_b_lower": int((eb < ea).sum()), "energy_b_higher": int((eb > ea).sum()),
                  "energy_wilcoxon_p": _wilcoxon_p(eb - ea)}
-    return PairedComparison(Path(sa.root), Path(sb.root), label_a or sa.config.name,
+    # the paths as given (a report written for a repository names no machine's absolute path)
+    return PairedComparison(Path(a), Path(b), label_a or sa.config.name,
                             label_b or sb.config.name, budget, diffs, cand, rt, by_cand, by_run,
                             drift)
 

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"the B arm differs in {diffs}, not only training.mass_constraint")
         sd, wall = run_study(args.output / f"mass-{w:g}", vtext, f"{args.config} (mass {w:g})")
         print(f"B {sd.root}: {wall:.0f} s")
-        pc = compare_paired(free.root, sd.root, "no constraint", f"mass constraint {w:g}")
+        pc = compare_paired(args.output / "free", args.output / f"mass-{w:g}", "no constraint",
+                            f"mass constraint {w:g}")
         report = write_paired(pc, args.output / f"paired-{w:g}")
         t = pc.by_candidate
         print(f"  weight {w:g}: {t.n} candidate pairs, B longer {t.longer}, shorter "
