@@ -17,7 +17,9 @@ must be identical; the configurations' differences are listed), then pairs them:
 * the same per run (candidate x initial condition);
 * energy and mass from each run's diagnostics.h5, compared at the last record both runs of a
   pair reached (a run that failed early had less time to drift): the domain-mean thickness
-  drift mean_h(t) - mean_h(0) (m), and the largest energy up to then over the truth maximum.
+  drift mean_h(t) - mean_h(0) (m), and the largest energy up to then over the truth maximum
+  (for hosts whose diagnostics.h5 has ``energy`` and ``mean_h`` and whose calibration has
+  ``truth_energy_max``: sw; otherwise that part is left out).
 
 ``harness paired A B -o DIR`` writes DIR/paired.md, paired.json, paired_candidates.csv,
 paired_runs.csv and two PNGs.
@@ -38,6 +40,7 @@ from scipy import stats
 
 from .atomic import atomic_path, atomic_write_text
 from .errors import HarnessError
+from .study.config import host_plugin
 from .study.layout import StudyDir
 
 __all__ = ["PairedError", "PairTest", "PairedComparison", "compare_paired", "write_paired",
@@ -126,6 +129,8 @@ class PairedComparison:
     by_run: PairTest
     #: B - A over the runs' pairs: |mean-h drift| and max energy / truth max at the common step
     drift: dict[str, Any] = field(default_factory=dict)
+    #: the host's mass output (its plugin's mass_output_name), for the report
+    mass_output: str = ""
 
 
 def _dotted(d: dict[str, Any], key: str) -> Any:
@@ -198,8 +203,8 @@ def compare_paired(a: Path | str, b: Path | str, label_a: str = "", label_b: str
     ok = cand["steps_a"].notna() & cand["steps_b"].notna()
     by_cand = pair_test(cand.loc[ok, "steps_a"], cand.loc[ok, "steps_b"],
                         cand.loc[ok, "censored_a"], cand.loc[ok, "censored_b"])
-    e_truth = float(json.loads((sa.root / "data" / "calibration.json").read_text())
-                    ["truth_energy_max"])
+    cal = _read(sa.root / "data" / "calibration.json") or {}
+    e_truth = float(cal.get("truth_energy_max", math.nan))
     runs = []
     for name in names:
         for ic in range(sa.config.couple.initial_conditions):
@@ -212,7 +217,7 @@ def compare_paired(a: Path | str, b: Path | str, label_a: str = "", label_b: str
                    "censored_a": ra.get("status") == "completed",
                    "censored_b": rb.get("status") == "completed"}
             da, db = _run_diagnostics(sa.run_dir(name, ic)), _run_diagnostics(sb.run_dir(name, ic))
-            if da is not None and db is not None:
+            if da is not None and db is not None and math.isfinite(e_truth):
                 row.update(_at_common_step(da, db, e_truth))
             runs.append(row)
     rt = pd.DataFrame(runs)
@@ -238,7 +243,15 @@ def compare_paired(a: Path | str, b: Path | str, label_a: str = "", label_b: str
     # the paths as given (a report written for a repository names no machine's absolute path)
     return PairedComparison(Path(a), Path(b), label_a or sa.config.name,
                             label_b or sb.config.name, budget, diffs, cand, rt, by_cand, by_run,
-                            drift)
+                            drift, _mass_output(sa))
+
+
+def _mass_output(sd: StudyDir) -> str:
+    """The name of the host's mass output (its plugin's mass_output_name), or ''."""
+    try:
+        return str(getattr(host_plugin(sd.config), "mass_output_name", "") or "")
+    except HarnessError:
+        return ""
 
 
 def _wilcoxon_p(d: pd.Series) -> float | None:
@@ -345,8 +358,9 @@ def _markdown(pc: PairedComparison) -> str:
                      f"{_fmt(r.steps_a, 6)}{'+' if r.censored_a else ''} | "
                      f"{_fmt(r.steps_b, 6)}{'+' if r.censored_b else ''} | "
                      f"{_fmt(r.difference, 6)} | {r.outcome} |")
+    mass = f" ({pc.mass_output}, physical units)" if pc.mass_output else ""
     lines += ["", "`+`: censored (reached the budget). val mass rms: the rms over validation "
-              "snapshots of the domain-mean error of the mass output (m/s for theta_h), "
+              f"snapshots of the domain-mean error of the host's mass output{mass}, "
               "recorded with training.snapshot_batches.", "",
               "## Per run", "",
               "| name | IC | steps A | reason A | steps B | reason B | common step | "

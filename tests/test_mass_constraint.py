@@ -132,6 +132,7 @@ def test_constraint_changes_training_towards_the_true_snapshot_mean(
             {"columns": 256, "per_batch": 1, "batch_size": 256}
         assert a["samples"] == b["samples"]               # the same snapshots
         assert "mass_constraint" not in a and b["mass_constraint"] == WEIGHT
+        assert a["val_mass_output"] == b["val_mass_output"] == "theta_h"
         assert a["history"]["loss"] != b["history"]["loss"]
         # the validation snapshots' domain-mean theta_h error is smaller with the penalty
         assert b["val_mass_rms_error"] < 0.7 * a["val_mass_rms_error"], (a, b)
@@ -153,6 +154,7 @@ def test_paired_comparison_of_two_tiny_studies(pair: tuple[StudyDir, StudyDir],
     report = write_paired(pc, tmp_path / "out")
     text = report.read_text()
     assert "training.mass_constraint" in text and "| c0001 |" in text
+    assert "mass output (theta_h, physical units)" in text
     assert (tmp_path / "out" / "paired_steps.png").stat().st_size > 1000
     assert (tmp_path / "out" / "paired_drift.png").stat().st_size > 1000
     assert len(pd.read_csv(tmp_path / "out" / "paired_runs.csv")) == 4

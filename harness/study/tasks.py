@@ -287,8 +287,10 @@ def task_train(sd: StudyDir, index: int) -> dict[str, Any]:
     if batching is not None and getattr(host_plugin(sd.config), "mass_output", None) is not None:
         # the validation snapshots' domain-mean mass-tendency error (physical units), what
         # the constraint acts on: recorded with and without it
-        m = int(host_plugin(sd.config).mass_output)
+        plugin = host_plugin(sd.config)
+        m = int(plugin.mass_output)
         err = (pred[:, m] - yv[:, m]).reshape(-1, batching.columns).mean(axis=1)
+        record["val_mass_output"] = getattr(plugin, "mass_output_name", "") or f"output {m}"
         record["val_mass_mean_error"] = float(err.mean())
         record["val_mass_rms_error"] = float(np.sqrt(np.mean(err ** 2)))
     if not np.isfinite(val_mse):
