@@ -16,7 +16,7 @@ module colnn_coupler
   public :: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize, colnn_coupler_config_t
   public :: colnn_coupler_sizes, colnn_coupler_get_config, colnn_scheme_t, colnn_coupler_timers
   public :: colnn_fallback_monitor_t, colnn_coupler_fallback_monitor, colnn_coupler_fallbacks
-  public :: colnn_coupler_uses_closure
+  public :: colnn_coupler_uses_closure, colnn_coupler_save, colnn_coupler_online_stats
 
   !> Read from the namelist group &colnn_coupler of the configuration file.
   type :: colnn_coupler_config_t
@@ -92,6 +92,10 @@ module colnn_coupler
     real(dp), allocatable :: lower(:), upper(:)
     !> the host passes its own closure to _run (init's host_closure)
     logical :: host_closure = .false.
+    !> online training: optimizer steps taken, steps skipped (a non-finite target, loss or
+    !> gradient: the weights stay as they were), the loss of the last step taken
+    integer(8) :: online_steps = 0, online_skipped = 0
+    real(wp) :: online_loss = 0
   contains
     procedure :: init => scheme_init
     procedure, private :: run_sp => scheme_run_sp
@@ -110,6 +114,10 @@ module colnn_coupler
     procedure :: fallback_monitor => scheme_fallback_monitor
     !> whether _run needs the host's closure (fallback or ramp)
     procedure :: uses_closure => scheme_uses_closure
+    !> writes the network (with its optimizer state when it trains online) to a model file
+    procedure :: save => scheme_save
+    !> online training's steps taken and skipped, and the last loss
+    procedure :: online_stats => scheme_online_stats
     final :: scheme_final
   end type colnn_scheme_t
 
@@ -265,6 +273,9 @@ contains
     self%columns = 0
     self%seconds = 0
     self%fallback_columns = 0
+    self%online_steps = 0
+    self%online_skipped = 0
+    self%online_loss = 0
     call register_name(found%name)
     self%initialized = .true.
   end subroutine scheme_init
@@ -747,6 +758,16 @@ contains
         return
       end if
       call train_step(self, targets, loss, stat, errmsg, xs, xd)
+      if (stat == COLNN_ERR_NONFINITE) then
+        ! a non-finite target (or loss, or gradient): the trainer left the weights as they
+        ! were; the step is skipped and counted, the host goes on
+        self%online_skipped = self%online_skipped + 1
+        stat = 0
+        errmsg = ''
+      else if (stat == 0) then
+        self%online_steps = self%online_steps + 1
+        self%online_loss = loss
+      end if
     end if
     if (stat /= 0) then
       errflg = 1
@@ -895,6 +916,50 @@ contains
       end if
     end subroutine get
   end subroutine blend_columns
+
+  !> Writes the scheme's network to `path` (atomically): with online training a checkpoint (the
+  !> optimizer and its state, which a later init with online_training continues from), else the
+  !> model alone. Not for an ensemble. I/O: call it outside _run, from one thread.
+  subroutine scheme_save(self, path, errmsg, errflg)
+    class(colnn_scheme_t), intent(in) :: self
+    character(len=*), intent(in) :: path
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    type(layer_spec_t) :: training
+    integer :: stat
+    errmsg = ''
+    errflg = 1
+    if (.not. self%initialized) then
+      errmsg = 'colnn_coupler_save: the scheme is not initialised'
+      return
+    end if
+    if (self%use_ensemble) then
+      errmsg = 'colnn_coupler_save'//scheme_label(self)//': an ensemble is not saved (its '// &
+               'members are the files it was loaded from)'
+      return
+    end if
+    if (self%cfg%online_training) then
+      call self%trainer%describe(training)
+      call self%net%save(path, stat, errmsg, training=training)
+    else
+      call self%net%save(path, stat, errmsg)
+    end if
+    if (stat /= 0) then
+      errmsg = 'colnn_coupler_save'//scheme_label(self)//': '//trim(errmsg)
+      return
+    end if
+    errflg = 0
+  end subroutine scheme_save
+
+  !> Online training since init: optimizer steps taken, steps skipped (non-finite), last loss.
+  subroutine scheme_online_stats(self, steps, skipped, last_loss)
+    class(colnn_scheme_t), intent(in) :: self
+    integer(8), intent(out) :: steps, skipped
+    real(dp), intent(out) :: last_loss
+    steps = self%online_steps
+    skipped = self%online_skipped
+    last_loss = real(self%online_loss, dp)
+  end subroutine scheme_online_stats
 
   !> Columns that fell back to the host's closure since init (all threads and calls).
   integer(8) function scheme_fallbacks(self)
@@ -1260,6 +1325,21 @@ contains
     real(dp), intent(out) :: seconds
     call default_scheme%timers(calls, columns, seconds)
   end subroutine colnn_coupler_timers
+
+  !> See colnn_scheme_t%save.
+  subroutine colnn_coupler_save(path, errmsg, errflg)
+    character(len=*), intent(in) :: path
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    call default_scheme%save(path, errmsg, errflg)
+  end subroutine colnn_coupler_save
+
+  !> See colnn_scheme_t%online_stats.
+  subroutine colnn_coupler_online_stats(steps, skipped, last_loss)
+    integer(8), intent(out) :: steps, skipped
+    real(dp), intent(out) :: last_loss
+    call default_scheme%online_stats(steps, skipped, last_loss)
+  end subroutine colnn_coupler_online_stats
 
   !> See colnn_scheme_t%fallbacks.
   integer(8) function colnn_coupler_fallbacks()
