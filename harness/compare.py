@@ -372,13 +372,14 @@ def _fig_statistics(cmp: Comparison, path: Path) -> bool:
 def _fig_mse_vs_steps(cmp: Comparison, path: Path) -> bool:
     """Offline validation MSE against steps to failure, one panel per study, censored
     candidates as open triangles (the paper's Fig. 4a per study)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     panels = [(s, e) for s, e in zip(cmp.stats, cmp.entries) if s.n]
     if not panels:
         return False
     ncols = min(len(panels), 3)
     nrows = -(-len(panels) // ncols)
     fig = _new_figure(4.0 * ncols, 3.3 * nrows)
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
     all_mse = np.concatenate([s.data.frame["val_mse"].to_numpy(dtype=float) for s, _ in panels])
     all_steps = np.concatenate([s.data.durations for s, _ in panels])
     colours = _colours(len(cmp.stats))
@@ -392,6 +393,9 @@ def _fig_mse_vs_steps(cmp: Comparison, path: Path) -> bool:
                    edgecolors=colour, label="censored")
         if _log_ok(all_mse):
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         _steps_axis(ax, all_steps, s.n_steps)
         rho = s.spearman.get("rho")
         ax.set_title(s.label + (f"\nrho = {rho:+.2f}" if rho is not None else
@@ -436,11 +440,23 @@ def _rows(cmp: Comparison) -> tuple[list[list[str]], list[str]]:
             _ci(ci["low"], ci["high"], "+.2f"),
             "–" if c["c"] is None else f"{c['c']:.2f}",
             _ci(c["low"], c["high"], ".2f"),
-            "–" if hr["hr"] is None else f"{hr['hr']:.2f} ({_ci(hr['low'], hr['high'], '.2f')})",
+            "–" if hr["hr"] is None else f"{_num(hr['hr'])} ({_num(hr['low'])} to "
+                                         f"{_num(hr['high'])})",
             "reference" if pair is None else
             _pval(pair["p"]),
         ])
     return rows, why
+
+
+def _failure_steps(steps: list[int], listed: int = 20) -> str:
+    """The steps in full when there are few, else their median, quartiles and range."""
+    if not steps:
+        return "none"
+    if len(steps) <= listed:
+        return ", ".join(_steps(v) for v in steps)
+    q1, med, q3 = np.quantile(steps, [0.25, 0.5, 0.75])
+    return (f"{len(steps)} candidates, median {_steps(med)} (quartiles {_steps(q1)} and "
+            f"{_steps(q3)}, range {_steps(steps[0])} to {_steps(steps[-1])})")
 
 
 def _relative(path: Path, start: Path) -> str:
@@ -489,8 +505,7 @@ def _report(cmp: Comparison, out: Path, figures: dict[str, str]) -> str:
     if why:
         lines += ["**Absent values, and why:**"] + [f"- {w}" for w in why] + [""]
     lines += ["Steps at which the failed candidates' median runs failed:", ""]
-    lines += [f"- {s.label}: " + (", ".join(_steps(v) for v in s.failure_steps) or "none")
-              for s in cmp.stats]
+    lines += [f"- {s.label}: {_failure_steps(s.failure_steps)}" for s in cmp.stats]
     lines.append("")
     if "statistics" in figures:
         lines += [f"![Spearman and concordance per study]({figures['statistics']})", ""]

@@ -11,7 +11,9 @@ budget is what a survival analysis can use).
       host.inputs='"full"' space.learning_rate='[1e-4, 1e-2]'
 
 Each KEY=VALUE takes a TOML value (strings in double quotes). The variant's TOML, the study
-and a summary line (also appended to DIR/../summary.txt) are written under DIR.
+and a summary line (also appended to DIR/../summary.txt) are written under DIR. To run several
+variants and compare their statistics in one report: `harness compare --config CONFIG
+--variant NAME:KEY=VALUE[;KEY=VALUE...] ... -o OUT` (README, "Comparing studies").
 """
 from __future__ import annotations
 
