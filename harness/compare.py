@@ -311,7 +311,7 @@ def _fig_survival(cmp: Comparison, path: Path) -> bool:
         ax.step(t, sf, where="post", color=colour, lw=1.8,
                 label=f"{s.label} (n={s.n}, {_share(s.censored_fraction)} censored)")
         ax.fill_between(t, ci.iloc[:, 0].to_numpy(), ci.iloc[:, 1].to_numpy(), step="post",
-                        color=colour, alpha=0.12, lw=0)
+                        color=colour, alpha=0.12 if len(cmp.stats) <= 3 else 0.06, lw=0)
         cens = s.data.durations[~s.data.events]
         if cens.size:
             at = kmf.survival_function_at_times(cens).to_numpy()
