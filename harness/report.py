@@ -43,6 +43,7 @@ __all__ = [
     "Study",
     "load_study",
     "usable_candidates",
+    "survival_inputs",
     "overall_spearman",
     "bias_spearman",
     "spearman_table",
@@ -1333,7 +1334,9 @@ def _why_excluded(r: pd.Series) -> str:
 
 # ------------------------------------------------------------------------- survival statistics
 
-def _survival_inputs(df: pd.DataFrame, n_steps: int | None) -> Any:
+def survival_inputs(df: pd.DataFrame, n_steps: int | None) -> Any:
+    """The usable candidates as survival data (harness.survival.SurvivalData): median steps
+    to failure, censored at the budget."""
     from .survival import survival_data
     use = usable_candidates(df)
     return survival_data(use, _censored(use, n_steps), n_steps)
@@ -1493,7 +1496,7 @@ def _replicates_section(df: pd.DataFrame, n_steps: int | None) -> list[str]:
 def _survival_section(df: pd.DataFrame, n_steps: int | None, fig: str | None) -> list[str]:
     from .survival import (concordance, cox_hazard_ratios, km_groups, logrank_by_group,
                            spearman_bootstrap)
-    data = _survival_inputs(df, n_steps)
+    data = survival_inputs(df, n_steps)
     lines = ["## Survival statistics (censoring-aware)", ""]
     cens = data.censored_fraction
     lines.append(f"{data.n} candidates, {data.n_events} failed within the budget, "
@@ -1586,7 +1589,7 @@ def write_report(study_dir: Path | str) -> Path:
         made["mse_vs_steps"] = FIGURES["mse_vs_steps"]
         _fig_by_hyperparameter(use, n_steps, out_dir / FIGURES["by_hyperparameter"])
         made["by_hyperparameter"] = FIGURES["by_hyperparameter"]
-        _fig_survival(_survival_inputs(df, n_steps), out_dir / FIGURES["survival"])
+        _fig_survival(survival_inputs(df, n_steps), out_dir / FIGURES["survival"])
         made["survival"] = FIGURES["survival"]
     facts = None
     if study.curves is not None and len(study.curves):
