@@ -96,6 +96,8 @@ module colnn_coupler
     !> gradient: the weights stay as they were), the loss of the last step taken
     integer(8) :: online_steps = 0, online_skipped = 0
     real(wp) :: online_loss = 0
+    !> the network normalizes with batch statistics in training (a batch of one cannot)
+    logical :: batchnorm = .false.
   contains
     procedure :: init => scheme_init
     procedure, private :: run_sp => scheme_run_sp
@@ -239,6 +241,7 @@ contains
       end if
       if (stat == 0 .and. found%online_training) then
         call self%trainer%configure(trim(found%optimizer), trim(found%loss), stat, errmsg)
+        self%batchnorm = has_batchnorm(self%net)
       end if
     end if
     if (stat /= 0) then
@@ -396,6 +399,18 @@ contains
       end if
     end select
   end subroutine set_ensemble_noise
+
+  logical function has_batchnorm(net)
+    type(network_t), intent(in) :: net
+    integer :: k
+    has_batchnorm = .false.
+    do k = 1, net%n_layers
+      select type (layer => net%layers(k)%layer)
+      type is (batchnorm_t)
+        has_batchnorm = .true.
+      end select
+    end do
+  end function has_batchnorm
 
   logical function any_normalizes(ens)
     type(ensemble_t), intent(in) :: ens
@@ -755,6 +770,13 @@ contains
         errflg = 1
         errmsg = 'colnn_coupler_run'//scheme_label(self)//': online training takes inputs '// &
                  'and targets as (features, columns) in the library''s precision ('//wp_name//')'
+        return
+      end if
+      if (self%batchnorm .and. nc < 2) then
+        errflg = 1
+        errmsg = 'colnn_coupler_run'//scheme_label(self)//': online training of a network '// &
+                 'with BatchNormalization needs at least 2 columns a step (a batch of one has '// &
+                 'variance 0, and the moving variance it learns decays to 0); this call has 1'
         return
       end if
       call train_step(self, targets, loss, stat, errmsg, xs, xd)
