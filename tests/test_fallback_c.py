@@ -133,7 +133,7 @@ def test_the_verdict_needs_too_many_columns_for_long_enough(lib, model, tmp_path
     ("fallback = .true.", False, "this host has none"),
     ("ramp_steps = 3", False, "this host has none"),
     ("fallback = .true., fallback_lower = 1, fallback_upper = 0",
-     True, "fallback_lower(1) = 1.00000000 is above fallback_upper(1) = 0.00000000"),
+     True, "fallback_lower(1) = 1 is above fallback_upper(1) = 0"),
     ("fallback = .true., fallback_lower = 1, 2, 3", True,
      "fallback_lower gives 3 values; give 1, or one per output (2)"),
     ("fallback_lower = 1", True, "fallback = .false."),

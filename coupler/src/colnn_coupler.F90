@@ -593,10 +593,21 @@ contains
     errmsg = ''
   end subroutine read_group
 
+  !> x with 6 significant digits, without trailing zeros (0.1, not 0.100000001)
   function real_text(x) result(s)
     real, intent(in) :: x
     character(len=32) :: s
-    write (s, '(g0)') x
+    integer :: k
+    write (s, '(g0.6)') x
+    s = adjustl(s)
+    if (scan(s, 'Ee') == 0 .and. index(s, '.') > 0) then
+      k = len_trim(s)
+      do while (s(k:k) == '0')
+        s(k:k) = ' '
+        k = k - 1
+      end do
+      if (s(k:k) == '.') s(k:k) = ' '
+    end if
   end function real_text
 
   !> The outputs' fallback bounds, one per output, from the configuration's (none, one for
