@@ -222,6 +222,36 @@ def _cmd_image_action(args: argparse.Namespace) -> int:
     return proc.returncode
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_studies, run_variants
+    from .study.variants import parse_variant
+    if bool(args.config) != bool(args.variant):
+        raise HarnessError("--config and --variant go together: the study file and at least "
+                           "one NAME:KEY=VALUE[;KEY=VALUE...] to run from it")
+    labels = {}
+    for item in args.label:
+        key, sep, name = item.partition("=")
+        if not sep or not key or not name:
+            raise HarnessError(f"--label {item}: expected DIR=NAME")
+        labels[key] = name
+    dirs, wall = [Path(d) for d in args.studies], {}
+    if args.config:
+        runs = run_variants(args.config, [parse_variant(v) for v in args.variant], args.output,
+                            args.executor, progress=not args.quiet)
+        labels.update({str(r.directory): r.variant.name for r in runs
+                       if r.variant.name not in labels and str(r.directory) not in labels})
+        wall = {r.directory.resolve(): r.wall_s for r in runs}
+        dirs = [r.directory for r in runs] + dirs
+    path, cmp = compare_studies(dirs, args.output, labels, wall)
+    for s in cmp.stats:
+        print(f"{s.label}: n {s.n}, censored {s.n - s.n_failed}, Spearman "
+              + ("undefined" if s.spearman["rho"] is None else f"{s.spearman['rho']:+.2f}")
+              + ", C " + ("undefined" if s.concordance["c"] is None
+                          else f"{s.concordance['c']:.2f}"))
+    print(f"report: {path}")
+    return 0
+
+
 def _cmd_farm(args: argparse.Namespace) -> int:
     from .study.farm import farm
     return farm(args.study, args.stages.split(","), progress=not args.quiet)
@@ -452,6 +482,36 @@ def build_parser() -> argparse.ArgumentParser:
         ia.add_argument("args", nargs=argparse.REMAINDER,
                         help="arguments of the runscript / the command and its arguments")
         ia.set_defaults(func=_cmd_image_action)
+
+    cp = sub.add_parser(
+        "compare", help="compare finished studies: survival, offline-online statistics",
+        description="Writes OUT/report.md with PNG figures: the studies' Kaplan-Meier curves "
+                    "and log-rank tests, and per study the censored share, Spearman's rho of "
+                    "validation MSE with steps to failure, Harrell's concordance (bootstrap "
+                    "CIs) and the Cox hazard ratio of log10 val_mse. Give collected study "
+                    "directories, or a study file with --config and its variants (each run "
+                    "into OUT/studies/NAME first; one that finished earlier is not rerun), "
+                    "or both.",
+        epilog="example: harness compare --config examples/study/l96-small.toml "
+               "--variant local:host.inputs=local --variant full:host.inputs=full "
+               "-o studies/locality")
+    cp.add_argument("studies", nargs="*", metavar="STUDY",
+                    help="a collected study directory (`harness study` or `harness collect`)")
+    cp.add_argument("-o", "--output", required=True, metavar="OUT",
+                    help="directory of the comparison (report.md, figures, studies/)")
+    cp.add_argument("--config", metavar="CONFIG.toml", help="the study file of the variants")
+    cp.add_argument("--variant", action="append", default=[],
+                    metavar="NAME:KEY=VALUE[;KEY=VALUE...]",
+                    help="a study of CONFIG with these dotted keys changed (VALUE is TOML; a "
+                         "bare word is a string: host.inputs=local); NAME alone: CONFIG as it "
+                         "is. Repeat for each variant")
+    cp.add_argument("--label", action="append", default=[], metavar="DIR=NAME",
+                    help="the name of a study in the report (default: the configuration keys "
+                         "in which the studies differ, else the directory's name; a variant's "
+                         "name)")
+    cp.add_argument("--executor", choices=executors, help="override executor.kind of variants")
+    cp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    cp.set_defaults(func=_cmd_compare)
 
     fm = sub.add_parser("farm", help="the MPI task farm (run under mpirun/srun)")
     fm.add_argument("--study", required=True, help="study directory")

@@ -198,6 +198,7 @@ class L96Plugin(HostPlugin):
 
     name = "l96"
     baselines = ("none", "cubic")
+    trains_online = True
     study_defaults = {"data.dt": 0.001, "data.steps": 200_000, "data.spinup_steps": 2_000,
                       "data.sample_interval": 10, "couple.dt": 0.005, "couple.steps": 20_000,
                       "couple.baselines": ["none", "cubic"], "couple.drift_window_time": 5.0,

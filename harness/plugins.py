@@ -53,6 +53,9 @@ class HostPlugin(ABC):
     calibrated_keys: ClassVar[frozenset[str]] = frozenset()
     #: the file a truth run (mode = 'truth') writes in its output_dir, read by this plugin
     truth_file: ClassVar[str] = "truth.h5"
+    #: the host program trains the coupler's network online in a truth run (&<name>_run
+    #: online_interval; training.online_steps needs it)
+    trains_online: ClassVar[bool] = False
     #: further &<name>_run keys the study sets (beyond run_keys(), e.g. a baseline's fit)
     study_run_keys: ClassVar[frozenset[str]] = frozenset()
     #: the candidates table's host columns: {column: result.json "extra" key}, each the mean

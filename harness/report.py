@@ -43,6 +43,7 @@ __all__ = [
     "Study",
     "load_study",
     "usable_candidates",
+    "survival_inputs",
     "overall_spearman",
     "bias_spearman",
     "spearman_table",
@@ -97,6 +98,7 @@ FIGURES: dict[str, str] = {
     "survival": "fig4_survival.png",
     "climate": "fig5_climate.png",
     "failures": "fig6_failures.png",
+    "online": "fig7_online_vs_offline.png",
 }
 
 DPI = 120
@@ -1012,7 +1014,11 @@ def _header(study: Study, failures_fig: str | None = None) -> list[str]:
     if _finite(declared) and int(declared) != len(cands):
         facts.append(f"- Note: summary.json declares {int(declared)} candidates; "
                      f"candidates.csv has {len(cands)}.")
-    others = df[df["kind"] != "candidate"]
+    others = df[~df["kind"].isin(("candidate", "online"))]
+    twins = int((df["kind"] == "online").sum())
+    if twins:
+        facts.append(f"- Online-trained twins (training.online_steps): {twins}, compared pair "
+                     "by pair below")
     if len(others):
         facts.append("- Other coupled models: " + ", ".join(
             f"{n} ({k})" for n, k in zip(others["name"], others["kind"])))
@@ -1333,7 +1339,9 @@ def _why_excluded(r: pd.Series) -> str:
 
 # ------------------------------------------------------------------------- survival statistics
 
-def _survival_inputs(df: pd.DataFrame, n_steps: int | None) -> Any:
+def survival_inputs(df: pd.DataFrame, n_steps: int | None) -> Any:
+    """The usable candidates as survival data (harness.survival.SurvivalData): median steps
+    to failure, censored at the budget."""
     from .survival import survival_data
     use = usable_candidates(df)
     return survival_data(use, _censored(use, n_steps), n_steps)
@@ -1493,7 +1501,7 @@ def _replicates_section(df: pd.DataFrame, n_steps: int | None) -> list[str]:
 def _survival_section(df: pd.DataFrame, n_steps: int | None, fig: str | None) -> list[str]:
     from .survival import (concordance, cox_hazard_ratios, km_groups, logrank_by_group,
                            spearman_bootstrap)
-    data = _survival_inputs(df, n_steps)
+    data = survival_inputs(df, n_steps)
     lines = ["## Survival statistics (censoring-aware)", ""]
     cens = data.censored_fraction
     lines.append(f"{data.n} candidates, {data.n_events} failed within the budget, "
@@ -1562,6 +1570,112 @@ def _share(value: float | None) -> str:
 
 # ----------------------------------------------------------------------------------- entry point
 
+def online_pairs(df: pd.DataFrame, n_steps: int | None) -> pd.DataFrame:
+    """Each candidate and its online-trained twin (training.online_steps) where both have
+    coupled runs: steps to failure (median over initial conditions), censoring, val_mse."""
+    df = _normalize_candidates(df)
+    if "online" not in set(df["kind"]):
+        return pd.DataFrame()
+    cand = df[(df["kind"] == "candidate") & _coupled(df)].set_index("name")
+    twin = df[(df["kind"] == "online") & _coupled(df)].copy()
+    twin["candidate"] = twin["name"].str.removesuffix("-online")
+    twin = twin[twin["candidate"].isin(cand.index)].set_index("candidate")
+    if twin.empty:
+        return pd.DataFrame()
+    off = cand.loc[twin.index]
+    return pd.DataFrame({
+        "candidate": twin.index, "optimizer": off["optimizer"].to_numpy(),
+        "steps_offline": off["steps_to_failure"].to_numpy(dtype=float),
+        "steps_online": twin["steps_to_failure"].to_numpy(dtype=float),
+        "censored_offline": _censored(off, n_steps),
+        "censored_online": _censored(twin, n_steps),
+        "val_mse_offline": off["val_mse"].to_numpy(dtype=float),
+        "val_mse_online": twin["val_mse"].to_numpy(dtype=float)}).reset_index(drop=True)
+
+
+def _fig_online(pairs: pd.DataFrame, n_steps: int | None, path: Path) -> None:
+    """Left: steps to failure of each pair (offline x, online y; censored marked). Right:
+    Kaplan-Meier of the two groups."""
+    from lifelines import KaplanMeierFitter
+    fig = _new_figure(10.0, 4.2)
+    left, right = fig.subplots(1, 2)
+    x, y = pairs["steps_offline"].to_numpy(), pairs["steps_online"].to_numpy()
+    both = pairs["censored_offline"].to_numpy() & pairs["censored_online"].to_numpy()
+    left.scatter(x[~both], y[~both], s=22, label="pair (not both censored)")
+    left.scatter(x[both], y[both], s=40, marker=CENSORED_MARKER,
+                 label="both ran the whole budget")
+    lo, hi = max(1.0, float(np.nanmin([x.min(), y.min()])) * 0.8), float(np.nanmax([x.max(), y.max()])) * 1.2
+    left.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="equal")
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("offline-trained: steps to failure")
+    left.set_ylabel("online-trained twin: steps to failure")
+    left.legend(fontsize=8)
+    for label, steps, cens in (("offline", x, pairs["censored_offline"].to_numpy()),
+                               ("online", y, pairs["censored_online"].to_numpy())):
+        kmf = KaplanMeierFitter().fit(steps, ~cens)
+        sf = kmf.survival_function_
+        right.step(sf.index.to_numpy(), sf.iloc[:, 0].to_numpy(), where="post",
+                   label=f"{label} (n={len(steps)})")
+    right.set_ylim(-0.03, 1.03)
+    right.set_xlabel("steps")
+    right.set_ylabel("fraction not yet failed")
+    right.legend(fontsize=8)
+    fig.suptitle("Online-trained twins against their offline-trained candidates "
+                 f"(budget{_budget_text(n_steps)})", fontsize=11)
+    _save(fig, path)
+
+
+def _online_section(df: pd.DataFrame, pairs: pd.DataFrame, n_steps: int | None,
+                    fig: str | None) -> list[str]:
+    """The paired comparison of online- and offline-trained networks of one architecture and
+    initial weights (training.online_steps)."""
+    if "online" not in set(_normalize_candidates(df)["kind"]):
+        return []
+    from scipy.stats import wilcoxon
+    lines = ["## Online-trained twins (training.online_steps)", ""]
+    lines.append("Each candidate's architecture and initial weights, trained only online in a "
+                 "truth run by the Fortran host (one optimizer step on all columns at a time, "
+                 "the candidate's optimizer and learning rate), then coupled like the "
+                 "candidate: the same network family with offline and online training, pair "
+                 "by pair.")
+    lines.append("")
+    twins = df[df["kind"] == "online"]
+    if pairs.empty:
+        lines += [f"No pair to compare: {len(twins)} twins, none coupled beside its "
+                  "candidate (see the candidates table's train_status of the *-online rows).", ""]
+        return lines
+    diff = np.log10(np.maximum(pairs["steps_online"], 1)) - \
+        np.log10(np.maximum(pairs["steps_offline"], 1))
+    longer, shorter = int((diff > 0).sum()), int((diff < 0).sum())
+    equal = int(len(pairs) - longer - shorter)
+    both = int((pairs["censored_offline"] & pairs["censored_online"]).sum())
+    lines.append(f"- Pairs: {len(pairs)} (of {len(twins)} twins); the online twin lasted longer "
+                 f"in **{longer}**, shorter in **{shorter}**, as long in {equal} ({both} pair{'' if both == 1 else 's'} "
+                 f"both ran the whole budget{_budget_text(n_steps)}).")
+    if longer + shorter >= 6:
+        test = wilcoxon(diff[diff != 0])
+        lines.append(f"- Wilcoxon signed-rank test of log10 steps (online - offline), ties "
+                     f"dropped: statistic {test.statistic:.1f}, {_p_is(test.pvalue)} "
+                     f"(n = {longer + shorter}). A censored run counts at the budget, so a "
+                     "difference involving one is a lower bound.")
+    else:
+        lines.append(f"- Wilcoxon signed-rank test: absent: {longer + shorter} pairs differ "
+                     "(it needs at least 6 to say anything at the 5 % level).")
+    med_off = float(np.nanmedian(pairs["val_mse_offline"]))
+    med_on = float(np.nanmedian(pairs["val_mse_online"]))
+    lines.append(f"- Offline validation MSE (standardized targets), median: offline-trained "
+                 f"{_num(med_off)}, online-trained {_num(med_on)}.")
+    rows = [[r.candidate, r.optimizer, _steps(r.steps_offline) + (" (censored)" if r.censored_offline else ""),
+             _steps(r.steps_online) + (" (censored)" if r.censored_online else ""),
+             _num(r.val_mse_offline), _num(r.val_mse_online)] for r in pairs.itertuples()]
+    lines += [""] + _md_table(["candidate", "optimizer", "steps offline", "steps online",
+                               "val_mse offline", "val_mse online"], rows)
+    if fig:
+        lines += ["", f"![online vs offline]({fig})"]
+    return lines + [""]
+
+
 def write_report(study_dir: Path | str) -> Path:
     """Write STUDY/report/report.md and its figures; returns the path of report.md.
 
@@ -1586,7 +1700,7 @@ def write_report(study_dir: Path | str) -> Path:
         made["mse_vs_steps"] = FIGURES["mse_vs_steps"]
         _fig_by_hyperparameter(use, n_steps, out_dir / FIGURES["by_hyperparameter"])
         made["by_hyperparameter"] = FIGURES["by_hyperparameter"]
-        _fig_survival(_survival_inputs(df, n_steps), out_dir / FIGURES["survival"])
+        _fig_survival(survival_inputs(df, n_steps), out_dir / FIGURES["survival"])
         made["survival"] = FIGURES["survival"]
     facts = None
     if study.curves is not None and len(study.curves):
@@ -1603,6 +1717,10 @@ def write_report(study_dir: Path | str) -> Path:
             made["climate"] = FIGURES["climate"]
     if _fig_failures(study, out_dir / FIGURES["failures"]):
         made["failures"] = FIGURES["failures"]
+    pairs = online_pairs(df, n_steps)
+    if len(pairs) >= 1:
+        _fig_online(pairs, n_steps, out_dir / FIGURES["online"])
+        made["online"] = FIGURES["online"]
     for key, name in FIGURES.items():
         if key not in made:
             (out_dir / name).unlink(missing_ok=True)
@@ -1615,6 +1733,7 @@ def write_report(study_dir: Path | str) -> Path:
     lines += _optimizer_section(opt, n_steps)
     lines += _curves_section(study, made.get("bias_curves"), facts)
     lines += _climate_section(climate_facts, made.get("climate"))
+    lines += _online_section(df, pairs, n_steps, made.get("online"))
     lines += _ensemble_section(df)
     lines += _baselines_section(df)
     lines += _top_section(df)

@@ -71,6 +71,7 @@ class SWPlugin(HostPlugin):
     baselines: no forcing and the truth forcing."""
 
     name = "sw"
+    trains_online = True
     baselines = ("none", "truth")
     #: the climate tests' windows: 10 days sampled every 12 h (the truth's snapshots), i.e. 20
     #: samples of the whole grid a window, 30 windows in a 300-day truth run to calibrate on

@@ -11,13 +11,13 @@ budget is what a survival analysis can use).
       host.inputs='"full"' space.learning_rate='[1e-4, 1e-2]'
 
 Each KEY=VALUE takes a TOML value (strings in double quotes). The variant's TOML, the study
-and a summary line (also appended to DIR/../summary.txt) are written under DIR.
+and a summary line (also appended to DIR/../summary.txt) are written under DIR. To run several
+variants and compare their statistics in one report: `harness compare --config CONFIG
+--variant NAME:KEY=VALUE[;KEY=VALUE...] ... -o OUT` (README, "Comparing studies").
 """
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import subprocess
 import sys
 import time
@@ -26,27 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-
-def toml_text(table: dict, prefix: str = "") -> str:
-    """A TOML document of nested tables of scalars and lists (what a study config holds)."""
-    lines = [f"{k} = {json.dumps(v)}" for k, v in table.items() if not isinstance(v, dict)]
-    text = "\n".join(lines) + "\n"
-    for key, sub in table.items():
-        if isinstance(sub, dict):
-            name = f"{prefix}.{key}" if prefix else key
-            text += f"\n[{name}]\n" + toml_text(sub, name)
-    return text
-
-
-def set_key(table: dict, dotted: str, text: str) -> None:
-    try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError as exc:
-        raise SystemExit(f"{dotted}={text}: not a TOML value ({exc}); strings need quotes")
-    *parents, last = dotted.split(".")
-    for key in parents:
-        table = table.setdefault(key, {})
-    table[last] = value
+from harness.study.config import StudyError
+from harness.study.variants import apply_settings, parse_setting, toml_text
 
 
 def summary(study: Path, budget: int) -> str:
@@ -68,12 +49,11 @@ def main() -> int:
     ap.add_argument("settings", nargs="*", metavar="KEY=VALUE",
                     help="dotted key and TOML value, e.g. host.stencil_halfwidth=3")
     args = ap.parse_args()
-    cfg = copy.deepcopy(tomllib.loads(args.config.read_text()))
-    for item in args.settings:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"{item}: expected KEY=VALUE")
-        set_key(cfg, key, value)
+    try:
+        cfg = apply_settings(tomllib.loads(args.config.read_text()),
+                             [parse_setting(item, strict=True) for item in args.settings])
+    except StudyError as exc:
+        raise SystemExit(str(exc)) from None
     cfg["name"] = args.directory.name
     args.directory.mkdir(parents=True, exist_ok=True)
     variant = args.directory / "variant.toml"

@@ -133,7 +133,7 @@ def test_the_verdict_needs_too_many_columns_for_long_enough(lib, model, tmp_path
     ("fallback = .true.", False, "this host has none"),
     ("ramp_steps = 3", False, "this host has none"),
     ("fallback = .true., fallback_lower = 1, fallback_upper = 0",
-     True, "fallback_lower(1) = 1.00000000 is above fallback_upper(1) = 0.00000000"),
+     True, "fallback_lower(1) = 1 is above fallback_upper(1) = 0"),
     ("fallback = .true., fallback_lower = 1, 2, 3", True,
      "fallback_lower gives 3 values; give 1, or one per output (2)"),
     ("fallback_lower = 1", True, "fallback = .false."),
@@ -146,3 +146,37 @@ def test_bad_settings_are_refused_at_init(lib, model, tmp_path, text, host_closu
     s = Scheme(lib, config(tmp_path, model, text), host_closure=host_closure)
     assert expect in s.error, s.error
     assert str(tmp_path / "c.nml") in s.error
+
+
+def test_online_training_of_batchnorm_needs_two_columns(lib, tmp_path) -> None:
+    """A BatchNormalization layer trained on a batch of one column sees variance 0 and learns a
+    moving variance that decays to 0 (its outputs then explode in inference): refused with the
+    reason; two columns train."""
+    path = tmp_path / "bn.colnn"
+    dense = LayerSpec("dense", "d", {"units": 2, "use_bias": True,
+                                     "activation": Activation.make("linear")},
+                      {"kernel": np.eye(2), "bias": np.zeros(2)})
+    bn = LayerSpec("batch_normalization", "bn",
+                   {"epsilon": 1e-3, "momentum": 0.99, "center": True, "scale": True},
+                   {"gamma": np.ones(2), "beta": np.zeros(2), "moving_mean": np.zeros(2),
+                    "moving_variance": np.ones(2)})
+    write_model(ModelSpec("float32", 2, [dense, bn]), path)
+    cfg = config(tmp_path, path, "online_training = .true., optimizer = 'sgd learning_rate=0.1'")
+    lib.colnn_scheme_init.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
+                                      ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+                                      ctypes.POINTER(ctypes.c_int), ctypes.c_char_p,
+                                      ctypes.c_size_t]
+    real_p = np.ctypeslib.ndpointer(np.float32, flags="F_CONTIGUOUS")
+    lib.colnn_scheme_run.argtypes = [ctypes.c_int, real_p, ctypes.c_int, real_p, ctypes.c_int64,
+                                     ctypes.c_int64, real_p, ctypes.c_char_p, ctypes.c_size_t]
+    scheme, err = ctypes.c_int(0), ctypes.create_string_buffer(ERR)
+    assert lib.colnn_scheme_init(str(cfg).encode(), b"", 2, 2, None, None,
+                                 ctypes.byref(scheme), err, ERR) == 0, err.value
+    for n, ok in ((1, False), (2, True)):
+        x = columns([[1, 2]] * n) if n == 1 else columns([[1, 2], [3, -1]])
+        y = np.zeros_like(x, order="F")
+        stat = lib.colnn_scheme_run(scheme, x, n, y, 0, 1, np.asfortranarray(x + 1), err, ERR)
+        assert (stat == 0) == ok, err.value
+        if not ok:
+            assert b"BatchNormalization needs at least 2 columns" in err.value
+    lib.colnn_scheme_finalize(scheme, err, ERR)

@@ -532,3 +532,108 @@ def test_bad_fallback_and_ramp_settings_fail_at_init(truth: dict, network: Path,
             coupler={"model_file": str(network), **coupler})
     assert key in str(error.value) and "colnn_coupler_init" in str(error.value), error.value
     assert read_result(base / name)["steps"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# online learning in the truth run (Rasp 2020's coupled online learning, in Fortran): the
+# coupler's hook takes an optimizer step every online_interval steps on (each column's inputs,
+# the true coupling term)
+
+def untrained_like(network: Path, path: Path, seed: int = 1) -> Path:
+    """The network's architecture and normalization with fresh random dense weights."""
+    rng = np.random.default_rng(seed)
+    spec = read_model(network)
+    for layer in spec.layers:
+        if layer.type == "dense":
+            kernel = layer.tensors["kernel"]
+            layer.tensors["kernel"] = rng.normal(0, 1 / np.sqrt(kernel.shape[0]), kernel.shape)
+            layer.tensors["bias"] = np.zeros_like(layer.tensors["bias"])
+    write_model(spec, path)
+    return path
+
+
+ONLINE = {"online_training": True, "optimizer": "adam learning_rate=0.003"}
+
+
+def test_online_learning_in_the_truth_run(truth: dict, network: Path, tmp_path: Path) -> None:
+    """An untrained network learns U from the truth run (its loss falls from ~50 to below the
+    variance of U), is checkpointed with its optimizer state, runs coupled in coarse mode, and
+    converts back to Keras with the same outputs; on two ranks it takes the same steps."""
+    base = truth["base"]
+    start = untrained_like(network, base / "online_start.colnn")
+    truth_run = {"n_steps": 6000, "spinup_steps": 0, "dt": 0.005, "init_file": str(truth[2]),
+                 "init_index": 10, "sample_interval": 100, "online_interval": 10,
+                 "checkpoint_interval": 3000}
+    results = [run(base, f"online{ranks}", "truth", ranks=ranks, run=truth_run,
+                   coupler={"model_file": str(start), **ONLINE}) for ranks in (1, 2)]
+    one, two = results
+    assert one["status"] == "completed" and one["extra"]["online_steps"] == 600, one
+    assert one["extra"]["online_skipped"] == 0
+    # from ~50 (untrained) to below the variance of U (~21), near the offline networks' ~6
+    assert one["extra"]["online_last_loss"] < one["extra"]["online_first_loss"] / 4, one["extra"]
+    # every rank takes the step on all columns: the same weights on 1 and 2 ranks
+    assert two["extra"]["online_last_loss"] == one["extra"]["online_last_loss"]
+    trained = base / "online1" / "online.colnn"
+    assert read_model(trained).training is not None          # a checkpoint: optimizer state
+    losses = xr.load_dataset(base / "online1" / "truth.h5", engine="h5netcdf")["online_loss"]
+    assert losses.sizes["online_update_step"] == 600 and np.isfinite(losses.values).all()
+    assert losses.values[-100:].mean() < 12, losses.values[-100:].mean()
+
+    coupled = run(base, "online_coarse", run={**truth["init"], "closure": "nn", "n_steps": 400},
+                  coupler={"model_file": str(trained)})
+    assert coupled["status"] in ("completed", "failed") and coupled["steps"] > 0, coupled
+
+    from harness.convert import convert
+    from harness.native import NativeModel
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    convert(trained, tmp_path / "online.keras")
+    x = np.random.default_rng(0).normal(2.5, 3.5, (64, 3)).astype(np.float32)
+    with NativeModel(trained) as native:
+        fortran = native.predict(x)
+    keras_out = keras.saving.load_model(tmp_path / "online.keras").predict(x, verbose=0)
+    np.testing.assert_allclose(keras_out, fortran, rtol=1e-4, atol=1e-4)
+
+
+def test_online_learning_skips_a_non_finite_target(truth: dict, network: Path) -> None:
+    """A NaN target of column 3 at the update of step 50 (inject_target = 'nn_target'): the
+    step is skipped and counted, the weights stay as they were (the checkpoint after step 50
+    has the weights of a run that stopped at step 40, the update before); the settings the
+    hook cannot take are init errors naming the key."""
+    base = truth["base"]
+    start = untrained_like(network, base / "online_start2.colnn")
+    truth_run = {"spinup_steps": 0, "dt": 0.005, "init_file": str(truth[2]), "init_index": 10,
+                 "sample_interval": 10, "online_interval": 10}
+    skipped = run(base, "online_nan", "truth",
+                  run={**truth_run, "n_steps": 50, "inject_nan_step": 50, "inject_nan_column": 3,
+                       "inject_target": "nn_target"},
+                  coupler={"model_file": str(start), **ONLINE})
+    before = run(base, "online_40", "truth", run={**truth_run, "n_steps": 40},
+                 coupler={"model_file": str(start), **ONLINE})
+    assert skipped["status"] == "completed", skipped
+    assert (skipped["extra"]["online_steps"], skipped["extra"]["online_skipped"]) == (4, 1)
+    assert (before["extra"]["online_steps"], before["extra"]["online_skipped"]) == (4, 0)
+    a, b = (read_model(base / d / "online.colnn") for d in ("online_nan", "online_40"))
+    for la, lb in zip(a.layers, b.layers):
+        for name in la.tensors:
+            np.testing.assert_array_equal(la.tensors[name], lb.tensors[name])
+    losses = xr.load_dataset(base / "online_nan" / "truth.h5", engine="h5netcdf")["online_loss"]
+    assert np.isnan(losses.values[-1]) and np.isfinite(losses.values[:-1]).all()
+
+    short = {**truth_run, "n_steps": 50}
+    with pytest.raises(HostError, match="loss"):
+        run(base, "online_badloss", "truth", run=short,
+            coupler={"model_file": str(start), **ONLINE, "loss": "hinge_of_doom"})
+    with pytest.raises(HostError, match="online_training"):
+        run(base, "online_off", "truth", run=short, coupler={"model_file": str(start)})
+    with pytest.raises(HostError, match="online_training"):
+        run(base, "online_coarse_bad", run={**truth["init"], "closure": "nn", "n_steps": 10},
+            coupler={"model_file": str(start), **ONLINE})
+    with pytest.raises(HostError, match="online_interval"):
+        run(base, "online_coarse_key", run={**truth["init"], "closure": "nn", "n_steps": 10,
+                                            "online_interval": 5},
+            coupler={"model_file": str(start)})
+    with pytest.raises(HostError, match="ensemble"):
+        (base / "online_ens.txt").write_text(f"{start}\n{start}\n")
+        run(base, "online_ens", "truth", run=short,
+            coupler={"ensemble": str(base / "online_ens.txt"), **ONLINE})

@@ -16,7 +16,7 @@ module colnn_coupler
   public :: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize, colnn_coupler_config_t
   public :: colnn_coupler_sizes, colnn_coupler_get_config, colnn_scheme_t, colnn_coupler_timers
   public :: colnn_fallback_monitor_t, colnn_coupler_fallback_monitor, colnn_coupler_fallbacks
-  public :: colnn_coupler_uses_closure
+  public :: colnn_coupler_uses_closure, colnn_coupler_save, colnn_coupler_online_stats
 
   !> Read from the namelist group &colnn_coupler of the configuration file.
   type :: colnn_coupler_config_t
@@ -92,6 +92,12 @@ module colnn_coupler
     real(dp), allocatable :: lower(:), upper(:)
     !> the host passes its own closure to _run (init's host_closure)
     logical :: host_closure = .false.
+    !> online training: optimizer steps taken, steps skipped (a non-finite target, loss or
+    !> gradient: the weights stay as they were), the loss of the last step taken
+    integer(8) :: online_steps = 0, online_skipped = 0
+    real(wp) :: online_loss = 0
+    !> the network normalizes with batch statistics in training (a batch of one cannot)
+    logical :: batchnorm = .false.
   contains
     procedure :: init => scheme_init
     procedure, private :: run_sp => scheme_run_sp
@@ -110,6 +116,10 @@ module colnn_coupler
     procedure :: fallback_monitor => scheme_fallback_monitor
     !> whether _run needs the host's closure (fallback or ramp)
     procedure :: uses_closure => scheme_uses_closure
+    !> writes the network (with its optimizer state when it trains online) to a model file
+    procedure :: save => scheme_save
+    !> online training's steps taken and skipped, and the last loss
+    procedure :: online_stats => scheme_online_stats
     final :: scheme_final
   end type colnn_scheme_t
 
@@ -231,6 +241,7 @@ contains
       end if
       if (stat == 0 .and. found%online_training) then
         call self%trainer%configure(trim(found%optimizer), trim(found%loss), stat, errmsg)
+        self%batchnorm = has_batchnorm(self%net)
       end if
     end if
     if (stat /= 0) then
@@ -265,6 +276,9 @@ contains
     self%columns = 0
     self%seconds = 0
     self%fallback_columns = 0
+    self%online_steps = 0
+    self%online_skipped = 0
+    self%online_loss = 0
     call register_name(found%name)
     self%initialized = .true.
   end subroutine scheme_init
@@ -385,6 +399,18 @@ contains
       end if
     end select
   end subroutine set_ensemble_noise
+
+  logical function has_batchnorm(net)
+    type(network_t), intent(in) :: net
+    integer :: k
+    has_batchnorm = .false.
+    do k = 1, net%n_layers
+      select type (layer => net%layers(k)%layer)
+      type is (batchnorm_t)
+        has_batchnorm = .true.
+      end select
+    end do
+  end function has_batchnorm
 
   logical function any_normalizes(ens)
     type(ensemble_t), intent(in) :: ens
@@ -567,10 +593,21 @@ contains
     errmsg = ''
   end subroutine read_group
 
+  !> x with 6 significant digits, without trailing zeros (0.1, not 0.100000001)
   function real_text(x) result(s)
     real, intent(in) :: x
     character(len=32) :: s
-    write (s, '(g0)') x
+    integer :: k
+    write (s, '(g0.6)') x
+    s = adjustl(s)
+    if (scan(s, 'Ee') == 0 .and. index(s, '.') > 0) then
+      k = len_trim(s)
+      do while (s(k:k) == '0')
+        s(k:k) = ' '
+        k = k - 1
+      end do
+      if (s(k:k) == '.') s(k:k) = ' '
+    end if
   end function real_text
 
   !> The outputs' fallback bounds, one per output, from the configuration's (none, one for
@@ -746,7 +783,24 @@ contains
                  'and targets as (features, columns) in the library''s precision ('//wp_name//')'
         return
       end if
+      if (self%batchnorm .and. nc < 2) then
+        errflg = 1
+        errmsg = 'colnn_coupler_run'//scheme_label(self)//': online training of a network '// &
+                 'with BatchNormalization needs at least 2 columns a step (a batch of one has '// &
+                 'variance 0, and the moving variance it learns decays to 0); this call has 1'
+        return
+      end if
       call train_step(self, targets, loss, stat, errmsg, xs, xd)
+      if (stat == COLNN_ERR_NONFINITE) then
+        ! a non-finite target (or loss, or gradient): the trainer left the weights as they
+        ! were; the step is skipped and counted, the host goes on
+        self%online_skipped = self%online_skipped + 1
+        stat = 0
+        errmsg = ''
+      else if (stat == 0) then
+        self%online_steps = self%online_steps + 1
+        self%online_loss = loss
+      end if
     end if
     if (stat /= 0) then
       errflg = 1
@@ -895,6 +949,50 @@ contains
       end if
     end subroutine get
   end subroutine blend_columns
+
+  !> Writes the scheme's network to `path` (atomically): with online training a checkpoint (the
+  !> optimizer and its state, which a later init with online_training continues from), else the
+  !> model alone. Not for an ensemble. I/O: call it outside _run, from one thread.
+  subroutine scheme_save(self, path, errmsg, errflg)
+    class(colnn_scheme_t), intent(in) :: self
+    character(len=*), intent(in) :: path
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    type(layer_spec_t) :: training
+    integer :: stat
+    errmsg = ''
+    errflg = 1
+    if (.not. self%initialized) then
+      errmsg = 'colnn_coupler_save: the scheme is not initialised'
+      return
+    end if
+    if (self%use_ensemble) then
+      errmsg = 'colnn_coupler_save'//scheme_label(self)//': an ensemble is not saved (its '// &
+               'members are the files it was loaded from)'
+      return
+    end if
+    if (self%cfg%online_training) then
+      call self%trainer%describe(training)
+      call self%net%save(path, stat, errmsg, training=training)
+    else
+      call self%net%save(path, stat, errmsg)
+    end if
+    if (stat /= 0) then
+      errmsg = 'colnn_coupler_save'//scheme_label(self)//': '//trim(errmsg)
+      return
+    end if
+    errflg = 0
+  end subroutine scheme_save
+
+  !> Online training since init: optimizer steps taken, steps skipped (non-finite), last loss.
+  subroutine scheme_online_stats(self, steps, skipped, last_loss)
+    class(colnn_scheme_t), intent(in) :: self
+    integer(8), intent(out) :: steps, skipped
+    real(dp), intent(out) :: last_loss
+    steps = self%online_steps
+    skipped = self%online_skipped
+    last_loss = real(self%online_loss, dp)
+  end subroutine scheme_online_stats
 
   !> Columns that fell back to the host's closure since init (all threads and calls).
   integer(8) function scheme_fallbacks(self)
@@ -1260,6 +1358,21 @@ contains
     real(dp), intent(out) :: seconds
     call default_scheme%timers(calls, columns, seconds)
   end subroutine colnn_coupler_timers
+
+  !> See colnn_scheme_t%save.
+  subroutine colnn_coupler_save(path, errmsg, errflg)
+    character(len=*), intent(in) :: path
+    character(len=*), intent(out) :: errmsg
+    integer, intent(out) :: errflg
+    call default_scheme%save(path, errmsg, errflg)
+  end subroutine colnn_coupler_save
+
+  !> See colnn_scheme_t%online_stats.
+  subroutine colnn_coupler_online_stats(steps, skipped, last_loss)
+    integer(8), intent(out) :: steps, skipped
+    real(dp), intent(out) :: last_loss
+    call default_scheme%online_stats(steps, skipped, last_loss)
+  end subroutine colnn_coupler_online_stats
 
   !> See colnn_scheme_t%fallbacks.
   integer(8) function colnn_coupler_fallbacks()

@@ -178,6 +178,19 @@ def collect(sd: StudyDir) -> list[dict[str, Any]]:
             "verify_max_abs_err": (conv or {}).get("max_abs_error", np.nan),
             "train_s": (train or {}).get("train_s", np.nan), "members": ""}
     for task in sd.plan["couple"]:
+        if task["kind"] == "online" and task["name"] not in models:
+            # an online twin: the candidate's hyperparameters, its own training and skill
+            twin = models[task["candidate"]]
+            online = read_json(sd.candidate_dir(task["candidate"]) / "online.json") or {}
+            status = online.get("status", ConvertStatus.MISSING)
+            models[task["name"]] = {
+                **twin, "name": task["name"], "kind": "online",
+                "val_mse": online.get("val_mse") if status == ConvertStatus.OK else np.nan,
+                "train_status": status, "epochs": np.nan, "convert_status": status,
+                "verify_max_abs_err": np.nan, "train_s": online.get("online_s", np.nan),
+                "members": ""}
+            if models[task["name"]]["val_mse"] is None:
+                models[task["name"]]["val_mse"] = np.nan
         if task["name"] not in models:
             models[task["name"]] = {"name": task["name"], "kind": task["kind"],
                                     "set": None, "replicate": None,

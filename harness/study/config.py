@@ -110,6 +110,14 @@ class TrainingConfig:
     threads: int = 1
     #: verification tolerance (relative) of the Fortran model against Keras
     verify_tol: float = 1e-4
+    #: online-trained twins (Rasp 2020's coupled online learning, done by the Fortran host):
+    #: with online_steps > 0 every candidate also gets a network of its architecture and its
+    #: initial weights that is trained only online, in a truth run of online_steps host steps
+    #: from the training truth's first snapshot, one optimizer step (the candidate's optimizer
+    #: and learning rate, MSE) on all columns every online_interval steps. It is coupled as
+    #: NAME-online and compared with its offline twin, pair by pair, in the report. 0: none
+    online_steps: int = 0
+    online_interval: int = 1
     #: every training and validation batch is whole snapshots of the truth run (as many as
     #: fit in batch_size, at least one; the batch is that many times the snapshot's columns),
     #: the snapshots shuffled each epoch, and max_samples draws whole snapshots. For hosts
@@ -370,6 +378,14 @@ def _check(cfg: StudyConfig) -> None:
     _positive("training.patience", t.patience, zero_ok=True)
     _positive("training.max_samples", t.max_samples, zero_ok=True)
     _positive("training.verify_tol", t.verify_tol)
+    _positive("training.online_steps", t.online_steps, zero_ok=True)
+    _positive("training.online_interval", t.online_interval)
+    if t.online_steps and t.online_interval > t.online_steps:
+        raise StudyError(f"training.online_interval: {t.online_interval} > training.online_steps "
+                         f"{t.online_steps} (no optimizer step would be taken)")
+    if t.online_steps and not plugin.trains_online:
+        raise StudyError(f"training.online_steps: the {host.name} host does not train online "
+                         f"(its plugin's trains_online is false)")
     if not 0 < t.validation_fraction < 1:
         raise StudyError(f"training.validation_fraction: must lie in (0, 1), got "
                          f"{t.validation_fraction}")

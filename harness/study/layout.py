@@ -39,7 +39,7 @@ from .config import STAGES, StudyConfig, StudyError, config_from_dict, config_to
 
 __all__ = ["StudyDir", "task_ics", "atomic_write_text", "atomic_write_json", "read_json",
            "search_distributions", "sample_candidates",
-           "couple_tasks", "candidate_name"]
+           "couple_tasks", "candidate_name", "online_name"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -72,6 +72,11 @@ def _json_default(value: Any) -> Any:
 
 def candidate_name(index: int) -> str:
     return f"c{index:04d}"
+
+
+def online_name(candidate: str) -> str:
+    """The coupled name of a candidate's online-trained twin."""
+    return f"{candidate}-online"
 
 
 def candidate_seed(study_seed: int, index: int) -> int:
@@ -140,6 +145,9 @@ def couple_tasks(cfg: StudyConfig) -> list[dict[str, Any]]:
     as skipped)."""
     models = [{"name": candidate_name(i), "kind": "candidate"}
               for i in range(n_networks(cfg))]
+    if cfg.training.online_steps:
+        models += [{"name": online_name(candidate_name(i)), "kind": "online",
+                    "candidate": candidate_name(i)} for i in range(n_networks(cfg))]
     models += [{"name": f"baseline-{b}", "kind": "baseline", "closure": b}
                for b in cfg.couple.baselines]
     if cfg.couple.ensemble_top_k > 0:
@@ -264,8 +272,9 @@ class StudyDir:
         if stage != "couple":
             return macs(cands[index])
         task = self.plan["couple"][index]
-        if task["kind"] == "candidate":
-            unit = next((macs(c) for c in cands if c["name"] == task["name"]), 0.0)
+        if task["kind"] in ("candidate", "online"):
+            unit = next((macs(c) for c in cands
+                         if c["name"] == task.get("candidate", task["name"])), 0.0)
         elif task["kind"] == "ensemble":
             sizes = sorted(macs(c) for c in cands)
             unit = self.config.couple.ensemble_top_k * sizes[len(sizes) // 2] if sizes else 0.0

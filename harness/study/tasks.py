@@ -217,7 +217,8 @@ def task_train(sd: StudyDir, index: int) -> dict[str, Any]:
     cand = sd.plan["candidates"][index]
     cdir = sd.candidate_dir(cand["name"])
     cdir.mkdir(parents=True, exist_ok=True)
-    for stale in ("model.keras", "train.json", "model.colnn", "convert.json"):
+    for stale in ("model.keras", "train.json", "model.colnn", "convert.json", "online0.keras",
+                  "online0.colnn", "online.colnn", "online.json"):
         (cdir / stale).unlink(missing_ok=True)
     data = training_data(sd)
     xt, yt, xv, yv = data["x_train"], data["y_train"], data["x_val"], data["y_val"]
@@ -234,6 +235,8 @@ def task_train(sd: StudyDir, index: int) -> dict[str, Any]:
     keras = _keras(t.threads)
     keras.utils.set_random_seed(cand["seed"])
     model = build_model(keras, cand, xt.shape[1], yt.shape[1], xt.mean(axis=0), xt.var(axis=0))
+    if t.online_steps:
+        _save_online_start(model, cdir, y_mean, y_std)
     loss: Any = "mse"
     if t.mass_constraint > 0:
         assert batching is not None     # the configuration's check
@@ -276,11 +279,7 @@ def task_train(sd: StudyDir, index: int) -> dict[str, Any]:
                       message=f"the training loss became non-finite in epoch {bad + 1}")
         atomic_write_json(cdir / "train.json", record)
         return {"train_status": TrainStatus.DIVERGED}
-    # the host passes physical values: fold the target scaling into the last Dense layer
-    last = model.layers[-1]
-    kernel, bias = last.get_weights()
-    last.set_weights([kernel * y_std.astype(kernel.dtype),
-                      (bias * y_std + y_mean).astype(bias.dtype)])
+    _fold_target_scaling(model, y_mean, y_std)
     pred = np.asarray(model.predict(xv.astype(np.float32), batch_size=8192, verbose=0),
                       dtype=np.float64)
     val_mse = float(np.mean(((pred - yv) / y_std) ** 2))
@@ -309,6 +308,25 @@ def task_train(sd: StudyDir, index: int) -> dict[str, Any]:
                   y_mean=y_mean.tolist(), y_std=y_std.tolist())
     atomic_write_json(cdir / "train.json", record)
     return {"train_status": TrainStatus.OK, "val_mse": val_mse}
+
+
+def _fold_target_scaling(model: Any, y_mean: np.ndarray, y_std: np.ndarray) -> None:
+    """The host passes physical values: the target scaling goes into the last Dense layer."""
+    last = model.layers[-1]
+    kernel, bias = last.get_weights()
+    last.set_weights([kernel * y_std.astype(kernel.dtype),
+                      (bias * y_std + y_mean).astype(bias.dtype)])
+
+
+def _save_online_start(model: Any, cdir: Path, y_mean: np.ndarray, y_std: np.ndarray) -> None:
+    """The online twin's start: the candidate's architecture and initial weights (built from
+    its seed, before any training), in physical units as the offline model ends up."""
+    weights = [w.copy() for w in model.get_weights()]
+    _fold_target_scaling(model, y_mean, y_std)
+    tmp = cdir / ".online0.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, cdir / "online0.keras")
+    model.set_weights(weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +372,74 @@ def task_convert(sd: StudyDir, index: int) -> dict[str, Any]:
             (cdir / "model.colnn").unlink(missing_ok=True)
             record.update(status=ConvertStatus.FAILED, message=str(exc))
     atomic_write_json(cdir / "convert.json", record)
-    return {"convert_status": record["status"]}
+    out: dict[str, Any] = {"convert_status": record["status"]}
+    if sd.config.training.online_steps:
+        out["online_status"] = _train_online(sd, cand, train)
+    return out
+
+
+def _online_optimizer(cand: dict[str, Any]) -> str:
+    """The candidate's Keras optimizer in the library's words (Keras defaults otherwise)."""
+    return f"{cand['optimizer']} learning_rate={cand['learning_rate']!r}"
+
+
+def _train_online(sd: StudyDir, cand: dict[str, Any], train: dict[str, Any] | None) -> str:
+    """The candidate's online twin: its untrained network (online0.keras) converted, then
+    trained by the host's truth run from the training truth's first snapshot
+    (online_interval), checkpointed to online.colnn; its validation MSE like the offline
+    model's. online.json records the outcome."""
+    from ..convert import convert
+    from ..hosts import HostError, host_run_from_dict, run_host
+    from ..native import NativeModel
+    cfg, t = sd.config, sd.config.training
+    cdir = sd.candidate_dir(cand["name"])
+    run_dir = cdir / "online-run"
+    sd.remove(run_dir)
+    (cdir / "online.colnn").unlink(missing_ok=True)
+    record: dict[str, Any] = {"name": cand["name"], "host_steps": t.online_steps,
+                              "interval": t.online_interval,
+                              "optimizer": _online_optimizer(cand)}
+    if train is None or train.get("status") != TrainStatus.OK \
+            or not (cdir / "online0.keras").is_file():
+        record.update(status=ConvertStatus.SKIPPED,
+                      message="no untrained start (the offline training did not finish)")
+        atomic_write_json(cdir / "online.json", record)
+        return record["status"]
+    try:
+        convert(cdir / "online0.keras", cdir / "online0.colnn")
+        spec = {"host": cfg.host.name, "executable": cfg.host.executable,
+                "model": cfg.host.model,
+                "run": {**cfg.host.run, **host_plugin(cfg).run_keys(cfg.host),
+                        "mode": "truth", "dt": cfg.data.dt, "n_steps": t.online_steps,
+                        "spinup_steps": 0, "sample_interval": t.online_steps,
+                        "seed": _truth_seed(sd, 0), "init_file": str(_truth_file(sd, 0)),
+                        "init_index": 1, "online_interval": t.online_interval},
+                "coupler": {"model_file": str(cdir / "online0.colnn"), "online_training": True,
+                            "optimizer": _online_optimizer(cand), "loss": "mse"}}
+        start = time.perf_counter()
+        result = run_host(host_run_from_dict(spec, sd.root, output_dir=run_dir))
+        record["online_s"] = time.perf_counter() - start
+        extra = result.get("extra") or {}
+        record.update(optimizer_steps=extra.get("online_steps"),
+                      skipped=extra.get("online_skipped"),
+                      first_loss=extra.get("online_first_loss"),
+                      last_loss=extra.get("online_last_loss"))
+        if result.get("status") != RunStatus.COMPLETED:
+            raise HostError(f"the online-training truth run {run_dir} ended "
+                            f"{result.get('status')}: {result.get('message', '')}")
+        shutil.copyfile(run_dir / "online.colnn", cdir / ".online.colnn.tmp")
+        os.replace(cdir / ".online.colnn.tmp", cdir / "online.colnn")
+        data = training_data(sd)
+        y_std = np.asarray(train["y_std"])
+        with NativeModel(cdir / "online.colnn") as net:
+            pred = np.asarray(net.predict(data["x_val"].astype(np.float32)), dtype=np.float64)
+        val_mse = float(np.mean(((pred - data["y_val"]) / y_std) ** 2))
+        record.update(status=ConvertStatus.OK, val_mse=val_mse if np.isfinite(val_mse) else None)
+    except HarnessError as exc:
+        (cdir / "online.colnn").unlink(missing_ok=True)
+        record.update(status=ConvertStatus.FAILED, message=str(exc))
+    atomic_write_json(cdir / "online.json", record)
+    return record["status"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,8 +493,8 @@ def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
     cfg, c = sd.config, sd.config.couple
     task = sd.plan["couple"][index]
     name, kind, ics = task["name"], task["kind"], task_ics(task)
-    if kind == "candidate":
-        _require(sd, "convert", [_candidate_index(sd, name)])
+    if kind in ("candidate", "online"):
+        _require(sd, "convert", [_candidate_index(sd, task.get("candidate", name))])
     elif kind == "ensemble":      # the members are the best of all candidates
         _require(sd, "convert", range(sd.n_tasks("convert")))
     batch_dir = sd.run_dir(name, ics[0]).with_name(f"{name}-batch{ics[0]}")
@@ -433,6 +518,13 @@ def task_couple(sd: StudyDir, index: int) -> dict[str, Any]:
             skipped = f"no converted model (conversion: {status})"
         base["closure"] = "nn"
         coupler["model_file"] = str(sd.candidate_dir(name) / "model.colnn")
+    elif kind == "online":
+        online = read_json(sd.candidate_dir(task["candidate"]) / "online.json")
+        if online is None or online.get("status") != ConvertStatus.OK:
+            status = ConvertStatus.MISSING if online is None else online.get("status")
+            skipped = f"no online-trained model (online training: {status})"
+        base["closure"] = "nn"
+        coupler["model_file"] = str(sd.candidate_dir(task["candidate"]) / "online.colnn")
     elif kind == "baseline":
         base["closure"] = task["closure"]
         base.update(plugin.baseline_run_keys(task["closure"], cal))

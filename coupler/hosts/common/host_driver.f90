@@ -21,7 +21,8 @@ module host_driver
   use colnn_coupler, only: colnn_coupler_init, colnn_coupler_run, colnn_coupler_finalize, &
                            colnn_coupler_config_t, colnn_coupler_get_config, &
                            colnn_coupler_timers, colnn_fallback_monitor_t, &
-                           colnn_coupler_fallback_monitor, colnn_coupler_uses_closure
+                           colnn_coupler_fallback_monitor, colnn_coupler_uses_closure, &
+                           colnn_coupler_save, colnn_coupler_online_stats
   use host_common
   use host_h5, only: h5_out_t
   use host_mpi, only: share_error, bcast_int, bcast_str
@@ -73,6 +74,9 @@ module host_driver
     integer :: inject_nan_step = -1, inject_nan_column = 1
     character(len=8) :: inject_value = 'nan'
     character(len=16) :: inject_target = 'state'   !< 'state' | 'nn_input'
+    !> truth: one online-training step of the coupler's network every online_interval steps
+    !> after the spin-up (0: none), a checkpoint every checkpoint_interval steps (0: at the end)
+    integer :: online_interval = 0, checkpoint_interval = 0
     integer :: record_size = 0                     !< values in one record of this mode
     type(batch_keys_t) :: batch
   end type run_settings_t
@@ -140,6 +144,10 @@ module host_driver
     !> coupling, &colnn_coupler fallback / ramp_steps): a host that has one overrides both.
     procedure :: has_closure => host_has_no_closure
     procedure :: closure_columns => host_no_closure_columns
+    !> Online training in a truth run (online_interval): a host that knows the true closure of
+    !> its network columns overrides both.
+    procedure :: trains_online => host_does_not_train_online
+    procedure :: online_pairs => host_no_online_pairs
     procedure(record_iface), deferred :: record
     procedure(summarize_iface), deferred :: summarize
     procedure(write_output_iface), deferred :: write_output
@@ -339,7 +347,20 @@ module host_driver
     type(colnn_fallback_monitor_t) :: monitor
     integer(i8) :: fallback_step = 0
     integer(i8), allocatable :: fallback_series(:)
+    !> online training: the loss of each optimizer step (NaN: skipped), how many so far
+    real(dp), allocatable :: online_losses(:)
+    integer :: n_online = 0
   end type member_t
+
+  !> Online training's arrays, sized at set-up: this rank's network columns (inputs, targets)
+  !> and every rank's gathered in the global column order, so that every rank takes the same
+  !> optimizer step on all columns (the weights stay equal on all ranks, and equal to one rank's)
+  type :: online_arrays_t
+    real(wp), allocatable :: local_in(:, :), local_target(:, :)
+    real(wp), allocatable :: all_in(:, :), all_target(:, :), all_out(:, :)
+    integer, allocatable :: in_counts(:), in_displs(:), out_counts(:), out_displs(:)
+  end type online_arrays_t
+  type(online_arrays_t), save :: online
 
   !> a run's network column calls a step (columns over all ranks times stages): what a step's
   !> fallback count is a share of
@@ -508,10 +529,169 @@ contains
       allocate (nn_in(0, 0), nn_out(0, 0), nn_closure(0, 0))
     end if
 
+    if (network .and. coupled .and. ccfg%online_training) then
+      errmsg = key_error(path, 'colnn_coupler', 'online_training', 'needs targets, which a '// &
+                         "coarse run does not have: train online in a truth run (mode = "// &
+                         "'truth', online_interval > 0)")
+      call refuse_batch(members, s, prog, host%rank, t_start, errmsg, exit_code)
+      call colnn_coupler_finalize(finalize_msg, ierr)
+      return
+    end if
+    if (s%mode == 'truth' .and. s%online_interval > 0 .and. any(members%active)) then
+      r = findloc(members%active, .true., 1)
+      call online_setup(members(r), path, common, stat, errmsg)
+      coupled = stat == 0
+      if (share_error(stat /= 0, errmsg, host%comm)) then
+        call refuse_batch(members, s, prog, host%rank, t_start, errmsg, exit_code)
+        call colnn_coupler_finalize(finalize_msg, ierr)
+        return
+      end if
+      allocate (members(r)%online_losses(s%n_steps / s%online_interval), source=ieee_nan())
+    end if
+
     call run_batch(members, s, prog, network, per_run, nn_in, nn_out, nn_closure, closure, &
                    exit_code)
     if (coupled) call colnn_coupler_finalize(finalize_msg, ierr)
   end subroutine host_run
+
+  !> The coupler for online training in a truth run: a single network with online_training,
+  !> a host that gives (inputs, true outputs) of its network columns, the arrays of the step.
+  subroutine online_setup(m, path, result, stat, errmsg)
+    type(member_t), intent(inout) :: m
+    character(len=*), intent(in) :: path
+    type(run_result_t), intent(inout) :: result
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    type(coupler_spec_t) :: spec
+    type(colnn_coupler_config_t) :: ccfg
+    integer :: ncol, total, ierr, k
+    integer, allocatable :: cols(:)
+    stat = 1
+    if (.not. m%host%trains_online()) then
+      errmsg = key_error(path, trim(m%host%name())//'_run', 'online_interval', &
+                         'this host cannot train online (it gives no true closure of its '// &
+                         'network columns)')
+      return
+    end if
+    call coupler_setup(m%host, path, result, stat, errmsg)
+    if (stat /= 0) return
+    call colnn_coupler_get_config(ccfg)
+    if (.not. ccfg%online_training) then
+      stat = 1
+      errmsg = key_error(path, 'colnn_coupler', 'online_training', 'must be .true. for '// &
+                         'online_interval > 0 (a truth run that trains the network)')
+      return
+    end if
+    spec = m%host%coupler_spec()
+    call m%host%network_columns(ncol, k)
+    allocate (cols(m%host%nranks))
+    call MPI_Allgather(ncol, 1, MPI_INTEGER, cols, 1, MPI_INTEGER, m%host%comm, ierr)
+    total = sum(cols)
+    online%in_counts = cols * spec%n_in
+    online%out_counts = cols * spec%n_out
+    allocate (online%in_displs(size(cols)), online%out_displs(size(cols)))
+    do k = 1, size(cols)
+      online%in_displs(k) = sum(online%in_counts(1:k - 1))
+      online%out_displs(k) = sum(online%out_counts(1:k - 1))
+    end do
+    allocate (online%local_in(spec%n_in, ncol), online%local_target(spec%n_out, ncol), &
+              online%all_in(spec%n_in, total), online%all_target(spec%n_out, total), &
+              online%all_out(spec%n_out, total), stat=stat)
+    if (stat /= 0) errmsg = 'cannot allocate the online-training arrays of '//itoa(total)// &
+                            ' columns'
+  end subroutine online_setup
+
+  !> After `step` of a truth run with online training: every online_interval steps after the
+  !> spin-up, one optimizer step on (inputs, true closure) of every network column; a
+  !> checkpoint every checkpoint_interval steps (collective).
+  subroutine online_batch(members, s, prog, step, exit_code)
+    type(member_t), intent(inout) :: members(:)
+    type(run_settings_t), intent(in) :: s
+    character(len=*), intent(in) :: prog
+    integer, intent(in) :: step
+    integer, intent(inout) :: exit_code
+    character(len=1024) :: errmsg
+    integer :: stat, ierr, r, after
+    integer(i8) :: steps, skipped, skipped_before
+    real(dp) :: loss, t0
+    type(coupler_spec_t) :: spec
+    after = step - s%spinup_steps
+    if (after < 1) return
+    do r = 1, size(members)
+      if (.not. members(r)%active .or. .not. allocated(members(r)%online_losses)) cycle
+      associate (m => members(r))
+      if (mod(after, s%online_interval) == 0) then
+        t0 = wall_clock()
+        call m%host%online_pairs(online%local_in, online%local_target)
+        if (s%inject_target == 'nn_target' .and. step == s%inject_nan_step) then
+          ! a bad target at one update: the step must be skipped and counted
+          associate (local => s%inject_nan_column - m%column_offset)
+            if (local >= 1 .and. local <= size(online%local_target, 2)) &
+              online%local_target(:, local) = real(injected_value(s%inject_value), wp)
+          end associate
+        end if
+        if (m%host%nranks > 1) then
+          call MPI_Allgatherv(online%local_in, size(online%local_in), mpi_wp(), online%all_in, &
+                              online%in_counts, online%in_displs, mpi_wp(), m%comm, ierr)
+          call MPI_Allgatherv(online%local_target, size(online%local_target), mpi_wp(), &
+                              online%all_target, online%out_counts, online%out_displs, &
+                              mpi_wp(), m%comm, ierr)
+        else
+          online%all_in = online%local_in
+          online%all_target = online%local_target
+        end if
+        call colnn_coupler_online_stats(steps, skipped_before, loss)
+        call colnn_coupler_run(online%all_in, online%all_out, errmsg, stat, &
+                               targets=online%all_target, step=step)
+        m%run%t_nn = m%run%t_nn + (wall_clock() - t0)
+        if (share_error(stat /= 0, errmsg, m%comm)) then
+          spec = m%host%coupler_spec()
+          call fail_at(m%run, step, failure_t(.true., 'nn_error', spec%output_name, errmsg))
+          call finish_member(m, s, prog, .true., exit_code)
+          cycle
+        end if
+        call colnn_coupler_online_stats(steps, skipped, loss)
+        m%n_online = m%n_online + 1
+        if (m%n_online <= size(m%online_losses) .and. skipped == skipped_before) &
+          m%online_losses(m%n_online) = loss
+      end if
+      if (s%checkpoint_interval > 0) then
+        if (mod(after, s%checkpoint_interval) == 0) then
+          call online_checkpoint(m, stat, errmsg)
+          if (stat /= 0) call finish_error(m, prog, m%host%rank, m%run%t_start, errmsg, exit_code)
+        end if
+      end if
+      end associate
+    end do
+  end subroutine online_batch
+
+  !> Rank 0 writes the online-trained network with its optimizer state to online.colnn in the
+  !> run's directory (atomically); stat and errmsg on every rank.
+  subroutine online_checkpoint(m, stat, errmsg)
+    type(member_t), intent(inout) :: m
+    integer, intent(out) :: stat
+    character(len=*), intent(out) :: errmsg
+    real(dp) :: t0
+    stat = 0
+    errmsg = ''
+    if (m%host%rank == 0) then
+      t0 = wall_clock()
+      call colnn_coupler_save(trim(m%dir)//'/online.colnn', errmsg, stat)
+      m%run%t_io = m%run%t_io + (wall_clock() - t0)
+    end if
+    call bcast_int(stat, m%host%comm)
+    if (stat /= 0) call bcast_str(errmsg, m%host%comm)
+  end subroutine online_checkpoint
+
+  !> The MPI datatype of the library's reals.
+  function mpi_wp() result(t)
+    type(MPI_Datatype) :: t
+    if (storage_size(1.0_wp) == 64) then
+      t = MPI_DOUBLE_PRECISION
+    else
+      t = MPI_REAL
+    end if
+  end function mpi_wp
 
   !> The run's directory: run_dirs(r), or output_dir for a run alone that names none.
   function run_dir(s, r, n_runs) result(dir)
@@ -592,8 +772,9 @@ contains
     real(wp), intent(inout), contiguous :: nn_in(:, :), nn_out(:, :), nn_closure(:, :)
     logical, intent(in) :: closure            !! the coupler takes the host's closure
     integer, intent(inout) :: exit_code
-    integer :: step, total, r
+    integer :: step, total, r, stat
     logical :: truth
+    character(len=1024) :: errmsg
 
     truth = s%mode == 'truth'
     total = s%n_steps
@@ -617,6 +798,7 @@ contains
         end associate
       end if
       call check_batch(members, s, prog, step, network, exit_code)
+      if (truth) call online_batch(members, s, prog, step, exit_code)
       do r = 1, size(members)
         if (.not. members(r)%active) cycle
         if (truth) then
@@ -630,6 +812,14 @@ contains
     do r = 1, size(members)
       if (.not. members(r)%active) cycle
       members(r)%run%result%steps = total
+      if (allocated(members(r)%online_losses)) then
+        call online_checkpoint(members(r), stat, errmsg)
+        if (stat /= 0) then
+          call finish_error(members(r), prog, members(r)%host%rank, members(r)%run%t_start, &
+                            errmsg, exit_code)
+          cycle
+        end if
+      end if
       call finish_member(members(r), s, prog, network, exit_code)
     end do
   end subroutine run_batch
@@ -779,6 +969,19 @@ contains
     end do
   end subroutine fallback_batch
 
+  !> host_t's default: no true closure of its network columns (no online training).
+  logical function host_does_not_train_online(self)
+    class(host_t), intent(in) :: self
+    host_does_not_train_online = .false.
+  end function host_does_not_train_online
+
+  subroutine host_no_online_pairs(self, nn_in, targets)
+    class(host_t), intent(inout) :: self
+    real(wp), intent(inout), contiguous :: nn_in(:, :), targets(:, :)
+    nn_in = ieee_nan()
+    targets = ieee_nan()
+  end subroutine host_no_online_pairs
+
   !> host_t's default: no closure of its own (fallback and ramp are refused at init).
   logical function host_has_no_closure(self)
     class(host_t), intent(in) :: self
@@ -857,6 +1060,7 @@ contains
     m%active = .false.
     m%finished = .true.
     call m%host%summarize(m%run)
+    if (allocated(m%online_losses)) call online_extras(m)
     if (allocated(m%fallback_series)) then
       call m%run%result%add_extra('fallback_columns', real(m%monitor%total, dp))
       call m%run%result%add_extra('fallback_steps', real(m%monitor%steps_with_fallback, dp))
@@ -875,6 +1079,31 @@ contains
     end if
     exit_code = max(exit_code, code)
   end subroutine finish_member
+
+  !> Online training's figures into result.json: optimizer steps taken and skipped, the loss
+  !> of the first and last steps taken, and the model file written.
+  subroutine online_extras(m)
+    type(member_t), intent(inout) :: m
+    integer(i8) :: steps, skipped
+    real(dp) :: loss
+    call colnn_coupler_online_stats(steps, skipped, loss)
+    call m%run%result%add_extra('online_steps', real(steps, dp))
+    call m%run%result%add_extra('online_skipped', real(skipped, dp))
+    call m%run%result%add_extra('online_first_loss', first_finite(m%online_losses(1:m%n_online)))
+    call m%run%result%add_extra('online_last_loss', loss)
+  contains
+    real(dp) function first_finite(x)
+      real(dp), intent(in) :: x(:)
+      integer :: k
+      first_finite = ieee_nan()
+      do k = 1, size(x)
+        if (is_finite(x(k))) then
+          first_finite = x(k)
+          return
+        end if
+      end do
+    end function first_finite
+  end subroutine online_extras
 
   !> The values a record holds at most for the run.
   integer function record_capacity(s)
@@ -977,6 +1206,12 @@ contains
       if (s%mode == 'truth') file = 'truth.h5'
       call out%create(trim(m%dir)//'/'//file)
       call m%host%write_output(m%run, out)
+      if (allocated(m%online_losses) .and. m%n_online > 0) then
+        ! the loss of every online optimizer step (NaN: skipped), by host step after the spin-up
+        call out%dim('online_update_step', [(real(i * s%online_interval, dp), &
+                                             i = 1, m%n_online)])
+        call out%put1('online_loss', m%online_losses(1:m%n_online), 'online_update_step')
+      end if
       if (allocated(m%fallback_series)) then
         ! every step's fallback columns (step 0: none), on the host's own time axis
         call out%dim('fallback_step', [(real(i, dp), i = 0, m%run%result%steps)])
@@ -1089,9 +1324,22 @@ contains
     else if (.not. is_injectable(s%inject_value)) then
       errmsg = key_error(path, g, 'inject_value', "must be 'nan', 'inf', '-inf' or a number, "// &
                          "got '"//trim(s%inject_value)//"'")
-    else if (all(s%inject_target /= [character(len=16) :: 'state', 'nn_input'])) then
-      errmsg = key_error(path, g, 'inject_target', "must be 'state' or 'nn_input', got '"// &
-                         trim(s%inject_target)//"'")
+    else if (s%online_interval < 0 .or. s%checkpoint_interval < 0) then
+      errmsg = key_error(path, g, 'online_interval, checkpoint_interval', 'must be >= 0 '// &
+                         '(0: no online training; checkpoint at the end only)')
+    else if (s%online_interval > 0 .and. s%mode /= 'truth') then
+      errmsg = key_error(path, g, 'online_interval', "needs mode = 'truth' (only a truth run "// &
+                         'knows the targets)')
+    else if (s%online_interval > s%n_steps) then
+      errmsg = key_error(path, g, 'online_interval', 'is '//itoa(s%online_interval)// &
+                         ', longer than the run (n_steps = '//itoa(s%n_steps)//')')
+    else if (all(s%inject_target /= [character(len=16) :: 'state', 'nn_input', 'nn_target'])) then
+      errmsg = key_error(path, g, 'inject_target', "must be 'state', 'nn_input' or "// &
+                         "'nn_target', got '"//trim(s%inject_target)//"'")
+    else if (s%inject_target == 'nn_target' .and. s%inject_nan_step /= -1 .and. &
+             .not. (s%mode == 'truth' .and. s%online_interval > 0)) then
+      errmsg = key_error(path, g, 'inject_target', "'nn_target' needs a truth run that "// &
+                         'trains online (online_interval > 0)')
     else if (s%inject_target == 'nn_input' .and. s%inject_nan_step /= -1 .and. &
              .not. (s%mode == 'coarse' .and. s%closure == 'nn')) then
       errmsg = key_error(path, g, 'inject_target', "'nn_input' needs a coarse run with "// &

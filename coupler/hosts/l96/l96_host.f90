@@ -42,10 +42,15 @@ module l96_host
     real(dp) :: cubic_coeffs(4) = 0                !< U = c1 + c2 X + c3 X^2 + c4 X^3
     integer :: inject_nan_step = -1, inject_nan_column = 1
     character(len=8) :: inject_value = 'nan'        !< what is injected: nan, inf, -inf or a number
-    !> where: 'state' (the column's state, once) or 'nn_input' (the network's inputs of network
+    !> where: 'state' (the column's state, once), 'nn_input' (the network's inputs of network
     !> column inject_nan_column at every stage from inject_nan_step on: a column the network
-    !> has never seen, while the host's state stays as it is)
+    !> has never seen, while the host's state stays as it is) or 'nn_target' (a truth run that
+    !> trains online: that column's targets at the update of inject_nan_step)
     character(len=16) :: inject_target = 'state'
+    !> truth: an online-training step of the &colnn_coupler network every online_interval
+    !> steps after the spin-up on (inputs, true closure) of every network column (0: none); its
+    !> model with optimizer state to online.colnn every checkpoint_interval steps and at the end
+    integer :: online_interval = 0, checkpoint_interval = 0
     type(batch_keys_t) :: batch                     !< n_runs, init_indices, seeds, run_dirs, ...
     ! &l96_failure
     real(dp) :: max_abs = 50
@@ -113,6 +118,8 @@ module l96_host
     procedure :: write_output => l96_write_output
     procedure :: has_closure => l96_has_closure
     procedure :: closure_columns => l96_closure_columns
+    procedure :: trains_online => l96_trains_online
+    procedure :: online_pairs => l96_online_pairs
   end type l96_host_t
 
 contains
@@ -149,6 +156,7 @@ contains
     character(len=16) :: mode, closure, inputs
     character(len=8) :: inject_value
     character(len=16) :: inject_target
+    integer :: online_interval, checkpoint_interval
     character(len=1024) :: init_file, output_dir
     character(len=DIR_LEN) :: run_dirs(MAX_RUNS)
     integer(i8) :: seed, seeds(MAX_RUNS), max_batch_bytes
@@ -156,7 +164,8 @@ contains
     namelist /l96_model/ k, j, f, h, b, c
     namelist /l96_run/ mode, closure, inputs, stencil_halfwidth, dt, n_steps, spinup_steps, &
       seed, init_file, init_index, output_dir, output_interval, sample_interval, cubic_coeffs, &
-      inject_nan_step, inject_nan_column, inject_value, inject_target, n_runs, init_indices, seeds, run_dirs, &
+      inject_nan_step, inject_nan_column, inject_value, inject_target, online_interval, checkpoint_interval, &
+      n_runs, init_indices, seeds, run_dirs, &
       inject_nan_run, max_batch_bytes
     namelist /l96_failure/ max_abs, drift_check, drift_window, drift_sample_interval, &
       drift_sigma, clim_mean, clim_std, sd_window_mean, sd_window_std, pdf_check, n_pdf_bins, &
@@ -173,6 +182,7 @@ contains
     output_interval = cfg%output_interval; sample_interval = cfg%sample_interval
     cubic_coeffs = cfg%cubic_coeffs; inject_nan_step = cfg%inject_nan_step
     inject_nan_column = cfg%inject_nan_column; inject_value = cfg%inject_value; inject_target = cfg%inject_target
+    online_interval = cfg%online_interval; checkpoint_interval = cfg%checkpoint_interval
     n_runs = cfg%batch%n_runs; init_indices = cfg%batch%init_indices; seeds = cfg%batch%seeds
     run_dirs = cfg%batch%run_dirs; inject_nan_run = cfg%batch%inject_nan_run
     max_batch_bytes = cfg%batch%max_batch_bytes
@@ -212,6 +222,7 @@ contains
     cfg%output_interval = output_interval; cfg%sample_interval = sample_interval
     cfg%cubic_coeffs = cubic_coeffs; cfg%inject_nan_step = inject_nan_step
     cfg%inject_nan_column = inject_nan_column; cfg%inject_value = inject_value; cfg%inject_target = inject_target
+    cfg%online_interval = online_interval; cfg%checkpoint_interval = checkpoint_interval
     cfg%batch = batch_keys_t(n_runs=n_runs, init_indices=init_indices, seeds=seeds, &
                              run_dirs=run_dirs, inject_nan_run=inject_nan_run, &
                              max_batch_bytes=max_batch_bytes)
@@ -239,7 +250,9 @@ contains
                        inject_nan_step=self%cfg%inject_nan_step, &
                        inject_nan_column=self%cfg%inject_nan_column, &
                        inject_value=self%cfg%inject_value, &
-                       inject_target=self%cfg%inject_target, record_size=N_RECORD, &
+                       inject_target=self%cfg%inject_target, &
+                       online_interval=self%cfg%online_interval, &
+                       checkpoint_interval=self%cfg%checkpoint_interval, record_size=N_RECORD, &
                        batch=self%cfg%batch)
     if (self%cfg%mode == 'truth') s%record_size = 2 * self%cfg%model%k
   end function l96_settings
@@ -345,7 +358,8 @@ contains
                itoa(max(self%hl, self%hr, 2))//'): use fewer ranks'
       return
     end if
-    if (cfg%mode == 'coarse' .and. cfg%closure == 'nn' .and. cfg%inputs == 'full' .and. &
+    if (((cfg%mode == 'coarse' .and. cfg%closure == 'nn') .or. &
+         (cfg%mode == 'truth' .and. cfg%online_interval > 0)) .and. cfg%inputs == 'full' .and. &
         self%nranks > 1) then
       stat = 1
       errmsg = "inputs = 'full' (one column holding the whole state) runs on one rank only"
@@ -605,6 +619,33 @@ contains
     end do
     end associate
   end subroutine l96_closure_columns
+
+  !> A truth run knows the true coupling term U of every column: it can train online.
+  logical function l96_trains_online(self)
+    class(l96_host_t), intent(in) :: self
+    l96_trains_online = self%cfg%mode == 'truth'
+  end function l96_trains_online
+
+  !> The network's inputs of the current truth state (as a coarse run would pass them) and the
+  !> true coupling term U_k of each column (what the network learns), in its layout.
+  subroutine l96_online_pairs(self, nn_in, targets)
+    class(l96_host_t), intent(inout) :: self
+    real(wp), intent(inout), contiguous :: nn_in(:, :), targets(:, :)
+    integer :: k, i
+    call ring_exchange(self%x, self%n, self%hl, self%hr, self%comm)
+    call coupling_term(self%cfg%model, self%y(1, :), self%u)
+    if (self%cfg%inputs == 'full') then
+      nn_in(:, 1) = real(self%x(1, 1:self%n), wp)
+      targets(:, 1) = real(self%u, wp)
+    else
+      do k = 1, self%n
+        do i = -self%w, self%w
+          nn_in(i + self%w + 1, k) = real(self%x(1, k + i), wp)
+        end do
+        targets(1, k) = real(self%u(k), wp)
+      end do
+    end if
+  end subroutine l96_online_pairs
 
   subroutine l96_inject(self, column, value)
     class(l96_host_t), intent(inout) :: self

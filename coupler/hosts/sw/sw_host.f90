@@ -75,10 +75,15 @@ module sw_host
     integer :: output_interval = 24, sample_interval = 48
     integer :: inject_nan_step = -1, inject_nan_column = 1
     character(len=8) :: inject_value = 'nan'        !< what is injected: nan, inf, -inf or a number
-    !> where: 'state' (the column's state, once) or 'nn_input' (the network's inputs of network
+    !> where: 'state' (the column's state, once), 'nn_input' (the network's inputs of network
     !> column inject_nan_column at every stage from inject_nan_step on: a column the network
-    !> has never seen, while the host's state stays as it is)
+    !> has never seen, while the host's state stays as it is) or 'nn_target' (a truth run that
+    !> trains online: that column's targets at the update of inject_nan_step)
     character(len=16) :: inject_target = 'state'
+    !> truth: an online-training step of the &colnn_coupler network every online_interval
+    !> steps after the spin-up on (inputs, true closure) of every network column (0: none); its
+    !> model with optimizer state to online.colnn every checkpoint_interval steps and at the end
+    integer :: online_interval = 0, checkpoint_interval = 0
     real(dp) :: wind_scale = 1
     logical :: relaxation = .true.
     type(batch_keys_t) :: batch                     !< n_runs, init_indices, seeds, run_dirs, ...
@@ -149,6 +154,8 @@ module sw_host
     procedure :: write_output => sw_write_output
     procedure :: has_closure => sw_has_closure
     procedure :: closure_columns => sw_closure_columns
+    procedure :: trains_online => sw_trains_online
+    procedure :: online_pairs => sw_online_pairs
   end type sw_host_t
 
 contains
@@ -188,6 +195,7 @@ contains
     character(len=16) :: mode, closure
     character(len=8) :: inject_value
     character(len=16) :: inject_target
+    integer :: online_interval, checkpoint_interval
     character(len=1024) :: init_file, output_dir
     character(len=DIR_LEN) :: run_dirs(MAX_RUNS)
     integer(i8) :: seed, seeds(MAX_RUNS), max_batch_bytes
@@ -196,7 +204,8 @@ contains
       wind_days, relax_days, h_eq_amplitude
     namelist /sw_run/ mode, closure, dt, n_steps, spinup_steps, seed, init_file, init_index, &
       output_dir, output_interval, sample_interval, inject_nan_step, inject_nan_column, &
-      inject_value, inject_target, wind_scale, relaxation, n_runs, init_indices, seeds, run_dirs, inject_nan_run, &
+      inject_value, inject_target, online_interval, checkpoint_interval, &
+      wind_scale, relaxation, n_runs, init_indices, seeds, run_dirs, inject_nan_run, &
       max_batch_bytes
     namelist /sw_failure/ max_speed, energy_max, energy_warn, energy_check_interval, clim_ke, &
       clim_pe, clim_h_std, clim_speed_mean, climate_window, climate_sample_interval, &
@@ -213,7 +222,9 @@ contains
     init_index = cfg%init_index; output_dir = cfg%output_dir
     output_interval = cfg%output_interval; sample_interval = cfg%sample_interval
     inject_nan_step = cfg%inject_nan_step; inject_nan_column = cfg%inject_nan_column
-    inject_value = cfg%inject_value; inject_target = cfg%inject_target; wind_scale = cfg%wind_scale; relaxation = cfg%relaxation
+    inject_value = cfg%inject_value; inject_target = cfg%inject_target
+    online_interval = cfg%online_interval; checkpoint_interval = cfg%checkpoint_interval
+    wind_scale = cfg%wind_scale; relaxation = cfg%relaxation
     n_runs = cfg%batch%n_runs; init_indices = cfg%batch%init_indices; seeds = cfg%batch%seeds
     run_dirs = cfg%batch%run_dirs; inject_nan_run = cfg%batch%inject_nan_run
     max_batch_bytes = cfg%batch%max_batch_bytes
@@ -254,7 +265,9 @@ contains
     cfg%init_index = init_index; cfg%output_dir = output_dir
     cfg%output_interval = output_interval; cfg%sample_interval = sample_interval
     cfg%inject_nan_step = inject_nan_step; cfg%inject_nan_column = inject_nan_column
-    cfg%inject_value = inject_value; cfg%inject_target = inject_target; cfg%wind_scale = wind_scale; cfg%relaxation = relaxation
+    cfg%inject_value = inject_value; cfg%inject_target = inject_target
+    cfg%online_interval = online_interval; cfg%checkpoint_interval = checkpoint_interval
+    cfg%wind_scale = wind_scale; cfg%relaxation = relaxation
     cfg%batch = batch_keys_t(n_runs=n_runs, init_indices=init_indices, seeds=seeds, &
                              run_dirs=run_dirs, inject_nan_run=inject_nan_run, &
                              max_batch_bytes=max_batch_bytes)
@@ -282,7 +295,9 @@ contains
                        inject_nan_step=self%cfg%inject_nan_step, &
                        inject_nan_column=self%cfg%inject_nan_column, &
                        inject_value=self%cfg%inject_value, &
-                       inject_target=self%cfg%inject_target, record_size=1 + ND, &
+                       inject_target=self%cfg%inject_target, &
+                       online_interval=self%cfg%online_interval, &
+                       checkpoint_interval=self%cfg%checkpoint_interval, record_size=1 + ND, &
                        batch=self%cfg%batch)
     if (self%cfg%mode == 'truth') s%record_size = N_FIELDS * self%cfg%nx * self%cfg%ny + ND
   end function sw_settings
@@ -409,6 +424,22 @@ contains
       end do
     end do
   end subroutine sw_closure_columns
+
+  !> A truth run knows the truth forcing of every cell: it can train online.
+  logical function sw_trains_online(self)
+    class(sw_host_t), intent(in) :: self
+    sw_trains_online = self%cfg%mode == 'truth'
+  end function sw_trains_online
+
+  !> The network's inputs of the current state (u, v, h at each cell and its 4 neighbours) and
+  !> the truth forcing theta of the cell (what the network learns).
+  subroutine sw_online_pairs(self, nn_in, targets)
+    class(sw_host_t), intent(inout) :: self
+    real(wp), intent(inout), contiguous :: nn_in(:, :), targets(:, :)
+    character(len=16), parameter :: NN = 'nn'
+    call forcing_begin(self%cfg, self, NN, self%u, self%v, self%h, nn_in)
+    call sw_closure_columns(self, 0, 1, targets)
+  end subroutine sw_online_pairs
 
   !> The closure of the mode: truth runs with the truth forcing.
   pure function mode_closure(cfg) result(closure)
