@@ -169,6 +169,12 @@ check_machine() {   # n cpus: root, the programs, namespace/veth/bridge support,
       ip link add b0 type bridge && ip link set t0 master b0' 2>&1); then
     refuse "this machine cannot make network namespaces with veth pairs on a bridge: ${probe:-unshare --net failed}"
   fi
+  # named namespaces (ip netns) need a / whose mounts can propagate: not in a chroot
+  if ! probe=$(ip netns add "colnn-probe-$$" 2>&1 && ip netns exec "colnn-probe-$$" true 2>&1); then
+    ip netns del "colnn-probe-$$" 2>/dev/null || true
+    refuse "this machine cannot enter named network namespaces (ip netns: ${probe:-failed}; in a chroot / is not a mount point)"
+  fi
+  ip netns del "colnn-probe-$$" 2>/dev/null || true
   [[ -d /proc/self/ns && -e /proc/self/ns/uts ]] || refuse "no UTS namespaces (/proc/self/ns/uts)"
   if ((n > 253)); then
     refuse "$n nodes: the node subnet (a /24) has addresses for 253"

@@ -59,6 +59,15 @@ def _why_not() -> str | None:
                            capture_output=True, text=True)
     if probe.returncode != 0:
         return f"no network namespaces with veth pairs and bridges here: {probe.stderr.strip()}"
+    # named namespaces (ip netns add) also need mount propagation of /: not in a chroot
+    name = f"colnn-probe-{os.getpid()}"
+    named = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if named.returncode == 0:
+        named = subprocess.run(["ip", "netns", "exec", name, "true"], capture_output=True,
+                               text=True)
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    if named.returncode != 0:
+        return f"no named network namespaces to enter here (ip netns: {named.stderr.strip()})"
     return None
 
 
