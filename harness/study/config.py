@@ -545,7 +545,10 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config",
     return cfg
 
 
-def load_config(path: Path | str, check_host: bool = True) -> StudyConfig:
+def read_study_toml(path: Path | str) -> dict[str, Any]:
+    """A study file as a dict, with a relative ``host.executable`` made absolute: the study
+    directory (or a variant written elsewhere) keeps the configuration, and a path relative to
+    the study file would name another place from there."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -555,10 +558,12 @@ def load_config(path: Path | str, check_host: bool = True) -> StudyConfig:
         raise StudyError(f"{path}: not valid TOML: {exc}") from None
     host = data.get("host")
     if isinstance(host, dict) and isinstance(host.get("executable"), str) and host["executable"]:
-        # the study directory keeps the configuration: a path relative to the study file
-        # would name another place from there
         host["executable"] = str((path.parent / host["executable"]).resolve())
-    return config_from_dict(data, str(path), check_host)
+    return data
+
+
+def load_config(path: Path | str, check_host: bool = True) -> StudyConfig:
+    return config_from_dict(read_study_toml(path), str(path), check_host)
 
 
 def config_to_dict(cfg: StudyConfig) -> dict[str, Any]:

@@ -14,10 +14,9 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .config import StudyError
+from .config import StudyError, read_study_toml
 
 __all__ = ["Setting", "Variant", "parse_setting", "parse_variant", "apply_settings",
            "toml_text", "read_study_toml", "VARIANT_NAME"]
@@ -97,22 +96,6 @@ def apply_settings(table: dict[str, Any], settings: list[Setting]) -> dict[str, 
                                  "table")
         node[last] = s.value
     return out
-
-
-def read_study_toml(path: Path | str) -> dict[str, Any]:
-    """A study file as a dict, with a relative ``host.executable`` made absolute (it names a
-    place relative to the file, which a variant written elsewhere would lose)."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise StudyError(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise StudyError(f"{path}: not valid TOML: {exc}") from None
-    host = data.get("host")
-    if isinstance(host, dict) and isinstance(host.get("executable"), str) and host["executable"]:
-        host["executable"] = str((path.parent / host["executable"]).resolve())
-    return data
 
 
 def toml_text(table: dict[str, Any], prefix: str = "") -> str:
